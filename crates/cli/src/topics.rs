@@ -1,0 +1,55 @@
+use std::time::Duration;
+
+use clap::Subcommand;
+use orderflow_kafka::admin::{TopicOutcome, ensure_topic, wait_for_broker};
+use orderflow_kafka::{INVENTORY_TOPIC, KafkaArgs, ORDERS_TOPIC};
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create topics unless they exist (idempotent). Without names: the contract topics
+    /// `orders.v1` and `inventory.v1`.
+    ///
+    /// Example: orderflow topics create --partitions 12
+    Create {
+        /// Topic names (default: orders.v1 inventory.v1).
+        names: Vec<String>,
+        /// Partitions for topics that do not exist yet.
+        #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..))]
+        partitions: u16,
+        /// Replication factor for topics that do not exist yet (3 on a production cluster).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+        replication_factor: i32,
+    },
+    /// List topics and their partition counts.
+    ///
+    /// Example: orderflow topics list
+    List,
+}
+
+pub async fn run(kafka: &KafkaArgs, command: TopicsCommand) -> anyhow::Result<()> {
+    match command {
+        TopicsCommand::Create { names, partitions, replication_factor } => {
+            let names = if names.is_empty() {
+                vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()]
+            } else {
+                names
+            };
+            for name in names {
+                match ensure_topic(kafka, &name, partitions.into(), replication_factor).await? {
+                    TopicOutcome::Created { partitions } => println!("created {name} ({partitions} partitions)"),
+                    TopicOutcome::Existed { partitions } => println!("exists  {name} ({partitions} partitions)"),
+                }
+            }
+            Ok(())
+        }
+        TopicsCommand::List => {
+            let info = wait_for_broker(kafka, Duration::from_secs(10)).await?;
+            let mut topics = info.topics;
+            topics.sort();
+            for (name, partitions) in topics {
+                println!("{name}\t{partitions}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Kafka plumbing shared by every orderflow binary: connection settings, producer and
+//! consumer configuration with the project's delivery defaults, and the admin calls the
+//! stack and the operators need (wait for a broker, create topics).
+//!
+//! # Layout
+//! - [`KafkaArgs`]: the `KAFKA_BROKERS` / `--kafka-option` / `KAFKA_SASL_*` settings every
+//!   binary flattens into its clap config. Secret values never reach `Debug` or the logs.
+//! - [`KafkaArgs::producer_config`]: `acks=all`, `enable.idempotence=true`, lz4.
+//! - [`admin`]: metadata wait and idempotent topic creation.
+//!
+//! This crate must not know about events, schemas or Postgres: it only talks to the broker.
+
+pub mod admin;
+mod settings;
+
+pub use settings::{KafkaArgs, KafkaOption, DEFAULT_BROKERS};
+
+/// The topics of the public contract (DESIGN.md, Events).
+pub const ORDERS_TOPIC: &str = "orders.v1";
+/// The topics of the public contract (DESIGN.md, Events).
+pub const INVENTORY_TOPIC: &str = "inventory.v1";

@@ -1,0 +1,132 @@
+//! The shared test kit. Every test in the workspace that needs the broker or Postgres goes
+//! through it, so that tests isolate themselves and run in parallel.
+//!
+//! # Layout
+//! - [`kafka_args`], [`database_url`]: where the real broker and database are
+//!   (`KAFKA_BROKERS`, `DATABASE_URL`, with the local stack's defaults).
+//! - [`unique_name`], [`fresh_topic`], [`fresh_group`], [`fresh_schema`]: names no other test
+//!   uses; topics and Postgres schemas are created for you.
+//! - [`wait_until`]: poll a condition until it holds or a deadline passes (no bare sleeps).
+//! - [`process::BinaryProcess`]: run one of the workspace's binaries as a child process, so a
+//!   test can `kill -9` it at a bad moment.
+//! - [`init_test_logs`]: tracing output only when `TEST_LOG` is set.
+//!
+//! It never mocks the broker or the database: a test that cannot reach them fails with a
+//! message that says how to start the local stack.
+
+pub mod process;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use orderflow_kafka::KafkaArgs;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Executor, PgPool};
+
+/// The local stack's database when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orderflow";
+
+const STACK_HINT: &str = "is the local stack up? run `scripts/stack up` (see docs/local-stack.md)";
+
+/// Broker settings from the environment (`KAFKA_BROKERS`, default `127.0.0.1:9092`).
+pub fn kafka_args() -> KafkaArgs {
+    KafkaArgs::with_brokers(std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| orderflow_kafka::DEFAULT_BROKERS.into()))
+}
+
+/// `DATABASE_URL`, or the local stack's database.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into())
+}
+
+/// Log to the test output when `TEST_LOG` is set (value is a `RUST_LOG` filter or `1`).
+pub fn init_test_logs() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let filter = if filter == "1" || filter.is_empty() { "info".to_owned() } else { filter };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A name no other test (in this process or another) uses: `prefix-<pid>-<time>-<n>`,
+/// lowercase, made of `[a-z0-9-]`, so it is a valid topic and group name. Use
+/// [`unique_ident`] for SQL identifiers.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let clean: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    format!("{clean}-{}-{:x}-{n}", std::process::id(), nanos % 0xffff_ffff_ffff)
+}
+
+/// Like [`unique_name`] but a valid unquoted SQL identifier (`[a-z0-9_]`, starts with a letter).
+pub fn unique_ident(prefix: &str) -> String {
+    format!("t_{}", unique_name(prefix).replace('-', "_"))
+}
+
+/// Create a topic only this test uses, with `partitions` partitions.
+pub async fn fresh_topic(prefix: &str, partitions: usize) -> String {
+    let topic = unique_name(prefix);
+    orderflow_kafka::admin::ensure_topic(&kafka_args(), &topic, partitions, 1)
+        .await
+        .with_context(|| format!("creating test topic {topic}; {STACK_HINT}"))
+        .unwrap();
+    topic
+}
+
+/// A consumer group name only this test uses (groups are created by joining them).
+pub fn fresh_group(prefix: &str) -> String {
+    unique_name(&format!("{prefix}-group"))
+}
+
+/// A Postgres schema only this test uses, and a pool whose connections have it as their
+/// `search_path`, so unqualified table names land there.
+pub struct TestSchema {
+    pub name: String,
+    pub pool: PgPool,
+}
+
+/// Create a fresh schema in the test database and a pool bound to it.
+pub async fn fresh_schema(prefix: &str) -> TestSchema {
+    let name = unique_ident(prefix);
+    let url = database_url();
+    let admin = PgPool::connect(&url).await.with_context(|| format!("connecting to {url}; {STACK_HINT}")).unwrap();
+    admin.execute(format!("CREATE SCHEMA {name}").as_str()).await.unwrap();
+    admin.close().await;
+    let options: PgConnectOptions = url.parse().unwrap();
+    let options = options.options([("search_path", name.as_str())]);
+    let pool = PgPoolOptions::new().max_connections(5).connect_with(options).await.unwrap();
+    TestSchema { name, pool }
+}
+
+/// Poll `check` until it returns `Some`, or panic naming `what` after `timeout`.
+/// The interval starts at 10 ms and backs off to 250 ms.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut interval = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// The workspace root (where `Cargo.toml`, `scripts/` and `schemas/` are).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests live beside this file; see each test file for what it proves.
