@@ -9,11 +9,13 @@
 //! - [`wait_until`]: poll a condition until it holds or a deadline passes (no bare sleeps).
 //! - [`process::BinaryProcess`]: run one of the workspace's binaries as a child process, so a
 //!   test can `kill -9` it at a bad moment.
+//! - [`events`]: realistic events and publishing them (or raw bytes) like the producers do.
 //! - [`init_test_logs`]: tracing output only when `TEST_LOG` is set.
 //!
 //! It never mocks the broker or the database: a test that cannot reach them fails with a
 //! message that says how to start the local stack.
 
+pub mod events;
 pub mod process;
 
 use std::future::Future;

@@ -18,11 +18,16 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let path = dir.join(name);
-    if !path.exists() {
-        bail!("binary {} not found; build it first (`cargo build --workspace --bins`)", path.display());
+    // Binaries sit in target/<profile>, examples in target/<profile>/examples.
+    for candidate in [dir.join(name), dir.join("examples").join(name)] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
     }
-    Ok(path)
+    bail!(
+        "binary {name} not found in {} or its examples/; build it first (`cargo build --workspace --bins --examples`)",
+        dir.display()
+    )
 }
 
 /// A running child process whose stdout and stderr go to a log file. Killed when dropped.

@@ -1,0 +1,270 @@
+//! The consumer runtime every orderflow consumer is built on (ours and downstream teams').
+//!
+//! A team implements [`Handler`] (which topics, what a batch of typed events does to its
+//! Postgres store) and calls [`Runtime::run`]. The runtime owns everything else: the consumer
+//! group with cooperative rebalancing, per-partition batching, offsets stored in the read
+//! store's own transaction, the applied-event ledger, retries, the dead-letter topic, replay
+//! mode, metrics, health endpoints and graceful shutdown.
+//!
+//! # Guarantee
+//! A consumer that crashes at any instant, restarts, rebalances, or sees the same event twice
+//! ends with exactly the read store it would have had if nothing went wrong. See
+//! [`consumer`] for how, and `docs/adding-a-consumer.md` for what it does not cover.
+//!
+//! # Layout
+//! - [`handler`]: the contract ([`Handler`], [`HandlerError`], [`Envelope`]).
+//! - [`consumer`]: the polling thread and the partition workers.
+//! - [`store`]: the runtime's tables (offsets, ledger) in each consumer's schema.
+//! - [`dlq`]: dead-letter records and their headers.
+//! - [`observe`]: metrics and the log lines that go with them.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics` next to the consumer's own read API.
+//!
+//! This crate must not know any particular consumer's tables or events beyond the
+//! [`orderflow_events::Event`] type.
+
+pub mod consumer;
+pub mod dlq;
+pub mod handler;
+pub mod http;
+pub mod observe;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use orderflow_events::Codec;
+use orderflow_kafka::KafkaArgs;
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+
+pub use handler::{BatchContext, Envelope, Handler, HandlerError};
+
+/// The local stack's database when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orderflow";
+
+/// Settings every consumer binary shares (flatten into its clap config).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Postgres holding the read store (the password is never logged).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+
+    /// Schema Registry for the Confluent wire format; unset means single-object encoding.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+
+    /// Postgres schema of the read store (default: the consumer's name).
+    #[arg(long, env = "CONSUMER_SCHEMA")]
+    pub schema: Option<String>,
+
+    /// Consumer group (default: the consumer's name).
+    #[arg(long, env = "CONSUMER_GROUP")]
+    pub group: Option<String>,
+
+    /// Topic to read, repeatable (default: the consumer's topics).
+    #[arg(long = "topic", value_name = "TOPIC")]
+    pub topics: Vec<String>,
+
+    /// Dead-letter topic (default: `<consumer>.dlq`).
+    #[arg(long, env = "DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+
+    /// Most events in one batch (one transaction).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+
+    /// How long a batch waits for more events after its first one, in milliseconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub batch_wait_ms: u64,
+
+    /// Replay mode: rebuilding a store; handlers with side effects (email) do not act.
+    #[arg(long, env = "REPLAY")]
+    pub replay: bool,
+
+    /// How long the applied-event ledger remembers an event id, in hours.
+    #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ledger_retention_hours: u64,
+
+    /// `/readyz` answers 200 once total lag is at most this many messages.
+    #[arg(long, default_value_t = 1000)]
+    pub ready_max_lag: i64,
+
+    /// Postgres connections (partitions apply concurrently, one transaction each).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_connections: u32,
+}
+
+impl RuntimeArgs {
+    /// Defaults, for tests and embedding.
+    pub fn new(kafka: KafkaArgs, database_url: impl Into<String>) -> Self {
+        RuntimeArgs {
+            kafka,
+            database_url: database_url.into(),
+            schema_registry_url: None,
+            schema: None,
+            group: None,
+            topics: Vec::new(),
+            dlq_topic: None,
+            batch_size: 500,
+            batch_wait_ms: 20,
+            replay: false,
+            ledger_retention_hours: 168,
+            ready_max_lag: 1000,
+            db_connections: 8,
+        }
+    }
+}
+
+/// A connected runtime: the read store's pool is ready (migrations applied) so the consumer
+/// can build its read API on it before [`Runtime::run`].
+pub struct Runtime {
+    args: RuntimeArgs,
+    name: String,
+    schema: String,
+    pool: PgPool,
+}
+
+impl Runtime {
+    /// Connect to Postgres, create the consumer's schema, the runtime's tables and run the
+    /// handler's migrations.
+    pub async fn connect<H: Handler>(handler: &H, args: RuntimeArgs) -> anyhow::Result<Runtime> {
+        let name = handler.name().to_owned();
+        let schema = args.schema.clone().unwrap_or_else(|| name.replace('-', "_"));
+        let pool = store::connect(&args.database_url, &schema, args.db_connections).await?;
+        store::migrate(&pool).await?;
+        if let Some(migrator) = handler.migrator() {
+            migrator.run(&pool).await.with_context(|| format!("Failed to migrate schema {schema}"))?;
+        }
+        Ok(Runtime { args, name, schema, pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Consume until `shutdown` completes, serving `/healthz`, `/readyz`, `/metrics` and
+    /// `api` on `listen`. On shutdown, in-flight batches finish (or are abandoned, uncommitted,
+    /// if they are retrying), offsets are committed and the consumer leaves its group.
+    pub async fn run<H: Handler>(
+        self,
+        handler: H,
+        api: axum::Router,
+        listen: SocketAddr,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("Failed to listen on {listen}"))?;
+        self.run_with_listener(handler, api, listener, shutdown).await
+    }
+
+    /// [`Runtime::run`] on an already bound listener (tests bind port 0).
+    pub async fn run_with_listener<H: Handler>(
+        self,
+        handler: H,
+        api: axum::Router,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Runtime { args, name, schema, pool } = self;
+        let topics = if args.topics.is_empty() { handler.topics() } else { args.topics.clone() };
+        anyhow::ensure!(!topics.is_empty(), "consumer {name} reads no topics");
+        let settings = consumer::LoopSettings {
+            consumer: name.clone(),
+            group: args.group.clone().unwrap_or_else(|| name.clone()),
+            topics,
+            dlq_topic: args.dlq_topic.clone().unwrap_or_else(|| format!("{name}.dlq")),
+            batch_size: args.batch_size as usize,
+            batch_wait: Duration::from_millis(args.batch_wait_ms),
+            replay: args.replay,
+            ready_max_lag: args.ready_max_lag,
+        };
+        orderflow_kafka::admin::ensure_topic(&args.kafka, &settings.dlq_topic, 1, 1)
+            .await
+            .with_context(|| format!("Failed to create the dead-letter topic {}", settings.dlq_topic))?;
+        let codec = match &args.schema_registry_url {
+            Some(url) => Codec::with_registry(url).context("Invalid SCHEMA_REGISTRY_URL")?,
+            None => Codec::new(),
+        };
+        let dlq: FutureProducer = args.kafka.producer_config().create().context("Failed to create the DLQ producer")?;
+        let mut config = args.kafka.consumer_config(&settings.group);
+        // Bound what librdkafka prefetches, so a large backlog cannot grow memory.
+        config.set("queued.max.messages.kbytes", "16384").set("fetch.max.bytes", "8388608");
+
+        let health = Arc::new(consumer::Health::default());
+        let shared = Arc::new(consumer::Shared::new(Arc::new(handler), pool.clone(), codec, dlq, settings, health.clone()));
+        tracing::info!(consumer = name, schema, replay = args.replay, "starting");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("{name}-poll"))
+                .spawn(move || consumer::poll_loop(shared, config, stop))
+                .context("Failed to start the polling thread")?
+        };
+        let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(http::serve(listener, api, health.clone(), async move {
+            let _ = http_stop_rx.await;
+        }));
+        let retention = Duration::from_secs(args.ledger_retention_hours * 3600);
+        let pruner = tokio::spawn(prune_ledger_forever(pool.clone(), retention));
+
+        // Wait for the shutdown signal, or for the polling thread to die.
+        let mut poller_watch = tokio::task::spawn_blocking(move || poller.join());
+        let early = tokio::select! {
+            _ = shutdown => None,
+            result = &mut poller_watch => Some(result),
+        };
+        stop.store(true, Ordering::SeqCst);
+        let result = match early {
+            Some(result) => result,
+            None => poller_watch.await,
+        };
+        pruner.abort();
+        let _ = http_stop_tx.send(());
+        let _ = server.await;
+        match result {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(error),
+            Ok(Err(_)) | Err(_) => anyhow::bail!("the polling thread of {name} panicked"),
+        }
+    }
+}
+
+async fn prune_ledger_forever(pool: PgPool, retention: Duration) {
+    let mut interval = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        interval.tick().await;
+        match store::prune_ledger(&pool, retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "pruned the applied-event ledger"),
+            Err(error) => tracing::warn!(error = %error, "pruning the applied-event ledger failed"),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,60 @@
+//! Everything the runtime reports about a happening, logged and counted in one place so the
+//! log line and the metric never disagree.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            .expect("static buckets are valid");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (tests in one process): keep ours for
+        // rendering either way.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+pub fn batch_applied(consumer: &str, topic: &str, partition: i32, applied: usize, duplicates: usize, elapsed: Duration) {
+    counter!("orderflow_events_applied_total", "consumer" => consumer.to_owned(), "topic" => topic.to_owned())
+        .increment(applied as u64);
+    if duplicates > 0 {
+        counter!("orderflow_duplicates_skipped_total", "consumer" => consumer.to_owned()).increment(duplicates as u64);
+        tracing::info!(consumer, topic, partition, duplicates, "skipped events already applied");
+    }
+    histogram!("orderflow_batch_duration_seconds", "consumer" => consumer.to_owned()).record(elapsed.as_secs_f64());
+    tracing::debug!(consumer, topic, partition, applied, ?elapsed, "batch committed");
+}
+
+pub fn dead_lettered(consumer: &str, topic: &str, partition: i32, offset: i64, class: &str, message: &str) {
+    counter!("orderflow_dead_lettered_total", "consumer" => consumer.to_owned(), "class" => class.to_owned())
+        .increment(1);
+    tracing::warn!(consumer, topic, partition, offset, class, error = message, "event sent to the dead-letter topic");
+}
+
+pub fn batch_retry(consumer: &str, topic: &str, partition: i32, attempt: u32, backoff: Duration, error: &dyn std::fmt::Display) {
+    counter!("orderflow_batch_retries_total", "consumer" => consumer.to_owned()).increment(1);
+    tracing::warn!(consumer, topic, partition, attempt, ?backoff, error = %error, "batch failed transiently; retrying");
+}
+
+pub fn lag(consumer: &str, topic: &str, partition: i32, messages: i64, seconds: f64) {
+    let labels = [
+        ("consumer", consumer.to_owned()),
+        ("topic", topic.to_owned()),
+        ("partition", partition.to_string()),
+    ];
+    gauge!("orderflow_consumer_lag_messages", &labels).set(messages.max(0) as f64);
+    gauge!("orderflow_consumer_lag_seconds", &labels).set(seconds.max(0.0));
+}
+
+pub fn partitions_assigned(consumer: &str, count: usize) {
+    gauge!("orderflow_consumer_assigned_partitions", "consumer" => consumer.to_owned()).set(count as f64);
+}

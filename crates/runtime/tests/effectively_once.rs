@@ -1,0 +1,423 @@
+//! Tests that try to break the runtime's promise: a consumer that crashes at any instant,
+//! restarts, rebalances, loses its database or sees the same event twice ends with exactly
+//! the store it would have had if nothing went wrong. Real broker, real Postgres.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use orderflow_events::Event;
+use orderflow_runtime::dlq::headers as dlq_headers;
+use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError, Runtime, RuntimeArgs};
+use orderflow_testkit::events::{order, producer, publish, publish_raw};
+use orderflow_testkit::process::BinaryProcess;
+use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use sqlx::{PgConnection, PgPool};
+
+/// Records every application as a row (no primary key), so applying an event twice shows up
+/// as two rows. Orders with a sku starting with `POISON` are rejected permanently.
+struct Recorder {
+    name: String,
+}
+
+impl Handler for Recorder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![]
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
+        for envelope in batch {
+            let Event::OrderPlaced(order) = &envelope.event else { continue };
+            if order.lines.iter().any(|l| l.sku.as_str().starts_with("POISON")) {
+                return Err(HandlerError::permanent(format!("order {} has a poisoned sku", order.order_id.as_str())));
+            }
+            let units: i64 = order.lines.iter().map(|l| i64::from(l.quantity.get())).sum();
+            sqlx::query("INSERT INTO applied (order_id, units, partition, \"offset\") VALUES ($1, $2, $3, $4)")
+                .bind(order.order_id.as_str())
+                .bind(units)
+                .bind(envelope.partition)
+                .bind(envelope.offset)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+struct Setup {
+    topic: String,
+    args: RuntimeArgs,
+    name: String,
+}
+
+async fn setup(prefix: &str, partitions: usize) -> Setup {
+    orderflow_testkit::init_test_logs();
+    let topic = fresh_topic(prefix, partitions).await;
+    let name = unique_ident(prefix).replace('_', "-");
+    let mut args = RuntimeArgs::new(kafka_args(), database_url());
+    args.schema = Some(unique_ident(prefix));
+    args.group = Some(fresh_group(prefix));
+    args.topics = vec![topic.clone()];
+    args.dlq_topic = Some(format!("{topic}.dlq"));
+    args.batch_size = 50;
+    args.batch_wait_ms = 5;
+    Setup { topic, args, name }
+}
+
+struct Running {
+    pool: PgPool,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(setup: &Setup) -> Running {
+    let handler = Recorder { name: setup.name.clone() };
+    let runtime = Runtime::connect(&handler, setup.args.clone()).await.unwrap();
+    let pool = runtime.pool().clone();
+    sqlx::query("CREATE TABLE IF NOT EXISTS applied (order_id text NOT NULL, units bigint NOT NULL, partition int, \"offset\" bigint)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, async move {
+        let _ = stopped.await;
+    }));
+    Running { pool, stop, task }
+}
+
+impl Running {
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("runtime stops within 60s")
+            .unwrap()
+            .expect("runtime ends cleanly");
+    }
+}
+
+async fn applied_rows(pool: &PgPool) -> BTreeMap<String, i64> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT order_id, count(*) FROM applied GROUP BY order_id")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    rows.into_iter().collect()
+}
+
+async fn stored_offsets_sum(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM orderflow_offsets")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicates_published_twice_are_applied_once() {
+    // Arrange: the same 40 events published twice (same event ids, new offsets).
+    let setup = setup("dupes", 3).await;
+    let events: Vec<Event> = (0..40).map(|i| order(&format!("o-{i}"), &[("sku-a", 1)])).collect();
+    let producer = producer();
+    publish(&producer, &setup.topic, &events).await;
+    publish(&producer, &setup.topic, &events).await;
+
+    // Act
+    let running = start(&setup).await;
+    wait_until("all 80 records consumed", Duration::from_secs(60), || async {
+        (stored_offsets_sum(&running.pool).await == 80).then_some(())
+    })
+    .await;
+
+    // Assert: every order applied exactly once.
+    let applied = applied_rows(&running.pool).await;
+    assert_eq!(applied.len(), 40);
+    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
+    // Arrange: one partition: good, garbage, good, poisoned (handler rejects), good, truncated.
+    let setup = setup("poison", 1).await;
+    let producer = producer();
+    publish(&producer, &setup.topic, &[order("good-1", &[("sku-a", 1)])]).await;
+    let (_, garbage_offset) = publish_raw(&producer, &setup.topic, "junk", b"this is not avro").await;
+    publish(&producer, &setup.topic, &[order("good-2", &[("sku-a", 2)])]).await;
+    let poisoned = publish(&producer, &setup.topic, &[order("bad-1", &[("POISON-1", 1)])]).await[0].1;
+    publish(&producer, &setup.topic, &[order("good-3", &[("sku-b", 3)])]).await;
+    let truncated = publish_raw(&producer, &setup.topic, "short", &[0xC3, 0x01, 0x00]).await.1;
+    publish(&producer, &setup.topic, &[order("good-4", &[("sku-b", 1)])]).await;
+
+    // Act
+    let running = start(&setup).await;
+    wait_until("all 7 records consumed", Duration::from_secs(60), || async {
+        (stored_offsets_sum(&running.pool).await == 7).then_some(())
+    })
+    .await;
+
+    // Assert: the good ones applied once; the bad ones dead-lettered with their reasons.
+    let applied = applied_rows(&running.pool).await;
+    assert_eq!(applied.keys().cloned().collect::<Vec<_>>(), ["good-1", "good-2", "good-3", "good-4"]);
+    assert!(applied.values().all(|&n| n == 1));
+
+    let dlq_topic = setup.args.dlq_topic.clone().unwrap();
+    let dead = read_all(&dlq_topic, 3).await;
+    let offsets: Vec<(String, String)> = dead
+        .iter()
+        .map(|h| (h[dlq_headers::ORIGINAL_OFFSET].clone(), h[dlq_headers::ERROR_CLASS].clone()))
+        .collect();
+    assert_eq!(
+        offsets,
+        [
+            (garbage_offset.to_string(), "undecodable".to_owned()),
+            (poisoned.to_string(), "permanent".to_owned()),
+            (truncated.to_string(), "undecodable".to_owned()),
+        ]
+    );
+    for headers in &dead {
+        assert_eq!(headers[dlq_headers::ORIGINAL_TOPIC], setup.topic);
+        assert_eq!(headers[dlq_headers::ORIGINAL_PARTITION], "0");
+        assert_eq!(headers[dlq_headers::CONSUMER], setup.name);
+        assert!(!headers[dlq_headers::ERROR_MESSAGE].is_empty());
+        assert!(!headers[dlq_headers::ORIGINAL_TIMESTAMP].is_empty());
+        assert!(!headers[dlq_headers::TIME].is_empty());
+    }
+    assert!(dead[1][dlq_headers::ERROR_MESSAGE].contains("poisoned sku"), "{:?}", dead[1]);
+    running.shutdown().await;
+}
+
+/// Read `count` records of `topic` from the beginning and return their headers.
+async fn read_all(topic: &str, count: usize) -> Vec<BTreeMap<String, String>> {
+    let consumer: StreamConsumer = kafka_args().consumer_config(&fresh_group("dlq-reader")).create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while out.len() < count {
+            let message = consumer.recv().await.unwrap();
+            let mut headers = BTreeMap::new();
+            if let Some(h) = message.headers() {
+                for header in h.iter() {
+                    headers.insert(
+                        header.key.to_owned(),
+                        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(headers);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {count} records on {topic}", out.len()));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_connections_killed_mid_stream_lose_nothing_and_double_nothing() {
+    // Arrange
+    let setup = setup("pgkill", 3).await;
+    let producer = producer();
+    let schema = setup.args.schema.clone().unwrap();
+    let running = start(&setup).await;
+    let admin = PgPool::connect(&database_url()).await.unwrap();
+
+    // Act: publish in waves while killing the consumer's connections over and over.
+    const WAVES: usize = 8;
+    const PER_WAVE: usize = 150;
+    for wave in 0..WAVES {
+        let events: Vec<Event> =
+            (0..PER_WAVE).map(|i| order(&format!("w{wave}-o{i}"), &[("sku-a", 1), ("sku-b", 2)])).collect();
+        publish(&producer, &setup.topic, &events).await;
+        // Connections whose search_path is the consumer's schema are the consumer's.
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND datname = current_database()
+               AND query NOT ILIKE '%pg_terminate_backend%'
+               AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = $1)",
+        )
+        .bind(&schema)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        tracing::info!(wave, killed = killed.len(), "terminated consumer connections");
+    }
+
+    // Assert
+    let total = (WAVES * PER_WAVE) as i64;
+    wait_until("every record applied after the outages", Duration::from_secs(120), || async {
+        (stored_offsets_sum(&running.pool).await == total).then_some(())
+    })
+    .await;
+    let applied = applied_rows(&running.pool).await;
+    assert_eq!(applied.len(), WAVES * PER_WAVE);
+    assert!(applied.values().all(|&n| n == 1), "an order was applied twice");
+    running.shutdown().await;
+}
+
+/// Expected units per sku of `events`.
+fn units_per_sku(events: &[Event]) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for event in events {
+        if let Event::OrderPlaced(order) = event {
+            for line in &order.lines {
+                *out.entry(line.sku.as_str().to_owned()).or_default() += i64::from(line.quantity.get());
+            }
+        }
+    }
+    out
+}
+
+fn orders(prefix: &str, n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let sku = format!("sku-{}", i % 7);
+            order(&format!("{prefix}-{i}"), &[(sku.as_str(), (i % 5 + 1) as u32), ("sku-common", 1)])
+        })
+        .collect()
+}
+
+struct ExampleConsumer {
+    args: Vec<String>,
+    schema: String,
+}
+
+impl ExampleConsumer {
+    fn new(topic: &str, prefix: &str) -> Self {
+        let schema = unique_ident(prefix);
+        let args = vec![
+            "--topic".into(),
+            topic.into(),
+            "--schema".into(),
+            schema.clone(),
+            "--group".into(),
+            fresh_group(prefix),
+            "--dlq-topic".into(),
+            format!("{topic}.dlq"),
+            "--batch-size".into(),
+            "40".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            // A killed member's partitions move after this timeout.
+            "--kafka-option".into(),
+            "session.timeout.ms=6000".into(),
+            "--kafka-option".into(),
+            "heartbeat.interval.ms=500".into(),
+        ];
+        ExampleConsumer { args, schema }
+    }
+
+    fn spawn(&self) -> BinaryProcess {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        BinaryProcess::spawn("units-per-sku", &args, &[("KAFKA_BROKERS", &kafka_args().brokers), ("DATABASE_URL", &database_url())])
+            .unwrap()
+    }
+
+    async fn pool(&self) -> PgPool {
+        let options: sqlx::postgres::PgConnectOptions = database_url().parse().unwrap();
+        PgPool::connect_with(options.options([("search_path", self.schema.as_str())])).await.unwrap()
+    }
+}
+
+async fn store_units(pool: &PgPool) -> BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>("SELECT sku, units FROM units_per_sku")
+        .fetch_all(pool)
+        .await
+        .map(|rows| rows.into_iter().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_killed_with_sigkill_at_random_moments_ends_with_the_exact_store() {
+    // Arrange: a backlog, a consumer process, small batches so there are many commits.
+    let topic = fresh_topic("kill9", 4).await;
+    let events = orders("k", 3000);
+    let expected = units_per_sku(&events);
+    publish(&producer(), &topic, &events).await;
+    let consumer = ExampleConsumer::new(&topic, "kill9");
+
+    // Act: kill -9 after a random amount of progress, five times, then let it finish.
+    let mut rng_state = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    let mut progress = 0i64;
+    for round in 0..5 {
+        let mut process = consumer.spawn();
+        let pool = consumer.pool().await;
+        rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let step = 100 + (rng_state >> 33) as i64 % 400;
+        let target = progress + step;
+        progress = wait_until(&format!("round {round}: offsets past {target}"), Duration::from_secs(60), || async {
+            let sum = stored_offsets_sum(&pool).await;
+            (sum >= target).then_some(sum)
+        })
+        .await;
+        process.kill_hard().unwrap();
+        tracing::info!(round, progress, "killed");
+    }
+    let _last = consumer.spawn();
+    let pool = consumer.pool().await;
+    wait_until("the whole backlog applied", Duration::from_secs(120), || async {
+        (stored_offsets_sum(&pool).await == events.len() as i64).then_some(())
+    })
+    .await;
+
+    // Assert: exactly the store an uninterrupted run would have built.
+    assert_eq!(store_units(&pool).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_partitions_and_the_survivor_takes_over_without_loss_or_double_count() {
+    // Arrange: two instances of one consumer in one group.
+    let topic = fresh_topic("pair", 6).await;
+    let consumer = ExampleConsumer::new(&topic, "pair");
+    let mut first = consumer.spawn();
+    let _second = consumer.spawn();
+    let first_wave = orders("a", 1500);
+    let producer = producer();
+    publish(&producer, &topic, &first_wave).await;
+    let pool = consumer.pool().await;
+
+    // Act: stop one instance mid-stream (SIGKILL: it cannot hand over cleanly), publish more.
+    wait_until("some progress by the pair", Duration::from_secs(60), || async {
+        (stored_offsets_sum(&pool).await >= 300).then_some(())
+    })
+    .await;
+    first.kill_hard().unwrap();
+    let second_wave = orders("b", 1500);
+    publish(&producer, &topic, &second_wave).await;
+
+    // Assert
+    let all: Vec<Event> = first_wave.into_iter().chain(second_wave).collect();
+    wait_until("the survivor applied everything", Duration::from_secs(120), || async {
+        (stored_offsets_sum(&pool).await == all.len() as i64).then_some(())
+    })
+    .await;
+    assert_eq!(store_units(&pool).await, units_per_sku(&all));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_commits_and_a_restart_continues_where_it_stopped() {
+    let setup = setup("graceful", 2).await;
+    let producer = producer();
+    publish(&producer, &setup.topic, &orders("g1", 200)).await;
+    let running = start(&setup).await;
+    wait_until("first batch of records applied", Duration::from_secs(60), || async {
+        (stored_offsets_sum(&running.pool).await == 200).then_some(())
+    })
+    .await;
+    running.shutdown().await;
+
+    publish(&producer, &setup.topic, &orders("g2", 200)).await;
+    let running = start(&setup).await;
+    wait_until("second batch of records applied", Duration::from_secs(60), || async {
+        (stored_offsets_sum(&running.pool).await == 400).then_some(())
+    })
+    .await;
+    let applied = applied_rows(&running.pool).await;
+    assert_eq!(applied.len(), 400);
+    assert!(applied.values().all(|&n| n == 1));
+    running.shutdown().await;
+}

@@ -1,0 +1,86 @@
+//! Events for tests: realistic orders and stock changes, and publishing them (or raw bytes)
+//! to a topic the way the producers do (single-object Avro, CloudEvents headers, keyed by
+//! the aggregate id).
+
+use std::time::Duration;
+
+use orderflow_events::{CeHeaders, Codec, Event, InventoryChangeRequest, OrderRequest};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use uuid::Uuid;
+
+use crate::kafka_args;
+
+/// An order with the given `(sku, quantity)` lines at 250 minor units each, in EUR.
+pub fn order(order_id: &str, lines: &[(&str, u32)]) -> Event {
+    let total: u64 = lines.iter().map(|(_, q)| u64::from(*q) * 250).sum();
+    let request: OrderRequest = serde_json::from_value(serde_json::json!({
+        "order_id": order_id,
+        "customer": {"id": "c-1", "email": "ada@example.com", "name": "Ada Lovelace"},
+        "currency": "EUR",
+        "lines": lines.iter().map(|(sku, q)| serde_json::json!({"sku": sku, "quantity": q, "unit_price_minor": 250})).collect::<Vec<_>>(),
+        "total_minor": total,
+        "shipping_address": {"line1": "1 Main St", "city": "Zurich", "postal_code": "8000", "country": "CH"},
+        "channel": "web"
+    }))
+    .expect("test order request is well-formed");
+    let event = request.into_event(Uuid::new_v4(), chrono::Utc::now()).expect("test order is valid");
+    Event::OrderPlaced(event)
+}
+
+/// A stock change of `delta` for `sku` in warehouse `w1`.
+pub fn stock_change(sku: &str, delta: i64, reason: &str, order_id: Option<&str>) -> Event {
+    let request: InventoryChangeRequest = serde_json::from_value(serde_json::json!({
+        "sku": sku, "warehouse": "w1", "delta": delta, "reason": reason, "order_id": order_id,
+    }))
+    .expect("test change request is well-formed");
+    let event = request.into_event_at("changes[0]", Uuid::new_v4(), chrono::Utc::now()).expect("test change is valid");
+    Event::InventoryChanged(event)
+}
+
+/// A producer with the project's settings.
+pub fn producer() -> FutureProducer {
+    kafka_args().producer_config().create().expect("producer")
+}
+
+/// Publish `events` to `topic` (all in flight at once) and return each one's
+/// (partition, offset), in the order given.
+pub async fn publish(producer: &FutureProducer, topic: &str, events: &[Event]) -> Vec<(i32, i64)> {
+    let codec = Codec::new();
+    let encoded: Vec<(Vec<u8>, OwnedHeaders, String)> = futures_encode(&codec, events).await;
+    let sends = encoded.iter().map(|(value, headers, key)| {
+        producer
+            .send(
+                FutureRecord::to(topic).key(key.as_str()).payload(value.as_slice()).headers(headers.clone()),
+                Duration::from_secs(30),
+            )
+    });
+    futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| r.map(|d| (d.partition, d.offset)).map_err(|(e, _)| e).expect("broker acknowledged"))
+        .collect()
+}
+
+async fn futures_encode(codec: &Codec, events: &[Event]) -> Vec<(Vec<u8>, OwnedHeaders, String)> {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let value = codec.encode(event).await.expect("test event encodes");
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in CeHeaders::for_event(event, "orderflow-testkit", None).to_pairs() {
+            headers = headers.insert(Header { key, value: Some(&value) });
+        }
+        out.push((value, headers, event.key().to_owned()));
+    }
+    out
+}
+
+/// Publish raw bytes (garbage, truncated records...) with `key` to `topic`.
+pub async fn publish_raw(producer: &FutureProducer, topic: &str, key: &str, value: &[u8]) -> (i32, i64) {
+    let delivery = producer
+        .send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("broker acknowledged");
+    (delivery.partition, delivery.offset)
+}
