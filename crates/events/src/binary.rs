@@ -98,7 +98,15 @@ pub(crate) fn field<T>(name: &str, r: Result<T, Invalid>) -> Result<T, DecodeErr
 }
 
 pub(crate) fn parse_uuid(name: &str, s: &str) -> Result<Uuid, DecodeError> {
-    field(name, Uuid::try_parse(s).map_err(|_| Invalid::new("must be a UUID")))
+    // Only the canonical text (36 characters, lower-case, hyphenated) is accepted, so a
+    // decoded event re-encodes to the same bytes.
+    let bad = || Invalid::new("must be a lower-case hyphenated UUID");
+    let u = field(name, Uuid::try_parse(s).map_err(|_| bad()))?;
+    let mut tmp = [0u8; 36];
+    if u.hyphenated().encode_lower(&mut tmp) != s {
+        return field(name, Err(bad()));
+    }
+    Ok(u)
 }
 
 struct Reader<'a> {

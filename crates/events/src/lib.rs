@@ -30,6 +30,7 @@ pub mod headers;
 mod iso;
 pub mod registry;
 pub mod request;
+pub mod samples;
 pub mod schema;
 
 pub use codec::Codec;
