@@ -1,0 +1,247 @@
+//! The events themselves, as Rust types. Serde `Serialize`/`Deserialize` give their JSON shape
+//! (used by `orderflow tail` and the JSONL publisher): the same field names as the ingress
+//! request bodies, plus `type` (the CloudEvents type), `event_id` and RFC 3339 times.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{
+    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, Invalid, MinorUnits,
+    Money, OrderId, PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId,
+    limits,
+};
+
+/// Topic of order events, keyed by `order_id`.
+pub const ORDERS_TOPIC: &str = "orders.v1";
+/// Topic of stock events, keyed by `sku`.
+pub const INVENTORY_TOPIC: &str = "inventory.v1";
+/// CloudEvents type of [`OrderPlaced`].
+pub const ORDER_PLACED_TYPE: &str = "orderflow.order.placed.v1";
+/// CloudEvents type of [`InventoryChanged`].
+pub const INVENTORY_CHANGED_TYPE: &str = "orderflow.inventory.changed.v1";
+
+/// The buyer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Customer {
+    pub id: CustomerId,
+    pub email: Email,
+    pub name: PersonName,
+}
+
+/// One ordered item. `unit_price_minor` is in the order's currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub unit_price_minor: MinorUnits,
+}
+
+/// A shipping address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    pub line1: AddressLine,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line2: Option<AddressLine>,
+    pub city: City,
+    pub postal_code: PostalCode,
+    pub country: CountryCode,
+}
+
+/// An order was placed. Invariants beyond the field types (checked by [`OrderPlaced::validate`],
+/// which the codec runs on encode and decode): 1..=500 lines, and `total_minor` equals the sum of
+/// `quantity * unit_price_minor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderPlaced {
+    pub event_id: Uuid,
+    pub order_id: OrderId,
+    pub customer: Customer,
+    pub currency: Currency,
+    pub lines: Vec<OrderLine>,
+    pub total_minor: MinorUnits,
+    pub shipping_address: Address,
+    pub placed_at: DateTime<Utc>,
+    pub channel: Channel,
+}
+
+impl OrderPlaced {
+    /// The total as [`Money`].
+    pub fn total(&self) -> Money {
+        Money { minor: self.total_minor, currency: self.currency }
+    }
+
+    /// Sum of the lines, overflow-checked. Errors name the offending field.
+    pub fn lines_sum(&self) -> Result<MinorUnits, (String, Invalid)> {
+        let mut sum = MinorUnits::ZERO;
+        for (i, l) in self.lines.iter().enumerate() {
+            sum = l
+                .unit_price_minor
+                .checked_mul(l.quantity)
+                .and_then(|line| sum.checked_add(line))
+                .map_err(|e| (format!("lines[{i}]"), e))?;
+        }
+        Ok(sum)
+    }
+
+    /// Cross-field invariants; returns the field path and problem of the first violation.
+    pub fn validate(&self) -> Result<(), (String, Invalid)> {
+        if self.lines.is_empty() {
+            return Err(("lines".into(), Invalid::new("must not be empty")));
+        }
+        if self.lines.len() > limits::ORDER_LINES {
+            return Err(("lines".into(), Invalid::new(format!("must have at most {} entries", limits::ORDER_LINES))));
+        }
+        let sum = self.lines_sum()?;
+        if sum != self.total_minor {
+            return Err((
+                "total_minor".into(),
+                Invalid::new(format!("must equal the sum of the lines ({})", sum.get())),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Stock of one sku in one warehouse changed. Invariant (checked by
+/// [`InventoryChanged::validate`]): the sign of `delta` fits the `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryChanged {
+    pub event_id: Uuid,
+    pub sku: Sku,
+    pub warehouse: WarehouseId,
+    pub delta: StockDelta,
+    pub reason: Reason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<OrderId>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl InventoryChanged {
+    pub fn validate(&self) -> Result<(), (String, Invalid)> {
+        self.reason.check_delta(self.delta).map_err(|e| ("delta".into(), e))
+    }
+}
+
+/// Every event orderflow carries. JSON: internally tagged by `type` = the CloudEvents type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    #[serde(rename = "orderflow.order.placed.v1")]
+    OrderPlaced(OrderPlaced),
+    #[serde(rename = "orderflow.inventory.changed.v1")]
+    InventoryChanged(InventoryChanged),
+}
+
+/// Which event, without its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    OrderPlaced,
+    InventoryChanged,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 2] = [EventKind::OrderPlaced, EventKind::InventoryChanged];
+
+    pub fn ce_type(self) -> &'static str {
+        match self {
+            EventKind::OrderPlaced => ORDER_PLACED_TYPE,
+            EventKind::InventoryChanged => INVENTORY_CHANGED_TYPE,
+        }
+    }
+    pub fn topic(self) -> &'static str {
+        match self {
+            EventKind::OrderPlaced => ORDERS_TOPIC,
+            EventKind::InventoryChanged => INVENTORY_TOPIC,
+        }
+    }
+    /// Avro full name of the record.
+    pub fn avro_name(self) -> &'static str {
+        match self {
+            EventKind::OrderPlaced => "orderflow.events.OrderPlaced",
+            EventKind::InventoryChanged => "orderflow.events.InventoryChanged",
+        }
+    }
+    pub fn from_avro_name(name: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.avro_name() == name)
+    }
+    pub fn from_ce_type(ce_type: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.ce_type() == ce_type)
+    }
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::OrderPlaced(_) => EventKind::OrderPlaced,
+            Event::InventoryChanged(_) => EventKind::InventoryChanged,
+        }
+    }
+    pub fn event_id(&self) -> Uuid {
+        match self {
+            Event::OrderPlaced(e) => e.event_id,
+            Event::InventoryChanged(e) => e.event_id,
+        }
+    }
+    /// CloudEvents type, e.g. `orderflow.order.placed.v1`.
+    pub fn ce_type(&self) -> &'static str {
+        self.kind().ce_type()
+    }
+    /// Kafka topic: `orders.v1` or `inventory.v1`.
+    pub fn topic(&self) -> &'static str {
+        self.kind().topic()
+    }
+    /// Kafka key: the aggregate id (`order_id` or `sku`).
+    pub fn key(&self) -> &str {
+        match self {
+            Event::OrderPlaced(e) => e.order_id.as_str(),
+            Event::InventoryChanged(e) => e.sku.as_str(),
+        }
+    }
+    pub fn order_id(&self) -> Option<&OrderId> {
+        match self {
+            Event::OrderPlaced(e) => Some(&e.order_id),
+            Event::InventoryChanged(e) => e.order_id.as_ref(),
+        }
+    }
+    /// When the fact happened (`placed_at` / `occurred_at`); also the `ce_time` header.
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        match self {
+            Event::OrderPlaced(e) => e.placed_at,
+            Event::InventoryChanged(e) => e.occurred_at,
+        }
+    }
+    /// Cross-field invariants of the inner event.
+    pub fn validate(&self) -> Result<(), (String, Invalid)> {
+        match self {
+            Event::OrderPlaced(e) => e.validate(),
+            Event::InventoryChanged(e) => e.validate(),
+        }
+    }
+}
+
+impl From<OrderPlaced> for Event {
+    fn from(e: OrderPlaced) -> Self {
+        Event::OrderPlaced(e)
+    }
+}
+impl From<InventoryChanged> for Event {
+    fn from(e: InventoryChanged) -> Self {
+        Event::InventoryChanged(e)
+    }
+}
+
+/// Namespace of the deterministic event ids (UUID v5) derived from an `Idempotency-Key`.
+pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_7700_0000_0000_0001);
+
+/// Deterministic event id for a client's idempotency key: the same key (and index within a
+/// batch) always gives the same id, so a retried request is applied once. `scope` should name
+/// the caller (e.g. the token's principal) so two clients' keys never collide.
+pub fn idempotent_event_id(scope: &str, idempotency_key: &str, index: usize) -> Uuid {
+    let name = format!("{}\u{0}{}\u{0}{}", scope, idempotency_key, index);
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
+}
