@@ -61,7 +61,7 @@ fn fastavro_reads_the_golden_vectors() {
         Ok(o) => panic!(
             "{python} cannot import fastavro ({}). Create a venv: python3 -m venv /root/.orderflow/venv && \
              /root/.orderflow/venv/bin/pip install -r tests/requirements.txt, then set ORDERFLOW_PYTHON=/root/.orderflow/venv/bin/python",
-            String::from_utf8_lossy(&o.stderr).trim()
+            String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or("")
         ),
         Err(e) => panic!("cannot run {python} ({e}); set ORDERFLOW_PYTHON to a Python with tests/requirements.txt installed"),
     }
