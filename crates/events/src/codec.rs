@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -48,6 +48,8 @@ pub struct Codec {
     registry: Option<RegistryClient>,
     /// Registry schema id → how to read it.
     by_id: Arc<RwLock<HashMap<u32, Arc<Writer>>>>,
+    /// Registry id of the current schema per [`EventKind`] (index = discriminant), once registered.
+    own_ids: Arc<[OnceLock<u32>; EventKind::ALL.len()]>,
 }
 
 impl Default for Codec {
@@ -72,7 +74,7 @@ impl Codec {
     /// ones only for ids already cached, which without a registry means none).
     pub fn new() -> Self {
         shipped();
-        Codec { registry: None, by_id: Arc::default() }
+        Codec { registry: None, by_id: Arc::default(), own_ids: Arc::default() }
     }
 
     /// Confluent wire format with the registry at `url` (`SCHEMA_REGISTRY_URL`); still decodes
@@ -99,16 +101,16 @@ impl Codec {
         };
         check(event)?;
         let kind = event.kind();
-        let current = shipped().current(kind);
-        let subject = value_subject(kind.topic());
-        let id = match registry.registered_id(&subject, current.json) {
-            Some(id) => id,
+        let slot = &self.own_ids[kind as usize];
+        let id = match slot.get() {
+            Some(&id) => id,
             None => {
-                let id = registry.register(&subject, current.json).await.map_err(|e| {
+                let current = shipped().current(kind);
+                let id = registry.register(&value_subject(kind.topic()), current.json).await.map_err(|e| {
                     if e.is_transient() { EncodeError::RegistryUnavailable(e) } else { EncodeError::Registry(e) }
                 })?;
                 write(&self.by_id).insert(id, Arc::new(Writer::Current(kind)));
-                id
+                *slot.get_or_init(|| id)
             }
         };
         let mut buf = Vec::with_capacity(256);

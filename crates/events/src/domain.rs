@@ -186,7 +186,6 @@ fn check_email(s: &str) -> Result<(), Invalid> {
     {
         return Err(bad());
     }
-    let labels: Vec<&str> = domain.split('.').collect();
     let label_ok = |l: &&str| {
         !l.is_empty()
             && l.len() <= 63
@@ -194,7 +193,7 @@ fn check_email(s: &str) -> Result<(), Invalid> {
             && !l.ends_with('-')
             && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     };
-    if labels.len() < 2 || !labels.iter().all(label_ok) {
+    if domain.split('.').nth(1).is_none() || !domain.split('.').all(|l| label_ok(&l)) {
         return Err(bad());
     }
     Ok(())
