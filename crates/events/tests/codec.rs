@@ -1,6 +1,8 @@
 //! Codec behaviour: round trips in both framings, equality with apache-avro's own encoder,
 //! resolution of another writer version, hostile input.
 
+mod common;
+
 use apache_avro::Schema;
 use orderflow_events::schema::shipped;
 use orderflow_events::{Codec, DecodeError, Event, EventKind, avro_value, samples};
@@ -71,30 +73,8 @@ fn canonical_form_is_apache_avros_with_the_primitives_rule_applied() {
 /// An older writer (v0: no `order_id`, fewer reasons) is resolved to the current reader.
 #[test]
 fn older_writer_version_is_resolved_into_current_reader() {
-    let v0 = Schema::parse_str(r#"{"type":"record","name":"InventoryChanged","namespace":"orderflow.events","fields":[
-        {"name":"event_id","type":"string"},{"name":"sku","type":"string"},{"name":"warehouse","type":"string"},
-        {"name":"delta","type":"long"},
-        {"name":"reason","type":{"type":"enum","name":"Reason","symbols":["received","shipped"]}},
-        {"name":"occurred_at","type":{"type":"long","logicalType":"timestamp-micros"}}]}"#).unwrap();
-    use apache_avro::types::Value;
-    let datum = apache_avro::to_avro_datum(
-        &v0,
-        Value::Record(vec![
-            (
-                "event_id".into(),
-                Value::String("01935f2a-7c00-7000-8000-000000000009".into()),
-            ),
-            ("sku".into(), Value::String("SKU-1".into())),
-            ("warehouse".into(), Value::String("w".into())),
-            ("delta".into(), Value::Long(7)),
-            ("reason".into(), Value::Enum(0, "received".into())),
-            (
-                "occurred_at".into(),
-                Value::TimestampMicros(1_700_000_000_000_000),
-            ),
-        ]),
-    )
-    .unwrap();
+    let v0 = Schema::parse_str(common::INVENTORY_V0).unwrap();
+    let datum = common::inventory_v0_datum("01935f2a-7c00-7000-8000-000000000009", "SKU-1", 7, 0);
     let reader = &shipped().current(EventKind::InventoryChanged).schema;
     let v = apache_avro::from_avro_datum(&v0, &mut &datum[..], Some(reader)).unwrap();
     let Event::InventoryChanged(e) =

@@ -1,6 +1,8 @@
 //! Confluent wire format against a Schema Registry speaking the documented REST protocol,
 //! served in-process (axum on 127.0.0.1:0) with request counters.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -167,40 +169,13 @@ async fn other_writer_versions_resolve_and_foreign_schemas_are_rejected() {
     let (url, reg) = spawn_registry().await;
     let codec = Codec::with_registry(&url).unwrap();
     // An older InventoryChanged writer without order_id.
-    let v0 = r#"{"type":"record","name":"InventoryChanged","namespace":"orderflow.events","fields":[
-        {"name":"event_id","type":"string"},{"name":"sku","type":"string"},{"name":"warehouse","type":"string"},
-        {"name":"delta","type":"long"},
-        {"name":"reason","type":{"type":"enum","name":"Reason","symbols":["received","shipped"]}},
-        {"name":"occurred_at","type":{"type":"long","logicalType":"timestamp-micros"}}]}"#;
-    let id = codec
-        .registry()
-        .unwrap()
-        .register("inventory.v1-value", v0)
+    let registry = codec.registry().unwrap();
+    let id = registry
+        .register("inventory.v1-value", common::INVENTORY_V0)
         .await
         .unwrap();
-    let schema = apache_avro::Schema::parse_str(v0).unwrap();
-    use apache_avro::types::Value as V;
-    let datum = apache_avro::to_avro_datum(
-        &schema,
-        V::Record(vec![
-            (
-                "event_id".into(),
-                V::String("01935f2a-7c00-7000-8000-00000000000a".into()),
-            ),
-            ("sku".into(), V::String("SKU-1".into())),
-            ("warehouse".into(), V::String("w1".into())),
-            ("delta".into(), V::Long(-3)),
-            ("reason".into(), V::Enum(1, "shipped".into())),
-            (
-                "occurred_at".into(),
-                V::TimestampMicros(1_700_000_000_000_000),
-            ),
-        ]),
-    )
-    .unwrap();
-    let mut b = vec![0];
-    b.extend_from_slice(&id.to_be_bytes());
-    b.extend(datum);
+    let datum = common::inventory_v0_datum("01935f2a-7c00-7000-8000-00000000000a", "SKU-1", -3, 1);
+    let b = common::confluent_frame(id, &datum);
     // A fresh codec must fetch v0 and resolve it.
     let fresh = Codec::with_registry(&url).unwrap();
     let Event::InventoryChanged(e) = fresh.decode(&b).await.unwrap() else {
@@ -219,9 +194,7 @@ async fn other_writer_versions_resolve_and_foreign_schemas_are_rejected() {
         .register("payments-value", foreign)
         .await
         .unwrap();
-    let mut b = vec![0];
-    b.extend_from_slice(&id.to_be_bytes());
-    b.push(2);
+    let b = common::confluent_frame(id, &[2]);
     let e = fresh.decode(&b).await.unwrap_err();
     assert!(
         matches!(&e, DecodeError::UnknownType(n) if n == "com.example.Payment"),
