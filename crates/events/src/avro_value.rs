@@ -7,8 +7,7 @@ use apache_avro::types::Value;
 use crate::binary::{field, parse_uuid};
 use crate::domain::{
     AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, MinorUnits, OrderId,
-    PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits,
-    micros_to_time,
+    PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits, micros_to_time,
 };
 use crate::error::DecodeError;
 use crate::event::{Address, Customer, Event, EventKind, InventoryChanged, OrderLine, OrderPlaced};
@@ -34,26 +33,48 @@ pub fn to_value(event: &Event) -> Value {
         Event::OrderPlaced(e) => record(vec![
             ("event_id", Value::Uuid(e.event_id)),
             ("order_id", s(e.order_id.as_str())),
-            ("customer", record(vec![
-                ("id", s(e.customer.id.as_str())),
-                ("email", s(e.customer.email.as_str())),
-                ("name", s(e.customer.name.as_str())),
-            ])),
+            (
+                "customer",
+                record(vec![
+                    ("id", s(e.customer.id.as_str())),
+                    ("email", s(e.customer.email.as_str())),
+                    ("name", s(e.customer.name.as_str())),
+                ]),
+            ),
             ("currency", s(e.currency.as_str())),
-            ("lines", Value::Array(e.lines.iter().map(|l| record(vec![
-                ("sku", s(l.sku.as_str())),
-                ("quantity", Value::Int(l.quantity.get() as i32)),
-                ("unit_price_minor", Value::Long(l.unit_price_minor.get())),
-            ])).collect())),
+            (
+                "lines",
+                Value::Array(
+                    e.lines
+                        .iter()
+                        .map(|l| {
+                            record(vec![
+                                ("sku", s(l.sku.as_str())),
+                                ("quantity", Value::Int(l.quantity.get() as i32)),
+                                ("unit_price_minor", Value::Long(l.unit_price_minor.get())),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
             ("total_minor", Value::Long(e.total_minor.get())),
-            ("shipping_address", record(vec![
-                ("line1", s(e.shipping_address.line1.as_str())),
-                ("line2", opt(e.shipping_address.line2.as_ref().map(AddressLine::as_str))),
-                ("city", s(e.shipping_address.city.as_str())),
-                ("postal_code", s(e.shipping_address.postal_code.as_str())),
-                ("country", s(e.shipping_address.country.as_str())),
-            ])),
-            ("placed_at", Value::TimestampMicros(e.placed_at.timestamp_micros())),
+            (
+                "shipping_address",
+                record(vec![
+                    ("line1", s(e.shipping_address.line1.as_str())),
+                    (
+                        "line2",
+                        opt(e.shipping_address.line2.as_ref().map(AddressLine::as_str)),
+                    ),
+                    ("city", s(e.shipping_address.city.as_str())),
+                    ("postal_code", s(e.shipping_address.postal_code.as_str())),
+                    ("country", s(e.shipping_address.country.as_str())),
+                ]),
+            ),
+            (
+                "placed_at",
+                Value::TimestampMicros(e.placed_at.timestamp_micros()),
+            ),
             ("channel", s(e.channel.as_str())),
         ]),
         Event::InventoryChanged(e) => record(vec![
@@ -61,9 +82,15 @@ pub fn to_value(event: &Event) -> Value {
             ("sku", s(e.sku.as_str())),
             ("warehouse", s(e.warehouse.as_str())),
             ("delta", Value::Long(e.delta.get())),
-            ("reason", Value::Enum(e.reason.index() as u32, e.reason.as_str().to_owned())),
+            (
+                "reason",
+                Value::Enum(e.reason.index() as u32, e.reason.as_str().to_owned()),
+            ),
             ("order_id", opt(e.order_id.as_ref().map(OrderId::as_str))),
-            ("occurred_at", Value::TimestampMicros(e.occurred_at.timestamp_micros())),
+            (
+                "occurred_at",
+                Value::TimestampMicros(e.occurred_at.timestamp_micros()),
+            ),
         ]),
     }
 }
@@ -77,12 +104,21 @@ struct Rec<'a> {
 impl<'a> Rec<'a> {
     fn new(path: &str, v: &'a Value) -> Result<Self, DecodeError> {
         match v {
-            Value::Record(fields) => Ok(Rec { path: path.to_owned(), fields }),
-            other => Err(DecodeError::malformed(format!("{path}: expected a record, got {other:?}"))),
+            Value::Record(fields) => Ok(Rec {
+                path: path.to_owned(),
+                fields,
+            }),
+            other => Err(DecodeError::malformed(format!(
+                "{path}: expected a record, got {other:?}"
+            ))),
         }
     }
     fn name(&self, f: &str) -> String {
-        if self.path.is_empty() { f.to_owned() } else { format!("{}.{f}", self.path) }
+        if self.path.is_empty() {
+            f.to_owned()
+        } else {
+            format!("{}.{f}", self.path)
+        }
     }
     fn get(&self, f: &str) -> Result<&'a Value, DecodeError> {
         let v = self
@@ -101,7 +137,10 @@ impl<'a> Rec<'a> {
             Value::String(s) => Ok(s.clone()),
             Value::Uuid(u) => Ok(u.to_string()),
             Value::Enum(_, s) => Ok(s.clone()),
-            other => Err(DecodeError::malformed(format!("{}: expected a string, got {other:?}", self.name(f)))),
+            other => Err(DecodeError::malformed(format!(
+                "{}: expected a string, got {other:?}",
+                self.name(f)
+            ))),
         }
     }
     fn opt_str(&self, f: &str) -> Result<Option<String>, DecodeError> {
@@ -114,10 +153,17 @@ impl<'a> Rec<'a> {
         match self.get(f)? {
             Value::Long(n) | Value::TimestampMicros(n) | Value::LocalTimestampMicros(n) => Ok(*n),
             Value::Int(n) => Ok(i64::from(*n)),
-            other => Err(DecodeError::malformed(format!("{}: expected a long, got {other:?}", self.name(f)))),
+            other => Err(DecodeError::malformed(format!(
+                "{}: expected a long, got {other:?}",
+                self.name(f)
+            ))),
         }
     }
-    fn parse<T>(&self, f: &str, p: impl FnOnce(String) -> Result<T, crate::domain::Invalid>) -> Result<T, DecodeError> {
+    fn parse<T>(
+        &self,
+        f: &str,
+        p: impl FnOnce(String) -> Result<T, crate::domain::Invalid>,
+    ) -> Result<T, DecodeError> {
         let v = self.str(f)?;
         field(&self.name(f), p(v))
     }
@@ -135,7 +181,10 @@ pub fn from_value(kind: EventKind, v: &Value) -> Result<Event, DecodeError> {
                 return Err(DecodeError::malformed("lines: expected an array"));
             };
             if items.len() > limits::ORDER_LINES {
-                return Err(DecodeError::Invalid { field: "lines".into(), problem: format!("must have at most {} entries", limits::ORDER_LINES) });
+                return Err(DecodeError::Invalid {
+                    field: "lines".into(),
+                    problem: format!("must have at most {} entries", limits::ORDER_LINES),
+                });
             }
             let lines = items
                 .iter()
@@ -145,7 +194,10 @@ pub fn from_value(kind: EventKind, v: &Value) -> Result<Event, DecodeError> {
                     Ok(OrderLine {
                         sku: l.parse("sku", Sku::parse)?,
                         quantity: field(&l.name("quantity"), Quantity::parse(l.long("quantity")?))?,
-                        unit_price_minor: field(&l.name("unit_price_minor"), MinorUnits::parse(l.long("unit_price_minor")?))?,
+                        unit_price_minor: field(
+                            &l.name("unit_price_minor"),
+                            MinorUnits::parse(l.long("unit_price_minor")?),
+                        )?,
                     })
                 })
                 .collect::<Result<Vec<_>, DecodeError>>()?;
@@ -162,7 +214,10 @@ pub fn from_value(kind: EventKind, v: &Value) -> Result<Event, DecodeError> {
                 total_minor: field("total_minor", MinorUnits::parse(r.long("total_minor")?))?,
                 shipping_address: Address {
                     line1: a.parse("line1", AddressLine::parse)?,
-                    line2: a.opt_str("line2")?.map(|s| field("shipping_address.line2", AddressLine::parse(s))).transpose()?,
+                    line2: a
+                        .opt_str("line2")?
+                        .map(|s| field("shipping_address.line2", AddressLine::parse(s)))
+                        .transpose()?,
                     city: a.parse("city", City::parse)?,
                     postal_code: a.parse("postal_code", PostalCode::parse)?,
                     country: a.parse("country", |s| CountryCode::parse(&s))?,
@@ -178,13 +233,21 @@ pub fn from_value(kind: EventKind, v: &Value) -> Result<Event, DecodeError> {
                 sku: r.parse("sku", Sku::parse)?,
                 warehouse: r.parse("warehouse", WarehouseId::parse)?,
                 delta: field("delta", StockDelta::parse(r.long("delta")?))?,
-                reason: Reason::from_symbol(&reason)
-                    .ok_or_else(|| DecodeError::Invalid { field: "reason".into(), problem: format!("unknown symbol {reason}") })?,
-                order_id: r.opt_str("order_id")?.map(|s| field("order_id", OrderId::parse(s))).transpose()?,
+                reason: Reason::from_symbol(&reason).ok_or_else(|| DecodeError::Invalid {
+                    field: "reason".into(),
+                    problem: format!("unknown symbol {reason}"),
+                })?,
+                order_id: r
+                    .opt_str("order_id")?
+                    .map(|s| field("order_id", OrderId::parse(s)))
+                    .transpose()?,
                 occurred_at: field("occurred_at", micros_to_time(r.long("occurred_at")?))?,
             })
         }
     };
-    event.validate().map_err(|(f, e)| DecodeError::Invalid { field: f, problem: e.0 })?;
+    event.validate().map_err(|(f, e)| DecodeError::Invalid {
+        field: f,
+        problem: e.0,
+    })?;
     Ok(event)
 }

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -48,6 +48,8 @@ pub struct Codec {
     registry: Option<RegistryClient>,
     /// Registry schema id → how to read it.
     by_id: Arc<RwLock<HashMap<u32, Arc<Writer>>>>,
+    /// Registry id of the current schema per [`EventKind`] (index = discriminant), once registered.
+    own_ids: Arc<[OnceLock<u32>; EventKind::ALL.len()]>,
 }
 
 impl Default for Codec {
@@ -58,10 +60,16 @@ impl Default for Codec {
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Codec").field("registry", &self.registry.is_some()).finish()
+        f.debug_struct("Codec")
+            .field("registry", &self.registry.is_some())
+            .finish()
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a short-lived return value; boxing would add an allocation per decode"
+)]
 enum Pending {
     Done(Result<Event, DecodeError>),
     Fetch(u32),
@@ -72,14 +80,21 @@ impl Codec {
     /// ones only for ids already cached, which without a registry means none).
     pub fn new() -> Self {
         shipped();
-        Codec { registry: None, by_id: Arc::default() }
+        Codec {
+            registry: None,
+            by_id: Arc::default(),
+            own_ids: Arc::default(),
+        }
     }
 
     /// Confluent wire format with the registry at `url` (`SCHEMA_REGISTRY_URL`); still decodes
     /// single-object values too.
     pub fn with_registry(url: &str) -> Result<Self, RegistryError> {
         let registry = RegistryClient::new(url)?;
-        Ok(Codec { registry: Some(registry), ..Codec::new() })
+        Ok(Codec {
+            registry: Some(registry),
+            ..Codec::new()
+        })
     }
 
     /// `with_registry` when a URL is given, else `new`.
@@ -99,16 +114,23 @@ impl Codec {
         };
         check(event)?;
         let kind = event.kind();
-        let current = shipped().current(kind);
-        let subject = value_subject(kind.topic());
-        let id = match registry.registered_id(&subject, current.json) {
-            Some(id) => id,
+        let slot = &self.own_ids[kind as usize];
+        let id = match slot.get() {
+            Some(&id) => id,
             None => {
-                let id = registry.register(&subject, current.json).await.map_err(|e| {
-                    if e.is_transient() { EncodeError::RegistryUnavailable(e) } else { EncodeError::Registry(e) }
-                })?;
+                let current = shipped().current(kind);
+                let id = registry
+                    .register(&value_subject(kind.topic()), current.json)
+                    .await
+                    .map_err(|e| {
+                        if e.is_transient() {
+                            EncodeError::RegistryUnavailable(e)
+                        } else {
+                            EncodeError::Registry(e)
+                        }
+                    })?;
                 write(&self.by_id).insert(id, Arc::new(Writer::Current(kind)));
-                id
+                *slot.get_or_init(|| id)
             }
         };
         let mut buf = Vec::with_capacity(256);
@@ -144,7 +166,10 @@ impl Codec {
     pub async fn decode_for_topic(&self, topic: &str, bytes: &[u8]) -> Result<Event, DecodeError> {
         let event = self.decode(bytes).await?;
         if event.topic() != topic {
-            return Err(DecodeError::WrongTopic { topic: topic.to_owned(), actual: event.ce_type() });
+            return Err(DecodeError::WrongTopic {
+                topic: topic.to_owned(),
+                actual: event.ce_type(),
+            });
         }
         Ok(event)
     }
@@ -152,7 +177,8 @@ impl Codec {
     /// Decodes into the event's JSON shape (for `tail`/`export` tools).
     pub async fn decode_json(&self, bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
         let event = self.decode(bytes).await?;
-        serde_json::to_value(&event).map_err(|e| DecodeError::malformed(format!("event to JSON: {e}")))
+        serde_json::to_value(&event)
+            .map_err(|e| DecodeError::malformed(format!("event to JSON: {e}")))
     }
 
     fn decode_without_io(&self, bytes: &[u8]) -> Pending {
@@ -160,20 +186,30 @@ impl Codec {
             [] => Pending::Done(Err(DecodeError::Empty)),
             [0xC3, 0x01, ..] => {
                 if bytes.len() < SINGLE_OBJECT_HEADER {
-                    return Pending::Done(Err(DecodeError::TruncatedHeader { framing: "single-object", len: bytes.len(), need: SINGLE_OBJECT_HEADER }));
+                    return Pending::Done(Err(DecodeError::TruncatedHeader {
+                        framing: "single-object",
+                        len: bytes.len(),
+                        need: SINGLE_OBJECT_HEADER,
+                    }));
                 }
                 let mut fp = [0u8; 8];
                 fp.copy_from_slice(&bytes[2..SINGLE_OBJECT_HEADER]);
                 let datum = &bytes[SINGLE_OBJECT_HEADER..];
                 Pending::Done(match shipped().by_fingerprint(u64::from_le_bytes(fp)) {
                     None => Err(DecodeError::UnknownFingerprint(hex(&fp))),
-                    Some(s) if s.fingerprint == shipped().current(s.kind).fingerprint => binary::decode(s.kind, datum),
+                    Some(s) if s.fingerprint == shipped().current(s.kind).fingerprint => {
+                        binary::decode(s.kind, datum)
+                    }
                     Some(s) => resolve(s.kind, &s.schema, datum),
                 })
             }
             [CONFLUENT_MAGIC, ..] => {
                 if bytes.len() < CONFLUENT_HEADER {
-                    return Pending::Done(Err(DecodeError::TruncatedHeader { framing: "Confluent", len: bytes.len(), need: CONFLUENT_HEADER }));
+                    return Pending::Done(Err(DecodeError::TruncatedHeader {
+                        framing: "Confluent",
+                        len: bytes.len(),
+                        need: CONFLUENT_HEADER,
+                    }));
                 }
                 let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
                 let cached = read(&self.by_id).get(&id).cloned();
@@ -183,7 +219,9 @@ impl Codec {
                     (None, Some(_)) => Pending::Fetch(id),
                 }
             }
-            _ => Pending::Done(Err(DecodeError::UnknownMagic(hex(&bytes[..bytes.len().min(2)])))),
+            _ => Pending::Done(Err(DecodeError::UnknownMagic(hex(
+                &bytes[..bytes.len().min(2)]
+            )))),
         }
     }
 
@@ -203,36 +241,64 @@ impl Codec {
 }
 
 fn check(event: &Event) -> Result<(), EncodeError> {
-    event.validate().map_err(|(field, e)| EncodeError::Invalid { field, problem: e.0 })
+    event.validate().map_err(|(field, e)| EncodeError::Invalid {
+        field,
+        problem: e.0,
+    })
 }
 
 /// Classifies a writer schema fetched from the registry.
 fn writer_for(text: &str) -> Writer {
     let unreadable = |e: DecodeError| Writer::Unreadable(Arc::new(e));
     let Ok(json) = serde_json::from_str::<serde_json::Value>(text) else {
-        return unreadable(DecodeError::Registry(RegistryError::BadResponse { what: "writer schema".into(), problem: "not JSON".into() }));
+        return unreadable(DecodeError::Registry(RegistryError::BadResponse {
+            what: "writer schema".into(),
+            problem: "not JSON".into(),
+        }));
     };
     if let Ok(pcf) = canonical_form(&json) {
         let fp = rabin(pcf.as_bytes());
-        if let Some(kind) = EventKind::ALL.into_iter().find(|&k| shipped().current(k).fingerprint == fp) {
+        if let Some(kind) = EventKind::ALL
+            .into_iter()
+            .find(|&k| shipped().current(k).fingerprint == fp)
+        {
             return Writer::Current(kind);
         }
     }
     let parsed = catch_unwind(|| Schema::parse_str(text));
     let schema = match parsed {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return unreadable(DecodeError::Incompatible { reader: "any orderflow event", problem: format!("writer schema does not parse: {e}") }),
-        Err(_) => return unreadable(DecodeError::Incompatible { reader: "any orderflow event", problem: "writer schema does not parse".into() }),
+        Ok(Err(e)) => {
+            return unreadable(DecodeError::Incompatible {
+                reader: "any orderflow event",
+                problem: format!("writer schema does not parse: {e}"),
+            });
+        }
+        Err(_) => {
+            return unreadable(DecodeError::Incompatible {
+                reader: "any orderflow event",
+                problem: "writer schema does not parse".into(),
+            });
+        }
     };
-    let name = schema.name().map(|n| n.fullname(None)).unwrap_or_else(|| "an unnamed schema".into());
+    let name = schema
+        .name()
+        .map(|n| n.fullname(None))
+        .unwrap_or_else(|| "an unnamed schema".into());
     let Some(kind) = EventKind::from_avro_name(&name) else {
         return unreadable(DecodeError::UnknownType(name));
     };
     let reader = &shipped().current(kind).schema;
     match catch_unwind(|| SchemaCompatibility::can_read(&schema, reader)) {
         Ok(Ok(())) => Writer::Resolve(kind, Box::new(schema)),
-        Ok(Err(e)) => unreadable(DecodeError::Incompatible { reader: kind.avro_name(), problem: e.to_string() }),
-        Err(_) => unreadable(DecodeError::Incompatible { reader: kind.avro_name(), problem: "compatibility check failed".into() }),
+        Ok(Err(e)) => unreadable(DecodeError::Incompatible {
+            reader: kind.avro_name(),
+            problem: e.to_string(),
+        }),
+        Err(_) => unreadable(DecodeError::Incompatible {
+            reader: kind.avro_name(),
+            problem: "compatibility check failed".into(),
+        }),
     }
 }
 
@@ -248,11 +314,16 @@ fn read_with(writer: &Writer, datum: &[u8]) -> Result<Event, DecodeError> {
 fn resolve(kind: EventKind, writer: &Schema, datum: &[u8]) -> Result<Event, DecodeError> {
     let reader = &shipped().current(kind).schema;
     let mut rest = datum;
-    let value = catch_unwind(AssertUnwindSafe(|| apache_avro::from_avro_datum(writer, &mut rest, Some(reader))))
-        .map_err(|_| DecodeError::malformed("apache-avro panicked on this datum"))?
-        .map_err(|e| DecodeError::malformed(e.to_string()))?;
+    let value = catch_unwind(AssertUnwindSafe(|| {
+        apache_avro::from_avro_datum(writer, &mut rest, Some(reader))
+    }))
+    .map_err(|_| DecodeError::malformed("apache-avro panicked on this datum"))?
+    .map_err(|e| DecodeError::malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(DecodeError::malformed(format!("{} trailing bytes after the record", rest.len())));
+        return Err(DecodeError::malformed(format!(
+            "{} trailing bytes after the record",
+            rest.len()
+        )));
     }
     avro_value::from_value(kind, &value)
 }
@@ -262,8 +333,14 @@ fn resolve(kind: EventKind, writer: &Schema, datum: &[u8]) -> Result<Event, Deco
 fn clone_error(e: &DecodeError) -> DecodeError {
     match e {
         DecodeError::UnknownType(n) => DecodeError::UnknownType(n.clone()),
-        DecodeError::Incompatible { reader, problem } => DecodeError::Incompatible { reader, problem: problem.clone() },
-        other => DecodeError::Incompatible { reader: "any orderflow event", problem: other.to_string() },
+        DecodeError::Incompatible { reader, problem } => DecodeError::Incompatible {
+            reader,
+            problem: problem.clone(),
+        },
+        other => DecodeError::Incompatible {
+            reader: "any orderflow event",
+            problem: other.to_string(),
+        },
     }
 }
 

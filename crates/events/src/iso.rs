@@ -2,6 +2,7 @@
 
 /// Active ISO 4217 codes that have minor units, with their exponent. Withdrawn codes
 /// (HRK, SLL, CUC, ANG, BGN, ...), precious metals, SDR and test codes are absent on purpose.
+#[rustfmt::skip]
 const CURRENCIES: &[(&str, u8)] = &[
     ("AED", 2), ("AFN", 2), ("ALL", 2), ("AMD", 2), ("AOA", 2), ("ARS", 2), ("AUD", 2),
     ("AWG", 2), ("AZN", 2), ("BAM", 2), ("BBD", 2), ("BDT", 2), ("BHD", 3), ("BIF", 0),
@@ -79,7 +80,10 @@ mod tests {
 
     #[test]
     fn tables_are_sorted_and_complete() {
-        assert!(CURRENCIES.windows(2).all(|w| w[0].0 < w[1].0), "CURRENCIES must stay sorted for binary search");
+        assert!(
+            CURRENCIES.windows(2).all(|w| w[0].0 < w[1].0),
+            "CURRENCIES must stay sorted for binary search"
+        );
         assert_eq!(COUNTRIES.len(), 2 * 249);
         let codes: Vec<&[u8]> = COUNTRIES.as_bytes().chunks_exact(2).collect();
         assert!(codes.windows(2).all(|w| w[0] < w[1]));

@@ -31,8 +31,18 @@ pub struct ShippedSchema {
 /// Every shipped version, oldest first per kind. A new version is added here (and its file
 /// under `schemas/`); the newest of a kind is the reader and writer schema of this build.
 const SHIPPED: &[(EventKind, &str, u32, &str)] = &[
-    (EventKind::OrderPlaced, "order_placed.v1.avsc", 1, include_str!("../../../schemas/order_placed.v1.avsc")),
-    (EventKind::InventoryChanged, "inventory_changed.v1.avsc", 1, include_str!("../../../schemas/inventory_changed.v1.avsc")),
+    (
+        EventKind::OrderPlaced,
+        "order_placed.v1.avsc",
+        1,
+        include_str!("../../../schemas/order_placed.v1.avsc"),
+    ),
+    (
+        EventKind::InventoryChanged,
+        "inventory_changed.v1.avsc",
+        1,
+        include_str!("../../../schemas/inventory_changed.v1.avsc"),
+    ),
 ];
 
 /// Largest allocation apache-avro may make for one decoded value (bytes, strings, arrays).
@@ -63,21 +73,42 @@ pub fn shipped() -> &'static Shipped {
         let mut all = Vec::new();
         for &(kind, file, version, json) in SHIPPED {
             // The embedded files are part of this crate; tests parse every one of them.
-            let schema = Schema::parse_str(json).unwrap_or_else(|e| panic!("shipped schema {file} is invalid: {e}"));
-            let value: serde_json::Value = serde_json::from_str(json).expect("shipped schema is JSON");
-            let canonical_form = canonical_form(&value).expect("shipped schema has a canonical form");
+            let schema = Schema::parse_str(json)
+                .unwrap_or_else(|e| panic!("shipped schema {file} is invalid: {e}"));
+            let value: serde_json::Value =
+                serde_json::from_str(json).expect("shipped schema is JSON");
+            let canonical_form =
+                canonical_form(&value).expect("shipped schema has a canonical form");
             let fingerprint = rabin(canonical_form.as_bytes());
-            all.push(ShippedSchema { kind, file, version, json, schema, canonical_form, fingerprint });
+            all.push(ShippedSchema {
+                kind,
+                file,
+                version,
+                json,
+                schema,
+                canonical_form,
+                fingerprint,
+            });
         }
-        let by_fingerprint = all.iter().enumerate().map(|(i, s)| (s.fingerprint, i)).collect();
+        let by_fingerprint = all
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.fingerprint, i))
+            .collect();
         let mut current: HashMap<EventKind, usize> = HashMap::new();
         for (i, s) in all.iter().enumerate() {
-            let newer = current.get(&s.kind).is_none_or(|&j| all[j].version < s.version);
+            let newer = current
+                .get(&s.kind)
+                .is_none_or(|&j| all[j].version < s.version);
             if newer {
                 current.insert(s.kind, i);
             }
         }
-        Shipped { all, by_fingerprint, current }
+        Shipped {
+            all,
+            by_fingerprint,
+            current,
+        }
     })
 }
 
@@ -115,7 +146,9 @@ pub fn canonical_form(schema: &serde_json::Value) -> Result<String, NotASchema> 
     Ok(out)
 }
 
-const PRIMITIVES: [&str; 8] = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
 
 fn full_name(name: &str, namespace: Option<&str>) -> String {
     match namespace {
@@ -124,7 +157,12 @@ fn full_name(name: &str, namespace: Option<&str>) -> String {
     }
 }
 
-fn pcf(v: &serde_json::Value, ns: Option<&str>, out: &mut String, depth: usize) -> Result<(), NotASchema> {
+fn pcf(
+    v: &serde_json::Value,
+    ns: Option<&str>,
+    out: &mut String,
+    depth: usize,
+) -> Result<(), NotASchema> {
     use serde_json::Value as J;
     if depth > 64 {
         return Err(NotASchema("nested too deeply".into()));
@@ -149,7 +187,9 @@ fn pcf(v: &serde_json::Value, ns: Option<&str>, out: &mut String, depth: usize) 
             out.push(']');
         }
         J::Object(m) => {
-            let ty = m.get("type").ok_or_else(|| NotASchema("object without type".into()))?;
+            let ty = m
+                .get("type")
+                .ok_or_else(|| NotASchema("object without type".into()))?;
             let ty_str = match ty {
                 J::String(t) => t.as_str(),
                 // {"type": {...}} or {"type": [...]} is the inner schema itself.
@@ -157,30 +197,52 @@ fn pcf(v: &serde_json::Value, ns: Option<&str>, out: &mut String, depth: usize) 
             };
             match ty_str {
                 "record" | "error" | "enum" | "fixed" => {
-                    let name = m.get("name").and_then(J::as_str).ok_or_else(|| NotASchema("named type without name".into()))?;
+                    let name = m
+                        .get("name")
+                        .and_then(J::as_str)
+                        .ok_or_else(|| NotASchema("named type without name".into()))?;
                     let own_ns = m.get("namespace").and_then(J::as_str).or(ns);
                     let fname = full_name(name, own_ns);
                     let inner_ns = fname.rsplit_once('.').map(|(n, _)| n.to_owned());
-                    out.push_str(&format!("{{\"name\":{},\"type\":{}", quote(&fname), quote(ty_str)));
+                    out.push_str(&format!(
+                        "{{\"name\":{},\"type\":{}",
+                        quote(&fname),
+                        quote(ty_str)
+                    ));
                     match ty_str {
                         "enum" => {
-                            let symbols = m.get("symbols").ok_or_else(|| NotASchema("enum without symbols".into()))?;
-                            out.push_str(&format!(",\"symbols\":{}", serde_json::to_string(symbols).unwrap_or_default()));
+                            let symbols = m
+                                .get("symbols")
+                                .ok_or_else(|| NotASchema("enum without symbols".into()))?;
+                            out.push_str(&format!(
+                                ",\"symbols\":{}",
+                                serde_json::to_string(symbols).unwrap_or_default()
+                            ));
                         }
                         "fixed" => {
-                            let size = m.get("size").and_then(|s| s.as_u64().or_else(|| s.as_str()?.parse().ok()))
+                            let size = m
+                                .get("size")
+                                .and_then(|s| s.as_u64().or_else(|| s.as_str()?.parse().ok()))
                                 .ok_or_else(|| NotASchema("fixed without size".into()))?;
                             out.push_str(&format!(",\"size\":{size}"));
                         }
                         _ => {
-                            let fields = m.get("fields").and_then(J::as_array).ok_or_else(|| NotASchema("record without fields".into()))?;
+                            let fields = m
+                                .get("fields")
+                                .and_then(J::as_array)
+                                .ok_or_else(|| NotASchema("record without fields".into()))?;
                             out.push_str(",\"fields\":[");
                             for (i, f) in fields.iter().enumerate() {
                                 if i > 0 {
                                     out.push(',');
                                 }
-                                let fname = f.get("name").and_then(J::as_str).ok_or_else(|| NotASchema("field without name".into()))?;
-                                let fty = f.get("type").ok_or_else(|| NotASchema("field without type".into()))?;
+                                let fname = f
+                                    .get("name")
+                                    .and_then(J::as_str)
+                                    .ok_or_else(|| NotASchema("field without name".into()))?;
+                                let fty = f
+                                    .get("type")
+                                    .ok_or_else(|| NotASchema("field without type".into()))?;
                                 out.push_str(&format!("{{\"name\":{},\"type\":", quote(fname)));
                                 pcf(fty, inner_ns.as_deref(), out, depth + 1)?;
                                 out.push('}');
@@ -192,12 +254,24 @@ fn pcf(v: &serde_json::Value, ns: Option<&str>, out: &mut String, depth: usize) 
                 }
                 "array" => {
                     out.push_str("{\"type\":\"array\",\"items\":");
-                    pcf(m.get("items").ok_or_else(|| NotASchema("array without items".into()))?, ns, out, depth + 1)?;
+                    pcf(
+                        m.get("items")
+                            .ok_or_else(|| NotASchema("array without items".into()))?,
+                        ns,
+                        out,
+                        depth + 1,
+                    )?;
                     out.push('}');
                 }
                 "map" => {
                     out.push_str("{\"type\":\"map\",\"values\":");
-                    pcf(m.get("values").ok_or_else(|| NotASchema("map without values".into()))?, ns, out, depth + 1)?;
+                    pcf(
+                        m.get("values")
+                            .ok_or_else(|| NotASchema("map without values".into()))?,
+                        ns,
+                        out,
+                        depth + 1,
+                    )?;
                     out.push('}');
                 }
                 // A primitive, possibly with a logicalType or other attributes: those are stripped.
@@ -229,8 +303,14 @@ mod tests {
         assert!(s.canonical_form.starts_with(
             r#"{"name":"orderflow.events.InventoryChanged","type":"record","fields":[{"name":"event_id","type":"string"}"#
         ), "{}", s.canonical_form);
-        assert!(s.canonical_form.contains(r#"{"name":"occurred_at","type":"long"}"#));
-        assert!(s.canonical_form.contains(r#""name":"orderflow.events.Reason","type":"enum""#));
+        assert!(
+            s.canonical_form
+                .contains(r#"{"name":"occurred_at","type":"long"}"#)
+        );
+        assert!(
+            s.canonical_form
+                .contains(r#""name":"orderflow.events.Reason","type":"enum""#)
+        );
         assert!(!s.canonical_form.contains("doc"));
     }
 
@@ -239,7 +319,10 @@ mod tests {
         let sh = shipped();
         assert_eq!(sh.by_fingerprint.len(), sh.all.len());
         for k in EventKind::ALL {
-            assert_eq!(sh.current(k).schema.name().map(|n| n.fullname(None)), Some(k.avro_name().to_owned()));
+            assert_eq!(
+                sh.current(k).schema.name().map(|n| n.fullname(None)),
+                Some(k.avro_name().to_owned())
+            );
         }
     }
 }
