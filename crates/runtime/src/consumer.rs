@@ -181,7 +181,22 @@ pub(crate) struct LoopContext<H: Handler> {
     shared: Arc<Shared<H>>,
 }
 
-impl<H: Handler> ClientContext for LoopContext<H> {}
+impl<H: Handler> ClientContext for LoopContext<H> {
+    /// librdkafka's statistics (every second) carry each partition's high watermark, which
+    /// the lag gauges need without a broker round trip per partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let partitions = self.shared.health.partitions.lock().unwrap();
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if let Some(status) = partitions.get(&(topic.clone(), *partition))
+                    && p.hi_offset >= 0
+                {
+                    status.high_watermark.store(p.hi_offset, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
 
 impl<H: Handler> ConsumerContext for LoopContext<H> {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -305,7 +320,8 @@ fn stop_workers<H: Handler>(shared: &Shared<H>, partitions: &[Tp]) -> Vec<(Tp, i
     for (tp, worker) in stopping {
         worker.stop.stop();
         drop(worker.sender);
-        let joined = shared.runtime.block_on(tokio::time::timeout(Duration::from_secs(60), worker.join));
+        // The timer must be created inside the runtime context, hence the async block.
+        let joined = shared.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(60), worker.join).await });
         if joined.is_err() {
             tracing::error!(topic = tp.0, partition = tp.1, "worker did not finish within 60s; abandoning its batch");
         }
@@ -364,7 +380,7 @@ pub(crate) fn poll_loop<H: Handler>(
             Some(Err(error)) => tracing::warn!(consumer = shared.consumer_name(), error = %error, "Kafka consumer error"),
         }
         if last_lag.elapsed() >= Duration::from_secs(1) {
-            update_lag(&shared, &consumer);
+            update_lag(&shared);
             last_lag = Instant::now();
         }
     }
@@ -438,15 +454,10 @@ fn drain_held<H: Handler>(
     });
 }
 
-fn update_lag<H: Handler>(shared: &Shared<H>, consumer: &BaseConsumer<LoopContext<H>>) {
+fn update_lag<H: Handler>(shared: &Shared<H>) {
     let workers = shared.workers.lock().unwrap();
     let now_ms = chrono::Utc::now().timestamp_millis();
     for ((topic, partition), worker) in workers.iter() {
-        if let Ok((_, high)) = consumer.get_watermark_offsets(topic, *partition)
-            && high >= 0
-        {
-            worker.status.high_watermark.store(high, Ordering::Relaxed);
-        }
         let high = worker.status.high_watermark.load(Ordering::Relaxed);
         let next = worker.status.next_offset.load(Ordering::Relaxed);
         let lag = if high >= 0 && next >= 0 { high - next } else { 0 };
@@ -560,7 +571,13 @@ async fn decode<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Resul
         }
         Err(error) if error.is_transient() => Err(anyhow::Error::new(error).context("schema registry unavailable")),
         Err(error) => {
-            let class = if error.is_unknown_schema() { ErrorClass::UnknownSchema } else { ErrorClass::Undecodable };
+            use orderflow_events::DecodeError as E;
+            let class = match error {
+                E::UnknownFingerprint(_) | E::UnknownSchemaId(_) | E::UnknownType(_) | E::NoRegistry(_) => {
+                    ErrorClass::UnknownSchema
+                }
+                _ => ErrorClass::Undecodable,
+            };
             Ok(Decoded::Dead(class, error.to_string()))
         }
     }

@@ -197,7 +197,10 @@ impl Runtime {
         let dlq: FutureProducer = args.kafka.producer_config().create().context("Failed to create the DLQ producer")?;
         let mut config = args.kafka.consumer_config(&settings.group);
         // Bound what librdkafka prefetches, so a large backlog cannot grow memory.
-        config.set("queued.max.messages.kbytes", "16384").set("fetch.max.bytes", "8388608");
+        config
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.max.bytes", "8388608")
+            .set("statistics.interval.ms", "1000");
 
         let health = Arc::new(consumer::Health::default());
         let shared = Arc::new(consumer::Shared::new(Arc::new(handler), pool.clone(), codec, dlq, settings, health.clone()));

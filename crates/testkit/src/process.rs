@@ -102,6 +102,15 @@ impl BinaryProcess {
 
 impl Drop for BinaryProcess {
     fn drop(&mut self) {
+        // A failing test shows what the process said (its log file is deleted with it).
+        if std::thread::panicking() {
+            let output = self.output();
+            let tail: Vec<&str> = output.lines().rev().take(60).collect();
+            eprintln!("--- last lines of {} (pid {}) ---", self.name, self.child.id());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if self.is_running() {
             let _ = self.child.kill();
             let _ = self.child.wait();
