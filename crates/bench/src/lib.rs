@@ -1,0 +1,131 @@
+//! The benchmark harness. Every figure of the pipeline is measured next to the machine's own
+//! ceilings **in the same run** (these machines are shared and noisy), as the median of
+//! several runs with its spread, and reported as a ratio to its ceiling beside its target.
+//!
+//! # Layout
+//! - [`ceilings`]: raw rdkafka produce and consume rates to the same broker, raw batched
+//!   upserts (with the runtime's ledger and offset writes), binary COPY, one-row commits/s.
+//! - [`pipeline`]: the consumer runtime's apply rate and replay rate (a child process running
+//!   a batched projection), its peak RSS and CPU per 1000 events under a backlog, codec cost.
+//! - [`report`]: the markdown written between the markers in `docs/benchmarks.md`.
+//!
+//! `scripts/bench` builds in release mode and runs it; `--quick` is the smoke mode CI runs
+//! (through `tests/smoke.rs`) to keep the harness working. Timed assertions live nowhere:
+//! figures are reported, never asserted.
+
+pub mod ceilings;
+pub mod child;
+pub mod pipeline;
+pub mod report;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use orderflow_kafka::KafkaArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderflow-bench", about = "Measure orderflow against the machine's own ceilings")]
+pub struct Cli {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[arg(long, env = "DATABASE_URL", default_value = orderflow_runtime::DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every benchmark and write the report.
+    Run(Settings),
+    /// Internal: the consumer process the harness measures (a batched projection on the runtime).
+    ConsumeChild(child::ChildArgs),
+}
+
+/// What to measure and how much.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Repetitions of each figure (the report shows the median and the spread).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Records per throughput measurement.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: usize,
+    /// Backlog for the memory figure (target: peak RSS < 150 MB under one million).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: usize,
+    /// Batch size of the consumer and of the raw upsert ceiling.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Smoke mode: tiny sizes, one run (CI keeps the harness working with it).
+    #[arg(long)]
+    pub quick: bool,
+    /// Write the report into this markdown file, between its bench markers.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The command line to print in the report.
+    #[arg(long, default_value = "scripts/bench")]
+    pub command_line: String,
+}
+
+impl Settings {
+    pub fn quick() -> Settings {
+        Settings {
+            runs: 1,
+            records: 2_000,
+            backlog: 5_000,
+            batch_size: 200,
+            quick: true,
+            out: None,
+            command_line: "orderflow-bench run --quick".into(),
+        }
+    }
+
+    fn effective(mut self) -> Settings {
+        if self.quick {
+            let out = self.out.take();
+            self = Settings { out, command_line: self.command_line.clone(), ..Settings::quick() };
+        }
+        self
+    }
+}
+
+/// Everything one harness run needs to reach the broker and the database.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub kafka: KafkaArgs,
+    pub database_url: String,
+}
+
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    let env = Env { kafka: cli.kafka, database_url: cli.database_url };
+    match cli.command {
+        Command::Run(settings) => {
+            let settings = settings.effective();
+            let figures = run(&env, &settings).await?;
+            let markdown = report::render(&settings, &figures, &env).await;
+            match &settings.out {
+                Some(path) => {
+                    report::write_between_markers(path, &markdown)?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => println!("{markdown}"),
+            }
+            Ok(())
+        }
+        Command::ConsumeChild(args) => child::run(&env, args).await,
+    }
+}
+
+/// Measure everything `settings.runs` times.
+pub async fn run(env: &Env, settings: &Settings) -> anyhow::Result<report::Figures> {
+    let mut figures = report::Figures::default();
+    for round in 0..settings.runs {
+        tracing::info!(round, "benchmark round");
+        let ceil = ceilings::measure(env, settings).await?;
+        let pipe = pipeline::measure(env, settings, &ceil.topic, round == 0).await?;
+        figures.push_ceilings(&ceil);
+        figures.push_pipeline(&pipe);
+    }
+    Ok(figures)
+}

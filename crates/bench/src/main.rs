@@ -1,0 +1,8 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = orderflow_bench::Cli::parse();
+    orderflow_telemetry::init("orderflow-bench");
+    orderflow_bench::main(cli).await
+}

@@ -1,0 +1,215 @@
+//! The pipeline's own figures: consumer apply rate and replay rate (child process), peak RSS
+//! and CPU per 1000 events under a backlog, codec cost per event.
+
+use std::hint::black_box;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use orderflow_events::{Codec, Event, samples};
+use sqlx::PgPool;
+
+use crate::ceilings::{self, unique};
+use crate::{Env, Settings};
+
+#[derive(Debug, Clone, Default)]
+pub struct Pipeline {
+    pub apply_per_sec: f64,
+    pub replay_per_sec: f64,
+    pub apply_cpu_ms_per_1000: f64,
+    pub backlog_events: usize,
+    pub backlog_peak_rss_mb: f64,
+    pub backlog_apply_per_sec: f64,
+    pub encode_order_ns: f64,
+    pub decode_order_ns: f64,
+    pub encode_inventory_ns: f64,
+    pub decode_inventory_ns: f64,
+}
+
+/// A consumer child process and what it cost.
+struct Measured {
+    per_sec: f64,
+    peak_rss_mb: f64,
+    cpu_seconds: f64,
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn proc_stats(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (hwm_kb / 1024.0, ticks / clock_ticks())
+}
+
+/// Run the benchmark consumer over `topic` (holding `n` events) until its stored offsets
+/// cover all of them. The rate is timed from 1% to 100% so group join time is left out.
+async fn run_consumer(env: &Env, topic: &str, n: usize, batch_size: usize, replay: bool) -> anyhow::Result<Measured> {
+    let schema = unique("bench_apply");
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .args(["--kafka-brokers", &env.kafka.brokers, "--database-url", &env.database_url, "consume-child"])
+        .args(["--topic", topic, "--schema", &schema, "--group", &unique("bench-group")])
+        .args(["--batch-size", &batch_size.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if replay {
+        command.arg("--replay");
+    }
+    let child = command.spawn().context("starting the benchmark consumer")?;
+    let mut child = KillOnDrop(child);
+    let pool = connect_when_ready(env, &schema).await?;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut started: Option<(Instant, i64)> = None;
+    let mut peak_rss_mb: f64 = 0.0;
+    loop {
+        if let Some(status) = child.0.try_wait()? {
+            bail!("benchmark consumer exited early: {status}");
+        }
+        let done: i64 = sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM orderflow_offsets")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+        peak_rss_mb = peak_rss_mb.max(proc_stats(child.0.id()).0);
+        if started.is_none() && done as usize >= n / 100 {
+            started = Some((Instant::now(), done));
+        }
+        if done as usize >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("benchmark consumer applied only {done} of {n} events within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (from, at) = started.expect("set before done");
+    let per_sec = (n as i64 - at) as f64 / from.elapsed().as_secs_f64().max(1e-9);
+    let (rss, cpu_seconds) = proc_stats(child.0.id());
+    pool.close().await;
+    drop(child);
+    ceilings::drop_schema(env, &schema).await;
+    Ok(Measured { per_sec, peak_rss_mb: peak_rss_mb.max(rss), cpu_seconds })
+}
+
+async fn connect_when_ready(env: &Env, schema: &str) -> anyhow::Result<PgPool> {
+    let options: sqlx::postgres::PgConnectOptions = env.database_url.parse()?;
+    let pool = PgPool::connect_with(options.options([("search_path", schema)])).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sqlx::query("SELECT 1 FROM orderflow_offsets LIMIT 1").execute(&pool).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("benchmark consumer did not create its tables within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(pool)
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Nanoseconds per call of `f`, over enough iterations to take about 200 ms.
+fn time_ns(mut f: impl FnMut()) -> f64 {
+    for _ in 0..1000 {
+        f();
+    }
+    let mut iterations = 1000u64;
+    loop {
+        let started = Instant::now();
+        for _ in 0..iterations {
+            f();
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= Duration::from_millis(200) {
+            return elapsed.as_nanos() as f64 / iterations as f64;
+        }
+        iterations *= 4;
+    }
+}
+
+/// Poll a future that completes without waiting (single-object decode never awaits), so the
+/// figure is the codec's and not an executor's.
+fn poll_now<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("single-object decode awaited"),
+    }
+}
+
+fn codec_figures(pipeline: &mut Pipeline) -> anyhow::Result<()> {
+    let codec = Codec::new();
+    let order = Event::OrderPlaced(samples::order_placed());
+    let inventory = Event::InventoryChanged(samples::inventory_changed());
+    let order_bytes = codec.encode_single_object(&order)?;
+    let inventory_bytes = codec.encode_single_object(&inventory)?;
+    pipeline.encode_order_ns = time_ns(|| {
+        black_box(codec.encode_single_object(black_box(&order)).ok());
+    });
+    pipeline.decode_order_ns = time_ns(|| {
+        black_box(poll_now(codec.decode(black_box(&order_bytes))).ok());
+    });
+    pipeline.encode_inventory_ns = time_ns(|| {
+        black_box(codec.encode_single_object(black_box(&inventory)).ok());
+    });
+    pipeline.decode_inventory_ns = time_ns(|| {
+        black_box(poll_now(codec.decode(black_box(&inventory_bytes))).ok());
+    });
+    Ok(())
+}
+
+pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: bool) -> anyhow::Result<Pipeline> {
+    let mut pipeline = Pipeline::default();
+    let apply = run_consumer(env, topic, settings.records, settings.batch_size, false).await?;
+    pipeline.apply_per_sec = apply.per_sec;
+    pipeline.apply_cpu_ms_per_1000 = apply.cpu_seconds * 1000.0 / settings.records as f64 * 1000.0;
+    let replay = run_consumer(env, topic, settings.records, settings.batch_size, true).await?;
+    pipeline.replay_per_sec = replay.per_sec;
+
+    // Memory under a backlog (once per harness run: filling it takes a while): fill a topic
+    // first, then let the consumer drain it.
+    if !with_backlog {
+        codec_figures(&mut pipeline)?;
+        return Ok(pipeline);
+    }
+    let backlog_topic = unique("bench-backlog").replace('_', "-");
+    orderflow_kafka::admin::ensure_topic(&env.kafka, &backlog_topic, ceilings::PARTITIONS, 1).await?;
+    let chunk = 100_000;
+    let mut filled = 0;
+    while filled < settings.backlog {
+        let records = ceilings::encoded_orders(chunk.min(settings.backlog - filled))?;
+        ceilings::produce(env, &backlog_topic, &records).await?;
+        filled += records.len();
+    }
+    let backlog = run_consumer(env, &backlog_topic, settings.backlog, settings.batch_size, false).await?;
+    pipeline.backlog_events = settings.backlog;
+    pipeline.backlog_peak_rss_mb = backlog.peak_rss_mb;
+    pipeline.backlog_apply_per_sec = backlog.per_sec;
+
+    codec_figures(&mut pipeline)?;
+    Ok(pipeline)
+}

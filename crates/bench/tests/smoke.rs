@@ -1,0 +1,25 @@
+//! The harness's smoke mode against the real broker and Postgres: every figure is measured
+//! and rendered (values are not asserted: speed is a report, not a test).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quick_mode_measures_every_figure_and_renders_the_report() {
+    orderflow_testkit::init_test_logs();
+    let env = orderflow_bench::Env { kafka: orderflow_testkit::kafka_args(), database_url: orderflow_testkit::database_url() };
+    // The child consumer is this crate's binary; run the harness through it so
+    // `current_exe()` is the harness, as in a real run.
+    let exe = orderflow_testkit::process::bin_path("orderflow-bench").unwrap();
+    let out = std::env::temp_dir().join(orderflow_testkit::unique_name("bench-report")).with_extension("md");
+    let status = std::process::Command::new(exe)
+        .args(["--kafka-brokers", &env.kafka.brokers, "--database-url", &env.database_url, "run", "--quick", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report = std::fs::read_to_string(&out).unwrap();
+    for figure in ["raw produce", "raw consume", "raw batched upsert", "binary COPY", "one-row commits", "consumer apply rate", "replay rate", "peak RSS", "codec: decode OrderPlaced"] {
+        let line = report.lines().find(|l| l.contains(figure)).unwrap_or_else(|| panic!("no `{figure}` in:\n{report}"));
+        assert!(!line.contains("n/a"), "{figure} was not measured: {line}");
+    }
+    assert!(report.contains(orderflow_bench::report::BEGIN) && report.contains(orderflow_bench::report::END));
+    let _ = std::fs::remove_file(&out);
+}
