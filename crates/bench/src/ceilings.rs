@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use orderflow_events::{CeHeaders, Codec, Event, OrderId, samples};
+use orderflow_events::{CeHeaders, Codec, Event, OrderId, OrderPlaced, Sku, samples};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -37,15 +37,34 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", Uuid::new_v4().simple().to_string().get(..12).unwrap_or("x"))
 }
 
-/// `n` distinct encoded OrderPlaced records (3 lines each): (key, value, headers).
-pub fn encoded_orders(n: usize) -> anyhow::Result<Vec<(String, Vec<u8>, OwnedHeaders)>> {
-    let codec = Codec::new();
+/// How many distinct skus the benchmark orders spread over (pseudo-randomly). Real catalogues
+/// have many; with few skus every partition's transaction queues on the same rows (measured:
+/// 3 or 1,000 skus held six concurrent partitions to the speed of one; see docs/benchmarks.md).
+pub const SKUS: usize = 50_000;
+
+/// `n` distinct OrderPlaced events (3 lines each, skus spread over [`SKUS`]).
+pub fn orders(n: usize) -> anyhow::Result<Vec<OrderPlaced>> {
     let base = samples::order_placed();
     (0..n)
         .map(|i| {
             let mut order = base.clone();
             order.event_id = Uuid::new_v4();
             order.order_id = OrderId::parse(format!("bench-{i}")).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            for (k, line) in order.lines.iter_mut().enumerate() {
+                let spread = (i as u64 * 3 + k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+                line.sku = Sku::parse(format!("SKU-{}", spread % SKUS as u64)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            }
+            Ok(order)
+        })
+        .collect()
+}
+
+/// `n` distinct encoded OrderPlaced records: (key, value, headers).
+pub fn encoded_orders(n: usize) -> anyhow::Result<Vec<(String, Vec<u8>, OwnedHeaders)>> {
+    let codec = Codec::new();
+    orders(n)?
+        .into_iter()
+        .map(|order| {
             let event = Event::OrderPlaced(order);
             let value = codec.encode_single_object(&event)?;
             let mut headers = OwnedHeaders::new();
@@ -135,15 +154,15 @@ async fn upsert(env: &Env, n: usize, batch_size: usize) -> anyhow::Result<f64> {
     let pool = orderflow_runtime::store::connect(&env.database_url, &schema, 2).await?;
     orderflow_runtime::store::migrate(&pool).await?;
     create_units_table(&pool).await?;
-    let order = samples::order_placed();
+    let orders = orders(n)?;
     let started = Instant::now();
     let mut offset = 0i64;
-    while (offset as usize) < n {
-        let size = batch_size.min(n - offset as usize);
-        let ids: Vec<Uuid> = (0..size).map(|_| Uuid::new_v4()).collect();
+    for batch in orders.chunks(batch_size) {
+        let size = batch.len();
+        let ids: Vec<Uuid> = batch.iter().map(|o| o.event_id).collect();
         let offsets: Vec<i64> = (offset..offset + size as i64).collect();
         let mut units = BTreeMap::new();
-        for _ in 0..size {
+        for order in batch {
             for line in &order.lines {
                 *units.entry(line.sku.as_str().to_owned()).or_insert(0) += i64::from(line.quantity.get());
             }

@@ -40,6 +40,13 @@ pub enum Command {
     Run(Settings),
     /// Internal: the consumer process the harness measures (a batched projection on the runtime).
     ConsumeChild(child::ChildArgs),
+    /// Fill a topic with distinct OrderPlaced events (for profiling a consumer by hand).
+    Fill {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+    },
 }
 
 /// What to measure and how much.
@@ -114,6 +121,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ConsumeChild(args) => child::run(&env, args).await,
+        Command::Fill { topic, records } => {
+            orderflow_kafka::admin::ensure_topic(&env.kafka, &topic, ceilings::PARTITIONS, 1).await?;
+            let rate = ceilings::produce(&env, &topic, &ceilings::encoded_orders(records)?).await?;
+            eprintln!("{records} records to {topic} at {rate:.0}/s");
+            Ok(())
+        }
     }
 }
 

@@ -258,9 +258,9 @@ impl<H: Handler> LoopContext<H> {
             let status = Arc::new(PartitionStatus::default());
             status.next_offset.store(next.unwrap_or(-1), Ordering::Relaxed);
             status.high_watermark.store(-1, Ordering::Relaxed);
-            // Two batches of buffer per partition: the rest waits in librdkafka, which is
+            // Four batches of buffer per partition: the rest waits in librdkafka, which is
             // itself bounded (queued.max.messages.kbytes), and the partition is paused.
-            let (sender, receiver) = mpsc::channel(shared.settings.batch_size * 2);
+            let (sender, receiver) = mpsc::channel(shared.settings.batch_size * 4);
             let stop = Arc::new(StopFlag::default());
             let join = shared.runtime.spawn(worker_loop(
                 shared.clone(),
@@ -435,6 +435,11 @@ fn drain_held<H: Handler>(
     let workers = shared.workers.lock().unwrap();
     held.retain(|tp, queue| {
         let Some(worker) = workers.get(tp) else { return false };
+        // Hysteresis: resume only once the worker has drained half its buffer. Resuming at
+        // the first free slot made librdkafka drop and re-fetch the partition over and over.
+        if worker.sender.capacity() < worker.sender.max_capacity() / 2 {
+            return true;
+        }
         while let Some(message) = queue.pop_front() {
             match worker.sender.try_send(message) {
                 Ok(()) => {}
@@ -674,6 +679,11 @@ async fn apply_all<H: Handler>(
         .map_err(|e| HandlerError::Transient(e.into()))?
         .into_iter()
         .collect();
+    if new.len() == envelopes.len() {
+        // The common case: nothing seen before, no copies needed.
+        shared.handler.apply(tx, envelopes, ctx).await?;
+        return Ok((envelopes.len(), 0));
+    }
     let mut taken = HashSet::new();
     let fresh: Vec<Envelope> = envelopes
         .iter()

@@ -341,6 +341,7 @@ async fn consumer_killed_with_sigkill_at_random_moments_ends_with_the_exact_stor
     let consumer = ExampleConsumer::new(&topic, "kill9");
 
     // Act: kill -9 after a random amount of progress, five times, then let it finish.
+    let test_started = std::time::Instant::now();
     let mut rng_state = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
     let mut progress = 0i64;
     for round in 0..5 {
@@ -355,7 +356,7 @@ async fn consumer_killed_with_sigkill_at_random_moments_ends_with_the_exact_stor
         })
         .await;
         process.kill_hard().unwrap();
-        tracing::info!(round, progress, "killed");
+        eprintln!("round {round}: killed at {progress} applied, {:?} into the test", test_started.elapsed());
     }
     let _last = consumer.spawn();
     let pool = consumer.pool().await;
