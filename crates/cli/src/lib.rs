@@ -7,9 +7,17 @@
 //! - [`broker`]: wait for a broker, and a produce/consume round trip that proves a cluster
 //!   works end to end with the project's producer settings.
 //!
+//! - [`tail`], [`lag`], [`offsets`]: read records, show how far consumers are behind, and
+//!   show or reset their stored offsets ([`records`] and [`position`] hold the shared parts).
+//!
 //! The CLI prints data to stdout and diagnostics to stderr, so its output can be piped.
 
 pub mod broker;
+pub mod lag;
+pub mod offsets;
+pub mod position;
+pub mod records;
+pub mod tail;
 pub mod topics;
 
 use clap::{Parser, Subcommand};
@@ -33,11 +41,27 @@ pub enum Command {
     /// Check that a broker answers and works.
     #[command(subcommand)]
     Broker(broker::BrokerCommand),
+    /// Print a topic's records as JSON lines.
+    Tail(tail::TailArgs),
+    /// Show how far consumers are behind, in messages and seconds.
+    Lag(lag::LagArgs),
+    /// Show or reset a consumer's stored offsets.
+    #[command(subcommand)]
+    Offsets(offsets::OffsetsCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topics(command) => topics::run(&cli.kafka, command).await,
         Command::Broker(command) => broker::run(&cli.kafka, command).await,
+        Command::Tail(args) => tail::run(&cli.kafka, args).await,
+        Command::Lag(args) => lag::run(&cli.kafka, args).await,
+        Command::Offsets(command) => offsets::run(&cli.kafka, command).await,
     }
+}
+
+/// The process exit code for an error: 2 when a threshold was exceeded (`lag --max-lag`),
+/// 1 otherwise.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<lag::LagExceeded>().is_some() { 2 } else { 1 }
 }
