@@ -3,8 +3,8 @@
 //!
 //! A reset writes the consumer's `orderflow_offsets` table in one transaction (what the
 //! runtime seeks to on assignment), then the group's Kafka committed offsets (so Kafka tools
-//! agree). It refuses while the group has members: a running instance would overwrite the
-//! reset with its next batch.
+//! agree). It refuses while the consumer runs (its group has members, or its store has
+//! open Postgres sessions): a running instance would overwrite the reset with its next batch.
 
 use std::str::FromStr;
 
@@ -163,16 +163,16 @@ pub async fn reset(
     partition: Option<i32>,
     dry_run: bool,
 ) -> anyhow::Result<Vec<Move>> {
-    let group = position::group_client(kafka, &consumer.group)?;
-    let members = position::active_members(&group, &consumer.group)?;
+    let running = position::running_instances(kafka, pool, consumer).await?;
     anyhow::ensure!(
-        members.is_empty(),
-        "consumer {} is running: group {} has {} active member(s) ({}); stop every instance before resetting its offsets",
+        running.is_empty(),
+        "consumer {} is running (group {}, schema {}): {}; stop every instance before resetting its offsets",
         consumer.name,
         consumer.group,
-        members.len(),
-        members.join(", ")
+        consumer.schema,
+        running.join(", ")
     );
+    let group = position::group_client(kafka, &consumer.group)?;
     let topics: Vec<String> = topic.map(|t| vec![t.to_owned()]).unwrap_or_default();
     let positions = position::positions(kafka, pool, consumer, &topics).await?;
     if let Some(p) = partition {

@@ -156,6 +156,31 @@ pub fn active_members(client: &BaseConsumer, group: &str) -> anyhow::Result<Vec<
         .collect())
 }
 
+/// Signs that an instance of the consumer is running: members of its consumer group, and
+/// Postgres sessions of its read store (the runtime names its connections after the schema,
+/// `application_name`). The group is the primary signal; the sessions cover brokers that
+/// cannot describe groups (Tansu 0.6.0 drops the connection on DescribeGroups of a group
+/// with members), and are reported with a warning in that case.
+pub async fn running_instances(kafka: &KafkaArgs, pool: &PgPool, consumer: &ConsumerRef) -> anyhow::Result<Vec<String>> {
+    let client = group_client(kafka, &consumer.group)?;
+    let mut found: Vec<String> = match active_members(&client, &consumer.group) {
+        Ok(members) => members.into_iter().map(|m| format!("group member {m}")).collect(),
+        Err(error) => {
+            eprintln!("warning: {error:#}; falling back to the consumer's Postgres sessions to tell whether it runs");
+            Vec::new()
+        }
+    };
+    let sessions: Vec<(i32, Option<String>)> = sqlx::query_as(
+        "SELECT pid, client_addr::text FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&consumer.schema)
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("Failed to list the Postgres sessions of consumer {}", consumer.name))?;
+    found.extend(sessions.into_iter().map(|(pid, addr)| format!("postgres session pid {pid} from {}", addr.unwrap_or_else(|| "local socket".into()))));
+    Ok(found)
+}
+
 /// Every partition of the consumer's topics with its stored and committed offsets and
 /// watermarks. Topics: `topics` when given, else the ones in its offsets table.
 pub async fn positions(
