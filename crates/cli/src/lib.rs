@@ -9,10 +9,12 @@
 //!
 //! - [`tail`], [`lag`], [`offsets`]: read records, show how far consumers are behind, and
 //!   show or reset their stored offsets ([`records`] and [`position`] hold the shared parts).
+//! - [`dlq`]: list, show and (auditably) redrive dead letters.
 //!
 //! The CLI prints data to stdout and diagnostics to stderr, so its output can be piped.
 
 pub mod broker;
+pub mod dlq;
 pub mod lag;
 pub mod offsets;
 pub mod position;
@@ -48,6 +50,9 @@ pub enum Command {
     /// Show or reset a consumer's stored offsets.
     #[command(subcommand)]
     Offsets(offsets::OffsetsCommand),
+    /// Inspect and redrive a consumer's dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(args) => tail::run(&cli.kafka, args).await,
         Command::Lag(args) => lag::run(&cli.kafka, args).await,
         Command::Offsets(command) => offsets::run(&cli.kafka, command).await,
+        Command::Dlq(command) => dlq::run(&cli.kafka, command).await,
     }
 }
 

@@ -212,3 +212,45 @@ pub fn progress(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
     bar.set_message(what.to_owned());
     bar
 }
+
+/// Every record of `topic` up to the end it has now, oldest first per partition; refuses
+/// (naming the topic) when that is more than `max_records`.
+pub async fn read_all(consumer: &StreamConsumer, topic: &str, max_records: u64) -> anyhow::Result<Vec<OwnedMessage>> {
+    let mut starts = Vec::new();
+    let mut ends = BTreeMap::new();
+    for partition in partitions(consumer, topic)? {
+        let (low, high) = watermarks(consumer, topic, partition)?;
+        if low < high {
+            starts.push((partition, low));
+            ends.insert(partition, high);
+        }
+    }
+    let total: i64 = starts.iter().map(|(p, low)| ends[p] - low).sum();
+    anyhow::ensure!(
+        total as u64 <= max_records,
+        "{topic} holds {total} records, more than the limit of {max_records}; raise --max-records"
+    );
+    let mut out = Vec::with_capacity(total as usize);
+    if starts.is_empty() {
+        return Ok(out);
+    }
+    let bar = progress(Some(total as u64), topic);
+    assign(consumer, topic, &starts)?;
+    while !ends.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .with_context(|| format!("no record came from {topic} partitions {:?} within 30s", ends.keys()))?
+            .with_context(|| format!("Failed to read {topic}"))?;
+        let partition = message.partition();
+        let Some(&end) = ends.get(&partition) else { continue };
+        if message.offset() + 1 >= end {
+            ends.remove(&partition);
+        }
+        if message.offset() < end {
+            out.push(message.detach());
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
