@@ -10,11 +10,13 @@
 //! - [`tail`], [`lag`], [`offsets`]: read records, show how far consumers are behind, and
 //!   show or reset their stored offsets ([`records`] and [`position`] hold the shared parts).
 //! - [`dlq`]: list, show and (auditably) redrive dead letters.
+//! - [`export`]: a topic range to JSON Lines, CSV or Avro files, resumable.
 //!
 //! The CLI prints data to stdout and diagnostics to stderr, so its output can be piped.
 
 pub mod broker;
 pub mod dlq;
+pub mod export;
 pub mod lag;
 pub mod offsets;
 pub mod position;
@@ -53,6 +55,8 @@ pub enum Command {
     /// Inspect and redrive a consumer's dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Export a topic range to JSON Lines, CSV or Avro (resumable).
+    Export(export::ExportArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -63,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lag(args) => lag::run(&cli.kafka, args).await,
         Command::Offsets(command) => offsets::run(&cli.kafka, command).await,
         Command::Dlq(command) => dlq::run(&cli.kafka, command).await,
+        Command::Export(args) => export::run(&cli.kafka, args).await,
     }
 }
 
