@@ -11,6 +11,7 @@
 //!   show or reset their stored offsets ([`records`] and [`position`] hold the shared parts).
 //! - [`dlq`]: list, show and (auditably) redrive dead letters.
 //! - [`export`]: a topic range to JSON Lines, CSV or Avro files, resumable.
+//! - [`replay`]: rebuild a consumer's store into a shadow schema, diff, promote.
 //!
 //! The CLI prints data to stdout and diagnostics to stderr, so its output can be piped.
 
@@ -21,6 +22,7 @@ pub mod lag;
 pub mod offsets;
 pub mod position;
 pub mod records;
+pub mod replay;
 pub mod tail;
 pub mod topics;
 
@@ -57,6 +59,8 @@ pub enum Command {
     Dlq(dlq::DlqCommand),
     /// Export a topic range to JSON Lines, CSV or Avro (resumable).
     Export(export::ExportArgs),
+    /// Rebuild a consumer's store into a shadow schema, diff it, promote it.
+    Replay(replay::ReplayArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -68,6 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Offsets(command) => offsets::run(&cli.kafka, command).await,
         Command::Dlq(command) => dlq::run(&cli.kafka, command).await,
         Command::Export(args) => export::run(&cli.kafka, args).await,
+        Command::Replay(args) => replay::run(&cli.kafka, args).await,
     }
 }
 
