@@ -49,7 +49,9 @@ pub struct DlqTopicArgs {
 
 impl DlqTopicArgs {
     pub fn topic(&self) -> String {
-        self.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.consumer))
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.consumer))
     }
 }
 
@@ -111,7 +113,13 @@ Dead letters already redriven are skipped unless --again.")]
 
 fn parse_offsets(value: &str) -> Result<RangeInclusive<i64>, String> {
     let bad = || format!("`{value}` is not N, A..B or A..=B (offsets ≥ 0)");
-    let number = |s: &str| s.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(bad);
+    let number = |s: &str| {
+        s.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(bad)
+    };
     if let Some((a, b)) = value.split_once("..=") {
         Ok(number(a)?..=number(b)?)
     } else if let Some((a, b)) = value.split_once("..") {
@@ -143,7 +151,11 @@ pub struct DeadLetter {
 }
 
 /// The DLQ topic read into dead letters (audit records folded into `redriven_to`).
-pub async fn dead_letters(kafka: &KafkaArgs, topic: &str, max_records: u64) -> anyhow::Result<(Vec<DeadLetter>, Vec<OwnedMessage>)> {
+pub async fn dead_letters(
+    kafka: &KafkaArgs,
+    topic: &str,
+    max_records: u64,
+) -> anyhow::Result<(Vec<DeadLetter>, Vec<OwnedMessage>)> {
     let reader = records::reader(kafka)?;
     let all = records::read_all(&reader, topic, max_records).await?;
     let mut audits: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -151,14 +163,24 @@ pub async fn dead_letters(kafka: &KafkaArgs, topic: &str, max_records: u64) -> a
     let mut messages = Vec::new();
     for message in all {
         let headers = records::headers_map(&message);
-        if let Some(of) = headers.get(headers::REDRIVE_OF) {
-            if headers.get(dlq::ORIGINAL_TOPIC).is_none() {
-                audits.entry(of.clone()).or_default().push(headers.get(headers::REDRIVEN_TO).cloned().unwrap_or_default());
-                continue;
-            }
+        if let Some(of) = headers.get(headers::REDRIVE_OF)
+            && !headers.contains_key(dlq::ORIGINAL_TOPIC)
+        {
+            audits.entry(of.clone()).or_default().push(
+                headers
+                    .get(headers::REDRIVEN_TO)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            continue;
         }
         let Some(original_topic) = headers.get(dlq::ORIGINAL_TOPIC) else {
-            tracing::warn!(topic, partition = message.partition(), offset = message.offset(), "record without dlq_* headers skipped");
+            tracing::warn!(
+                topic,
+                partition = message.partition(),
+                offset = message.offset(),
+                "record without dlq_* headers skipped"
+            );
             continue;
         };
         letters.push(DeadLetter {
@@ -166,8 +188,12 @@ pub async fn dead_letters(kafka: &KafkaArgs, topic: &str, max_records: u64) -> a
             offset: message.offset(),
             key: records::key_string(&message),
             original_topic: original_topic.clone(),
-            original_partition: headers.get(dlq::ORIGINAL_PARTITION).and_then(|p| p.parse().ok()),
-            original_offset: headers.get(dlq::ORIGINAL_OFFSET).and_then(|o| o.parse().ok()),
+            original_partition: headers
+                .get(dlq::ORIGINAL_PARTITION)
+                .and_then(|p| p.parse().ok()),
+            original_offset: headers
+                .get(dlq::ORIGINAL_OFFSET)
+                .and_then(|o| o.parse().ok()),
             error_class: headers.get(dlq::ERROR_CLASS).cloned().unwrap_or_default(),
             error_message: headers.get(dlq::ERROR_MESSAGE).cloned().unwrap_or_default(),
             dead_lettered_at: headers.get(dlq::TIME).cloned(),
@@ -194,9 +220,14 @@ pub struct Selection {
 
 impl Selection {
     fn matches(&self, letter: &DeadLetter) -> bool {
-        self.offsets.as_ref().is_none_or(|r| r.contains(&letter.offset))
+        self.offsets
+            .as_ref()
+            .is_none_or(|r| r.contains(&letter.offset))
             && self.class.as_ref().is_none_or(|c| c == &letter.error_class)
-            && self.key.as_ref().is_none_or(|k| Some(k) == letter.key.as_ref())
+            && self
+                .key
+                .as_ref()
+                .is_none_or(|k| Some(k) == letter.key.as_ref())
             && (self.again || letter.redriven_to.is_empty())
     }
 }
@@ -212,36 +243,67 @@ pub struct Redriven {
 }
 
 /// Re-publish the selected dead letters of `dlq_topic` and append an audit record for each.
-pub async fn redrive(kafka: &KafkaArgs, dlq_topic: &str, selection: &Selection, max_records: u64, dry_run: bool) -> anyhow::Result<Vec<Redriven>> {
+pub async fn redrive(
+    kafka: &KafkaArgs,
+    dlq_topic: &str,
+    selection: &Selection,
+    max_records: u64,
+    dry_run: bool,
+) -> anyhow::Result<Vec<Redriven>> {
     let (letters, messages) = dead_letters(kafka, dlq_topic, max_records).await?;
-    let producer: FutureProducer = kafka.producer_config().create().context("Failed to create the producer")?;
+    let producer: FutureProducer = kafka
+        .producer_config()
+        .create()
+        .context("Failed to create the producer")?;
     let by = format!(
         "{}@{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into())
     );
-    let selected: Vec<(&DeadLetter, &OwnedMessage)> = letters.iter().zip(&messages).filter(|(l, _)| selection.matches(l)).collect();
+    let selected: Vec<(&DeadLetter, &OwnedMessage)> = letters
+        .iter()
+        .zip(&messages)
+        .filter(|(l, _)| selection.matches(l))
+        .collect();
     let bar = records::progress(Some(selected.len() as u64), "redriving");
     let mut out = Vec::new();
     for (letter, message) in selected {
         let of = format!("{}:{}", letter.partition, letter.offset);
-        let mut done = Redriven { dlq_partition: letter.partition, dlq_offset: letter.offset, topic: letter.original_topic.clone(), to: None };
+        let mut done = Redriven {
+            dlq_partition: letter.partition,
+            dlq_offset: letter.offset,
+            topic: letter.original_topic.clone(),
+            to: None,
+        };
         if dry_run {
             out.push(done);
             continue;
         }
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let audit_pairs = [(headers::REDRIVE_OF, of.as_str()), (headers::REDRIVEN_BY, by.as_str()), (headers::REDRIVEN_AT, at.as_str())];
+        let audit_pairs = [
+            (headers::REDRIVE_OF, of.as_str()),
+            (headers::REDRIVEN_BY, by.as_str()),
+            (headers::REDRIVEN_AT, at.as_str()),
+        ];
         let mut republished = OwnedHeaders::new();
         for (name, value) in records::headers_map(message) {
             if !name.starts_with("dlq_") && !audit_pairs.iter().any(|(n, _)| *n == name) {
-                republished = republished.insert(Header { key: &name, value: Some(value.as_bytes()) });
+                republished = republished.insert(Header {
+                    key: &name,
+                    value: Some(value.as_bytes()),
+                });
             }
         }
         for (key, value) in audit_pairs {
-            republished = republished.insert(Header { key, value: Some(value.as_bytes()) });
+            republished = republished.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
         }
-        let mut record = FutureRecord::<[u8], [u8]>::to(&letter.original_topic).headers(republished);
+        let mut record =
+            FutureRecord::<[u8], [u8]>::to(&letter.original_topic).headers(republished);
         if let Some(key) = message.key() {
             record = record.key(key);
         }
@@ -252,11 +314,25 @@ pub async fn redrive(kafka: &KafkaArgs, dlq_topic: &str, selection: &Selection, 
             .send(record, Duration::from_secs(30))
             .await
             .map_err(|(error, _)| error)
-            .with_context(|| format!("Failed to redrive {dlq_topic}[{of}] to {}", letter.original_topic))?;
-        let to = format!("{}[{}]@{}", letter.original_topic, delivered.partition, delivered.offset);
+            .with_context(|| {
+                format!(
+                    "Failed to redrive {dlq_topic}[{of}] to {}",
+                    letter.original_topic
+                )
+            })?;
+        let to = format!(
+            "{}[{}]@{}",
+            letter.original_topic, delivered.partition, delivered.offset
+        );
         let mut audit = OwnedHeaders::new();
-        for (key, value) in audit_pairs.into_iter().chain([(headers::REDRIVEN_TO, to.as_str())]) {
-            audit = audit.insert(Header { key, value: Some(value.as_bytes()) });
+        for (key, value) in audit_pairs
+            .into_iter()
+            .chain([(headers::REDRIVEN_TO, to.as_str())])
+        {
+            audit = audit.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(dlq_topic).headers(audit);
         if let Some(key) = message.key() {
@@ -266,7 +342,9 @@ pub async fn redrive(kafka: &KafkaArgs, dlq_topic: &str, selection: &Selection, 
             .send(record, Duration::from_secs(30))
             .await
             .map_err(|(error, _)| error)
-            .with_context(|| format!("redrove {dlq_topic}[{of}] to {to} but failed to append its audit record"))?;
+            .with_context(|| {
+                format!("redrove {dlq_topic}[{of}] to {to} but failed to append its audit record")
+            })?;
         done.to = Some((delivered.partition, delivered.offset));
         out.push(done);
         bar.inc(1);
@@ -284,34 +362,79 @@ pub async fn run(kafka: &KafkaArgs, command: DlqCommand) -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::to_string(l)?);
                 } else {
-                    let from = format!("{}[{}]@{}", l.original_topic, opt(l.original_partition), opt(l.original_offset));
-                    let redriven = if l.redriven_to.is_empty() { "-".to_owned() } else { l.redriven_to.join(",") };
-                    println!("{}:{}\t{from}\t{}\t{}\t{}\tredriven:{redriven}", l.partition, l.offset, l.key.as_deref().unwrap_or("-"), l.error_class, l.error_message);
+                    let from = format!(
+                        "{}[{}]@{}",
+                        l.original_topic,
+                        opt(l.original_partition),
+                        opt(l.original_offset)
+                    );
+                    let redriven = if l.redriven_to.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        l.redriven_to.join(",")
+                    };
+                    println!(
+                        "{}:{}\t{from}\t{}\t{}\t{}\tredriven:{redriven}",
+                        l.partition,
+                        l.offset,
+                        l.key.as_deref().unwrap_or("-"),
+                        l.error_class,
+                        l.error_message
+                    );
                 }
             }
             let classes: BTreeSet<&str> = letters.iter().map(|l| l.error_class.as_str()).collect();
-            eprintln!("{topic}: {} dead letters ({} redriven); classes: {classes:?}", letters.len(), letters.iter().filter(|l| !l.redriven_to.is_empty()).count());
+            eprintln!(
+                "{topic}: {} dead letters ({} redriven); classes: {classes:?}",
+                letters.len(),
+                letters.iter().filter(|l| !l.redriven_to.is_empty()).count()
+            );
             Ok(())
         }
-        DlqCommand::Show { dlq, offset, partition } => {
+        DlqCommand::Show {
+            dlq,
+            offset,
+            partition,
+        } => {
             let topic = dlq.topic();
             let reader = records::reader(kafka)?;
-            let message = records::read_one(&reader, &topic, partition, offset, records::REQUEST_TIMEOUT)
-                .await?
-                .filter(|m| m.offset() == offset)
-                .with_context(|| format!("{topic}[{partition}] has no record at offset {offset}"))?;
+            let message =
+                records::read_one(&reader, &topic, partition, offset, records::REQUEST_TIMEOUT)
+                    .await?
+                    .filter(|m| m.offset() == offset)
+                    .with_context(|| {
+                        format!("{topic}[{partition}] has no record at offset {offset}")
+                    })?;
             let json = records::to_json(&Codec::new(), &message).await;
             println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())
         }
-        DlqCommand::Redrive { dlq, offsets, class, key, again, dry_run } => {
+        DlqCommand::Redrive {
+            dlq,
+            offsets,
+            class,
+            key,
+            again,
+            dry_run,
+        } => {
             let topic = dlq.topic();
-            let selection = Selection { offsets, class, key, again };
+            let selection = Selection {
+                offsets,
+                class,
+                key,
+                again,
+            };
             let done = redrive(kafka, &topic, &selection, dlq.max_records, dry_run).await?;
             for r in &done {
                 match r.to {
-                    Some((p, o)) => println!("{}:{}\t-> {}[{p}]@{o}", r.dlq_partition, r.dlq_offset, r.topic),
-                    None => println!("{}:{}\t-> {} (dry run)", r.dlq_partition, r.dlq_offset, r.topic),
+                    Some((p, o)) => println!(
+                        "{}:{}\t-> {}[{p}]@{o}",
+                        r.dlq_partition, r.dlq_offset, r.topic
+                    ),
+                    None => println!(
+                        "{}:{}\t-> {} (dry run)",
+                        r.dlq_partition, r.dlq_offset, r.topic
+                    ),
                 }
             }
             let verb = if dry_run { "would redrive" } else { "redrove" };

@@ -111,7 +111,9 @@ pub struct ExportState {
 
 impl ExportState {
     pub fn done(&self) -> bool {
-        self.next.iter().all(|(p, next)| *next >= self.ends.get(p).copied().unwrap_or(0))
+        self.next
+            .iter()
+            .all(|(p, next)| *next >= self.ends.get(p).copied().unwrap_or(0))
     }
 }
 
@@ -139,7 +141,11 @@ pub async fn run(kafka: &KafkaArgs, args: ExportArgs) -> anyhow::Result<()> {
         args.topic,
         args.output.display(),
         summary.written_now,
-        if summary.resumed { " after resuming" } else { "" },
+        if summary.resumed {
+            " after resuming"
+        } else {
+            ""
+        },
         summary.written_total,
         summary.skipped_total
     );
@@ -148,9 +154,14 @@ pub async fn run(kafka: &KafkaArgs, args: ExportArgs) -> anyhow::Result<()> {
 
 /// Export, or continue an interrupted export of the same output. `stop` ends the run early
 /// after the current record (the state of the last flushed chunk stays valid).
-pub async fn export(kafka: &KafkaArgs, args: &ExportArgs, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<ExportSummary> {
+pub async fn export(
+    kafka: &KafkaArgs,
+    args: &ExportArgs,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<ExportSummary> {
     let topic = args.topic.as_str();
-    let codec = Codec::from_config(args.schema_registry_url.as_deref()).context("Invalid SCHEMA_REGISTRY_URL")?;
+    let codec = Codec::from_config(args.schema_registry_url.as_deref())
+        .context("Invalid SCHEMA_REGISTRY_URL")?;
     let consumer = records::reader(kafka)?;
     let state_file = state_path(&args.output);
     let (mut state, resumed) = match read_state(&state_file)? {
@@ -175,16 +186,40 @@ pub async fn export(kafka: &KafkaArgs, args: &ExportArgs, stop: impl std::future
         }
     };
     if state.done() {
-        return Ok(ExportSummary { written_now: 0, written_total: state.written, skipped_total: state.skipped, resumed });
+        return Ok(ExportSummary {
+            written_now: 0,
+            written_total: state.written,
+            skipped_total: state.skipped,
+            resumed,
+        });
     }
 
-    let file = OpenOptions::new().create(true).append(true).open(&args.output).with_context(|| format!("Failed to open {}", args.output.display()))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.output)
+        .with_context(|| format!("Failed to open {}", args.output.display()))?;
     let length = file.metadata()?.len();
-    anyhow::ensure!(length >= state.bytes, "{} is shorter than its state file says ({length} < {} bytes); it cannot be continued", args.output.display(), state.bytes);
-    file.set_len(state.bytes).with_context(|| format!("Failed to cut {} back to its last complete chunk", args.output.display()))?;
+    anyhow::ensure!(
+        length >= state.bytes,
+        "{} is shorter than its state file says ({length} < {} bytes); it cannot be continued",
+        args.output.display(),
+        state.bytes
+    );
+    file.set_len(state.bytes).with_context(|| {
+        format!(
+            "Failed to cut {} back to its last complete chunk",
+            args.output.display()
+        )
+    })?;
     let mut sink = Sink::open(args.format, file, &state)?;
 
-    let starts: Vec<(i32, i64)> = state.next.iter().filter(|(p, n)| **n < state.ends[*p]).map(|(p, n)| (*p, *n)).collect();
+    let starts: Vec<(i32, i64)> = state
+        .next
+        .iter()
+        .filter(|(p, n)| **n < state.ends[*p])
+        .map(|(p, n)| (*p, *n))
+        .collect();
     let remaining: i64 = starts.iter().map(|(p, n)| state.ends[p] - n).sum();
     let bar = records::progress(Some(remaining as u64), topic);
     records::assign(&consumer, topic, &starts)?;
@@ -200,7 +235,12 @@ pub async fn export(kafka: &KafkaArgs, args: &ExportArgs, stop: impl std::future
                 .with_context(|| format!("Failed to read {topic}"))?,
         };
         let partition = message.partition();
-        let (Some(next), Some(&end)) = (state.next.get(&partition).copied(), state.ends.get(&partition)) else { continue };
+        let (Some(next), Some(&end)) = (
+            state.next.get(&partition).copied(),
+            state.ends.get(&partition),
+        ) else {
+            continue;
+        };
         if message.offset() < next || next >= end {
             continue;
         }
@@ -215,7 +255,9 @@ pub async fn export(kafka: &KafkaArgs, args: &ExportArgs, stop: impl std::future
             bar.inc(1);
             in_chunk += 1;
         }
-        state.next.insert(partition, (message.offset() + 1).min(end));
+        state
+            .next
+            .insert(partition, (message.offset() + 1).min(end));
         if in_chunk >= args.chunk {
             sink.flush(&args.output, &state_file, &mut state)?;
             in_chunk = 0;
@@ -223,11 +265,19 @@ pub async fn export(kafka: &KafkaArgs, args: &ExportArgs, stop: impl std::future
     }
     sink.flush(&args.output, &state_file, &mut state)?;
     bar.finish_and_clear();
-    Ok(ExportSummary { written_now, written_total: state.written, skipped_total: state.skipped, resumed })
+    Ok(ExportSummary {
+        written_now,
+        written_total: state.written,
+        skipped_total: state.skipped,
+        resumed,
+    })
 }
 
 /// The range of a new export.
-async fn plan(consumer: &rdkafka::consumer::StreamConsumer, args: &ExportArgs) -> anyhow::Result<ExportState> {
+async fn plan(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    args: &ExportArgs,
+) -> anyhow::Result<ExportState> {
     let topic = args.topic.as_str();
     let mut next = BTreeMap::new();
     let mut ends = BTreeMap::new();
@@ -235,12 +285,16 @@ async fn plan(consumer: &rdkafka::consumer::StreamConsumer, args: &ExportArgs) -
         let (low, high) = records::watermarks(consumer, topic, partition)?;
         let start = match (args.from_offset, args.since) {
             (Some(offset), _) => offset.clamp(low, high),
-            (None, Some(since)) => records::offset_for_time(consumer, topic, partition, since, (low, high)).await?,
+            (None, Some(since)) => {
+                records::offset_for_time(consumer, topic, partition, since, (low, high)).await?
+            }
             (None, None) => low,
         };
         let end = match (args.to_offset, args.until) {
             (Some(offset), _) => offset.clamp(low, high),
-            (None, Some(until)) => records::offset_for_time(consumer, topic, partition, until, (low, high)).await?,
+            (None, Some(until)) => {
+                records::offset_for_time(consumer, topic, partition, until, (low, high)).await?
+            }
             (None, None) => high,
         };
         next.insert(partition, start);
@@ -261,7 +315,9 @@ async fn plan(consumer: &rdkafka::consumer::StreamConsumer, args: &ExportArgs) -
 
 fn read_state(path: &Path) -> anyhow::Result<Option<ExportState>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| format!("{} is not an export state file", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("{} is not an export state file", path.display())),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error).with_context(|| format!("Failed to read {}", path.display())),
     }
@@ -272,22 +328,52 @@ fn write_state(path: &Path, state: &ExportState) -> anyhow::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?).with_context(|| format!("Failed to write {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("Failed to write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("Failed to write {}", path.display()))
 }
 
 enum Sink {
     Jsonl(BufWriter<File>),
     Csv(csv::Writer<File>, Option<EventKind>),
-    Avro(Option<apache_avro::Writer<'static, File>>, Option<File>, [u8; 16]),
+    Avro(
+        Option<apache_avro::Writer<'static, File>>,
+        Option<File>,
+        [u8; 16],
+    ),
 }
 
 const ORDER_COLUMNS: &[&str] = &[
-    "topic", "partition", "offset", "timestamp", "event_id", "order_id", "placed_at", "currency", "customer_id",
-    "customer_email", "channel", "total_minor", "line", "sku", "quantity", "unit_price_minor",
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "event_id",
+    "order_id",
+    "placed_at",
+    "currency",
+    "customer_id",
+    "customer_email",
+    "channel",
+    "total_minor",
+    "line",
+    "sku",
+    "quantity",
+    "unit_price_minor",
 ];
-const INVENTORY_COLUMNS: &[&str] =
-    &["topic", "partition", "offset", "timestamp", "event_id", "sku", "warehouse", "delta", "reason", "order_id", "occurred_at"];
+const INVENTORY_COLUMNS: &[&str] = &[
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "event_id",
+    "sku",
+    "warehouse",
+    "delta",
+    "reason",
+    "order_id",
+    "occurred_at",
+];
 
 fn kind_name(kind: EventKind) -> &'static str {
     kind.ce_type()
@@ -301,7 +387,10 @@ fn kind_of(event: &Event) -> EventKind {
 }
 
 fn parse_kind(name: &str) -> anyhow::Result<EventKind> {
-    EventKind::ALL.into_iter().find(|k| kind_name(*k) == name).with_context(|| format!("unknown event type {name} in the state file"))
+    EventKind::ALL
+        .into_iter()
+        .find(|k| kind_name(*k) == name)
+        .with_context(|| format!("unknown event type {name} in the state file"))
 }
 
 impl Sink {
@@ -309,7 +398,12 @@ impl Sink {
         let kind = state.kind.as_deref().map(parse_kind).transpose()?;
         Ok(match format {
             Format::Jsonl => Sink::Jsonl(BufWriter::new(file)),
-            Format::Csv => Sink::Csv(csv::WriterBuilder::new().has_headers(false).from_writer(file), kind),
+            Format::Csv => Sink::Csv(
+                csv::WriterBuilder::new()
+                    .has_headers(false)
+                    .from_writer(file),
+                kind,
+            ),
             Format::Avro => {
                 let marker = match &state.avro_marker {
                     Some(hex) => decode_marker(hex)?,
@@ -317,7 +411,15 @@ impl Sink {
                 };
                 match kind {
                     // Continue the container: same schema and sync marker, no new header.
-                    Some(kind) => Sink::Avro(Some(apache_avro::Writer::append_to(&shipped().current(kind).schema, file, marker)), None, marker),
+                    Some(kind) => Sink::Avro(
+                        Some(apache_avro::Writer::append_to(
+                            &shipped().current(kind).schema,
+                            file,
+                            marker,
+                        )),
+                        None,
+                        marker,
+                    ),
                     None => Sink::Avro(None, Some(file), marker),
                 }
             }
@@ -325,7 +427,12 @@ impl Sink {
     }
 
     /// Write one record; `false` when it was skipped.
-    async fn write(&mut self, codec: &Codec, message: &OwnedMessage, state: &mut ExportState) -> anyhow::Result<bool> {
+    async fn write(
+        &mut self,
+        codec: &Codec,
+        message: &OwnedMessage,
+        state: &mut ExportState,
+    ) -> anyhow::Result<bool> {
         if let Sink::Jsonl(out) = self {
             let json = records::to_json(codec, message).await;
             serde_json::to_writer(&mut *out, &json)?;
@@ -347,7 +454,11 @@ impl Sink {
                     return Ok(false);
                 }
                 if state.bytes == 0 && state.written == 0 {
-                    out.write_record(if kind == EventKind::OrderPlaced { ORDER_COLUMNS } else { INVENTORY_COLUMNS })?;
+                    out.write_record(if kind == EventKind::OrderPlaced {
+                        ORDER_COLUMNS
+                    } else {
+                        INVENTORY_COLUMNS
+                    })?;
                 }
                 for row in csv_rows(message, &event) {
                     out.write_record(&row)?;
@@ -359,20 +470,33 @@ impl Sink {
                     let file = file.take().context("the Avro output is gone")?;
                     state.kind = Some(kind_name(kind).to_owned());
                     state.avro_marker = Some(encode_marker(marker));
-                    *writer = Some(apache_avro::Writer::builder().schema(&shipped().current(kind).schema).writer(file).marker(*marker).build());
+                    *writer = Some(
+                        apache_avro::Writer::builder()
+                            .schema(&shipped().current(kind).schema)
+                            .writer(file)
+                            .marker(*marker)
+                            .build(),
+                    );
                 }
                 if state.kind.as_deref() != Some(kind_name(kind)) {
                     return Ok(false);
                 }
                 let writer = writer.as_mut().context("the Avro writer is gone")?;
-                writer.append(orderflow_events::avro_value::to_value(&event)).context("Failed to write an Avro record")?;
+                writer
+                    .append(orderflow_events::avro_value::to_value(&event))
+                    .context("Failed to write an Avro record")?;
                 Ok(true)
             }
         }
     }
 
     /// Flush what was written, then record the state (with the output's length).
-    fn flush(&mut self, output: &Path, state_file: &Path, state: &mut ExportState) -> anyhow::Result<()> {
+    fn flush(
+        &mut self,
+        output: &Path,
+        state_file: &Path,
+        state: &mut ExportState,
+    ) -> anyhow::Result<()> {
         match self {
             Sink::Jsonl(out) => {
                 out.flush()?;
@@ -388,7 +512,9 @@ impl Sink {
             }
             Sink::Avro(None, _, _) => {}
         }
-        state.bytes = std::fs::metadata(output).with_context(|| format!("Failed to stat {}", output.display()))?.len();
+        state.bytes = std::fs::metadata(output)
+            .with_context(|| format!("Failed to stat {}", output.display()))?
+            .len();
         write_state(state_file, state)
     }
 }
@@ -398,7 +524,9 @@ fn csv_rows(message: &OwnedMessage, event: &Event) -> Vec<Vec<String>> {
         message.topic().to_owned(),
         message.partition().to_string(),
         message.offset().to_string(),
-        records::timestamp_ms(message).and_then(records::format_millis).unwrap_or_default(),
+        records::timestamp_ms(message)
+            .and_then(records::format_millis)
+            .unwrap_or_default(),
     ];
     let json = serde_json::to_value(event).unwrap_or_default();
     let text = |v: &serde_json::Value| match v {
@@ -424,15 +552,29 @@ fn csv_rows(message: &OwnedMessage, event: &Event) -> Vec<Vec<String>> {
                 .iter()
                 .enumerate()
                 .map(|(i, line)| {
-                    let mut row: Vec<String> = position.iter().chain(head.iter()).cloned().collect();
-                    row.extend([i.to_string(), text(&line["sku"]), text(&line["quantity"]), text(&line["unit_price_minor"])]);
+                    let mut row: Vec<String> =
+                        position.iter().chain(head.iter()).cloned().collect();
+                    row.extend([
+                        i.to_string(),
+                        text(&line["sku"]),
+                        text(&line["quantity"]),
+                        text(&line["unit_price_minor"]),
+                    ]);
                     row
                 })
                 .collect()
         }
         Event::InventoryChanged(_) => {
             let mut row: Vec<String> = position.to_vec();
-            for name in ["event_id", "sku", "warehouse", "delta", "reason", "order_id", "occurred_at"] {
+            for name in [
+                "event_id",
+                "sku",
+                "warehouse",
+                "delta",
+                "reason",
+                "order_id",
+                "occurred_at",
+            ] {
                 row.push(field(&[name]));
             }
             vec![row]
@@ -450,7 +592,8 @@ fn decode_marker(hex: &str) -> anyhow::Result<[u8; 16]> {
         bail!("bad Avro sync marker `{hex}` in the state file");
     }
     for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).with_context(|| format!("bad Avro sync marker `{hex}`"))?;
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("bad Avro sync marker `{hex}`"))?;
     }
     Ok(out)
 }

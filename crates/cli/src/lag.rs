@@ -77,7 +77,10 @@ pub async fn run(kafka: &KafkaArgs, args: LagArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
     let names = if args.consumers.is_empty() {
         let schemas = position::discover_consumers(&pool).await?;
-        anyhow::ensure!(!schemas.is_empty(), "no consumer schemas (with an orderflow_offsets table) in the database; name one with --consumer");
+        anyhow::ensure!(
+            !schemas.is_empty(),
+            "no consumer schemas (with an orderflow_offsets table) in the database; name one with --consumer"
+        );
         schemas.into_iter().map(|s| s.replace('_', "-")).collect()
     } else {
         args.consumers.clone()
@@ -94,7 +97,11 @@ pub async fn run(kafka: &KafkaArgs, args: LagArgs) -> anyhow::Result<()> {
     }
     let mut over = Vec::new();
     for name in &names {
-        let total: i64 = rows.iter().filter(|r| &r.consumer == name).map(|r| r.lag_messages).sum();
+        let total: i64 = rows
+            .iter()
+            .filter(|r| &r.consumer == name)
+            .map(|r| r.lag_messages)
+            .sum();
         eprintln!("{name}: {total} messages behind");
         if args.max_lag.is_some_and(|max| total > max) {
             over.push((name.clone(), total));
@@ -107,7 +114,12 @@ pub async fn run(kafka: &KafkaArgs, args: LagArgs) -> anyhow::Result<()> {
 }
 
 /// The lag of every partition the consumer reads.
-pub async fn measure(kafka: &KafkaArgs, pool: &PgPool, consumer: &ConsumerRef, topics: &[String]) -> anyhow::Result<Vec<PartitionLag>> {
+pub async fn measure(
+    kafka: &KafkaArgs,
+    pool: &PgPool,
+    consumer: &ConsumerRef,
+    topics: &[String],
+) -> anyhow::Result<Vec<PartitionLag>> {
     let positions = position::positions(kafka, pool, consumer, topics).await?;
     let reader = records::reader(kafka)?;
     let now_ms = Utc::now().timestamp_millis();
@@ -118,12 +130,23 @@ pub async fn measure(kafka: &KafkaArgs, pool: &PgPool, consumer: &ConsumerRef, t
         let lag_seconds = if lag_messages == 0 {
             Some(0.0)
         } else {
-            records::read_one(&reader, &position.topic, position.partition, next, Duration::from_secs(10))
-                .await
-                .with_context(|| format!("consumer {}: reading the oldest unapplied record", consumer.name))?
-                .as_ref()
-                .and_then(records::timestamp_ms)
-                .map(|ts| ((now_ms - ts).max(0)) as f64 / 1000.0)
+            records::read_one(
+                &reader,
+                &position.topic,
+                position.partition,
+                next,
+                Duration::from_secs(10),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "consumer {}: reading the oldest unapplied record",
+                    consumer.name
+                )
+            })?
+            .as_ref()
+            .and_then(records::timestamp_ms)
+            .map(|ts| ((now_ms - ts).max(0)) as f64 / 1000.0)
         };
         out.push(PartitionLag {
             consumer: consumer.name.clone(),
@@ -140,15 +163,30 @@ pub async fn measure(kafka: &KafkaArgs, pool: &PgPool, consumer: &ConsumerRef, t
 }
 
 fn print_table(rows: &[PartitionLag]) {
-    let width = |f: &dyn Fn(&PartitionLag) -> usize, min: usize| rows.iter().map(f).max().unwrap_or(0).max(min);
+    let width = |f: &dyn Fn(&PartitionLag) -> usize, min: usize| {
+        rows.iter().map(f).max().unwrap_or(0).max(min)
+    };
     let cw = width(&|r| r.consumer.len(), 8);
     let tw = width(&|r| r.topic.len(), 5);
-    println!("{:cw$}  {:tw$}  {:>9}  {:>12}  {:>12}  {:>12}  {:>11}  SOURCE", "CONSUMER", "TOPIC", "PARTITION", "NEXT", "HIGH", "LAG", "LAG_SECONDS");
+    println!(
+        "{:cw$}  {:tw$}  {:>9}  {:>12}  {:>12}  {:>12}  {:>11}  SOURCE",
+        "CONSUMER", "TOPIC", "PARTITION", "NEXT", "HIGH", "LAG", "LAG_SECONDS"
+    );
     for r in rows {
-        let seconds = r.lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "?".into());
+        let seconds = r
+            .lag_seconds
+            .map(|s| format!("{s:.1}"))
+            .unwrap_or_else(|| "?".into());
         println!(
             "{:cw$}  {:tw$}  {:>9}  {:>12}  {:>12}  {:>12}  {:>11}  {}",
-            r.consumer, r.topic, r.partition, r.next_offset, r.high_watermark, r.lag_messages, seconds, r.source
+            r.consumer,
+            r.topic,
+            r.partition,
+            r.next_offset,
+            r.high_watermark,
+            r.lag_messages,
+            seconds,
+            r.source
         );
     }
 }

@@ -79,5 +79,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The process exit code for an error: 2 when a threshold was exceeded (`lag --max-lag`),
 /// 1 otherwise.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.downcast_ref::<lag::LagExceeded>().is_some() { 2 } else { 1 }
+    if error.downcast_ref::<lag::LagExceeded>().is_some() {
+        2
+    } else {
+        1
+    }
 }

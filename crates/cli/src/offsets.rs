@@ -16,29 +16,8 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 
-use crate::position::{self, ConsumerRef, DbArgs, PartitionPosition};
+use crate::position::{self, ConsumerArgs, ConsumerRef, PartitionPosition};
 use crate::records;
-
-/// Which consumer (shared by `offsets show` and `offsets reset`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ConsumerArgs {
-    /// Consumer name (schema = name with '-' → '_', group = name).
-    pub consumer: String,
-    /// Postgres schema of the consumer's store.
-    #[arg(long)]
-    pub schema: Option<String>,
-    /// Consumer group.
-    #[arg(long)]
-    pub group: Option<String>,
-    #[command(flatten)]
-    pub db: DbArgs,
-}
-
-impl ConsumerArgs {
-    pub fn consumer_ref(&self) -> anyhow::Result<ConsumerRef> {
-        ConsumerRef::new(&self.consumer, self.schema.as_deref(), self.group.as_deref())
-    }
-}
 
 #[derive(Debug, Subcommand)]
 pub enum OffsetsCommand {
@@ -109,7 +88,9 @@ impl FromStr for ResetTo {
                 } else if let Some(t) = s.strip_prefix("time:") {
                     records::parse_time(t).map(ResetTo::Time)
                 } else {
-                    Err(format!("`{s}` is not earliest, latest, offset:N or time:RFC3339"))
+                    Err(format!(
+                        "`{s}` is not earliest, latest, offset:N or time:RFC3339"
+                    ))
                 }
             }
         }
@@ -127,7 +108,11 @@ pub struct Move {
 
 pub async fn run(kafka: &KafkaArgs, command: OffsetsCommand) -> anyhow::Result<()> {
     match command {
-        OffsetsCommand::Show { consumer, topics, json } => {
+        OffsetsCommand::Show {
+            consumer,
+            topics,
+            json,
+        } => {
             let target = consumer.consumer_ref()?;
             let pool = consumer.db.connect().await?;
             let positions = position::positions(kafka, &pool, &target, &topics).await?;
@@ -138,10 +123,25 @@ pub async fn run(kafka: &KafkaArgs, command: OffsetsCommand) -> anyhow::Result<(
             }
             Ok(())
         }
-        OffsetsCommand::Reset { consumer, to, topic, partition, dry_run } => {
+        OffsetsCommand::Reset {
+            consumer,
+            to,
+            topic,
+            partition,
+            dry_run,
+        } => {
             let target = consumer.consumer_ref()?;
             let pool = consumer.db.connect().await?;
-            let moves = reset(kafka, &pool, &target, &to, topic.as_deref(), partition, dry_run).await?;
+            let moves = reset(
+                kafka,
+                &pool,
+                &target,
+                &to,
+                topic.as_deref(),
+                partition,
+                dry_run,
+            )
+            .await?;
             for m in &moves {
                 println!("{}\t{}\t{} -> {}", m.topic, m.partition, m.from, m.to);
             }
@@ -185,7 +185,10 @@ pub async fn reset(
     let reader = records::reader(kafka)?;
     let bar = records::progress(Some(positions.len() as u64), "resolving offsets");
     let mut moves = Vec::new();
-    for pos in positions.iter().filter(|pos| partition.is_none_or(|p| p == pos.partition)) {
+    for pos in positions
+        .iter()
+        .filter(|pos| partition.is_none_or(|p| p == pos.partition))
+    {
         let target = match to {
             ResetTo::Earliest => pos.low,
             ResetTo::Latest => pos.high,
@@ -200,9 +203,23 @@ pub async fn reset(
                 );
                 *n
             }
-            ResetTo::Time(time) => records::offset_for_time(&reader, &pos.topic, pos.partition, *time, (pos.low, pos.high)).await?,
+            ResetTo::Time(time) => {
+                records::offset_for_time(
+                    &reader,
+                    &pos.topic,
+                    pos.partition,
+                    *time,
+                    (pos.low, pos.high),
+                )
+                .await?
+            }
         };
-        moves.push(Move { topic: pos.topic.clone(), partition: pos.partition, from: pos.next(), to: target });
+        moves.push(Move {
+            topic: pos.topic.clone(),
+            partition: pos.partition,
+            from: pos.next(),
+            to: target,
+        });
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -211,7 +228,10 @@ pub async fn reset(
     }
 
     let schema = &consumer.schema;
-    let mut tx = pool.begin().await.context("Failed to begin the offsets transaction")?;
+    let mut tx = pool
+        .begin()
+        .await
+        .context("Failed to begin the offsets transaction")?;
     for m in &moves {
         // The schema name is validated in ConsumerRef::new; values are bound.
         sqlx::query(&format!(
@@ -225,7 +245,12 @@ pub async fn reset(
         .await
         .with_context(|| format!("Failed to write {schema}.orderflow_offsets for {}[{}]", m.topic, m.partition))?;
     }
-    tx.commit().await.with_context(|| format!("Failed to commit the new offsets of consumer {}", consumer.name))?;
+    tx.commit().await.with_context(|| {
+        format!(
+            "Failed to commit the new offsets of consumer {}",
+            consumer.name
+        )
+    })?;
 
     let mut tpl = TopicPartitionList::new();
     for m in &moves {
@@ -234,15 +259,26 @@ pub async fn reset(
     }
     if let Err(error) = group.commit(&tpl, CommitMode::Sync) {
         // Postgres is authoritative; the Kafka offsets only inform other tools.
-        eprintln!("warning: stored offsets moved, but committing them to Kafka group {} failed: {error}", consumer.group);
+        eprintln!(
+            "warning: stored offsets moved, but committing them to Kafka group {} failed: {error}",
+            consumer.group
+        );
     }
     Ok(moves)
 }
 
 fn print_positions(positions: &[PartitionPosition]) {
-    let tw = positions.iter().map(|p| p.topic.len()).max().unwrap_or(0).max(5);
+    let tw = positions
+        .iter()
+        .map(|p| p.topic.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     let opt = |o: Option<i64>| o.map(|o| o.to_string()).unwrap_or_else(|| "-".into());
-    println!("{:tw$}  {:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>12}", "TOPIC", "PARTITION", "STORED", "COMMITTED", "LOW", "HIGH", "LAG");
+    println!(
+        "{:tw$}  {:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>12}",
+        "TOPIC", "PARTITION", "STORED", "COMMITTED", "LOW", "HIGH", "LAG"
+    );
     for p in positions {
         println!(
             "{:tw$}  {:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>12}",

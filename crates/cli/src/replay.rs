@@ -21,7 +21,7 @@ use orderflow_kafka::KafkaArgs;
 use orderflow_runtime::{Handler, Runtime, RuntimeArgs};
 use sqlx::PgPool;
 
-use crate::position::{self, ConsumerRef, DbArgs};
+use crate::position::{self, ConsumerArgs, ConsumerRef};
 use crate::records;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -32,19 +32,12 @@ use crate::records;
 
 Known consumers: units-per-sku (see the replay registry in crates/cli/src/replay.rs).")]
 pub struct ReplayArgs {
-    /// Consumer name.
-    pub consumer: String,
-    /// Live schema (default: the name with '-' → '_'); the shadow is `<schema>_shadow`.
-    #[arg(long)]
-    pub schema: Option<String>,
-    /// Live consumer group (checked for running instances before promoting).
-    #[arg(long)]
-    pub group: Option<String>,
+    /// The consumer; the shadow schema is `<schema>_shadow`.
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
     /// Topics to rebuild from (repeatable; default: the consumer's topics).
     #[arg(long = "topic", value_name = "TOPIC")]
     pub topics: Vec<String>,
-    #[command(flatten)]
-    pub db: DbArgs,
     /// Swap the rebuilt store in when the rebuild is done (the live one is kept as `<schema>_old`).
     #[arg(long)]
     pub promote: bool,
@@ -87,7 +80,7 @@ pub struct ReplayReport {
 /// The consumers `orderflow replay` knows, by name. Each arm runs [`replay`] with the
 /// consumer's handler; consumer crates add themselves here.
 pub async fn registry(kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
-    match args.consumer.as_str() {
+    match args.consumer.consumer.as_str() {
         "units-per-sku" => replay(units_per_sku::UnitsPerSku, kafka, args).await,
         other => bail!("orderflow replay does not know consumer {other}; known: units-per-sku"),
     }
@@ -97,7 +90,10 @@ pub async fn run(kafka: &KafkaArgs, args: ReplayArgs) -> anyhow::Result<()> {
     let report = registry(kafka, &args).await?;
     for t in &report.tables {
         let verdict = if t.equal() { "equal" } else { "DIFFERENT" };
-        println!("{}\t{verdict}\tlive {} rows md5 {}\tshadow {} rows md5 {}", t.table, t.live_rows, t.live_md5, t.shadow_rows, t.shadow_md5);
+        println!(
+            "{}\t{verdict}\tlive {} rows md5 {}\tshadow {} rows md5 {}",
+            t.table, t.live_rows, t.live_md5, t.shadow_rows, t.shadow_md5
+        );
         for row in &t.only_live {
             println!("  only live:   {row}");
         }
@@ -108,7 +104,7 @@ pub async fn run(kafka: &KafkaArgs, args: ReplayArgs) -> anyhow::Result<()> {
     let different = report.tables.iter().filter(|t| !t.equal()).count();
     eprintln!(
         "replay {}: {} records into {}; {} tables, {different} different{}",
-        args.consumer,
+        args.consumer.consumer,
         report.records_replayed,
         report.shadow_schema,
         report.tables.len(),
@@ -119,13 +115,25 @@ pub async fn run(kafka: &KafkaArgs, args: ReplayArgs) -> anyhow::Result<()> {
 
 /// Rebuild `handler`'s store into `<schema>_shadow`, report the difference from the live
 /// store, and promote it when asked.
-pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
-    let live = ConsumerRef::new(&args.consumer, args.schema.as_deref(), args.group.as_deref())?;
+pub async fn replay<H: Handler>(
+    handler: H,
+    kafka: &KafkaArgs,
+    args: &ReplayArgs,
+) -> anyhow::Result<ReplayReport> {
+    let live = args.consumer.consumer_ref()?;
     let shadow = format!("{}_shadow", live.schema);
     orderflow_runtime::store::validate_schema_name(&shadow)?;
-    let topics = if args.topics.is_empty() { handler.topics() } else { args.topics.clone() };
-    anyhow::ensure!(!topics.is_empty(), "consumer {} reads no topics; name them with --topic", live.name);
-    let pool = args.db.connect().await?;
+    let topics = if args.topics.is_empty() {
+        handler.topics()
+    } else {
+        args.topics.clone()
+    };
+    anyhow::ensure!(
+        !topics.is_empty(),
+        "consumer {} reads no topics; name them with --topic",
+        live.name
+    );
+    let pool = args.consumer.db.connect().await?;
 
     // An empty shadow, and the end of the rebuild: the high watermarks now.
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
@@ -142,8 +150,11 @@ pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs
             }
         }
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut runtime_args = RuntimeArgs::new(kafka.clone(), args.db.database_url.clone());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut runtime_args = RuntimeArgs::new(kafka.clone(), args.consumer.db.database_url.clone());
     runtime_args.schema = Some(shadow.clone());
     runtime_args.group = Some(format!("{}-replay-{nanos:x}", live.name));
     runtime_args.topics = topics.clone();
@@ -151,15 +162,29 @@ pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs
     runtime_args.replay = true;
     let runtime = Runtime::connect(&handler, runtime_args).await?;
     let shadow_pool = runtime.pool().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("Failed to bind the replay's health port")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("Failed to bind the replay's health port")?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(runtime.run_with_listener(
+        handler,
+        axum::Router::new(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     let total: i64 = ends.values().sum();
     let bar = records::progress(Some(total as u64), &format!("rebuilding {shadow}"));
-    let caught_up = wait_caught_up(&shadow_pool, &ends, Duration::from_secs(args.stall_timeout), &bar, &task).await;
+    let caught_up = wait_caught_up(
+        &shadow_pool,
+        &ends,
+        Duration::from_secs(args.stall_timeout),
+        &bar,
+        &task,
+    )
+    .await;
     let _ = stop.send(());
     let stopped = tokio::time::timeout(Duration::from_secs(60), task).await;
     bar.finish_and_clear();
@@ -172,7 +197,12 @@ pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs
     shadow_pool.close().await;
 
     let tables = diff(&pool, &live.schema, &shadow, args.sample).await?;
-    let mut report = ReplayReport { shadow_schema: shadow.clone(), records_replayed: replayed, tables, promoted: false };
+    let mut report = ReplayReport {
+        shadow_schema: shadow.clone(),
+        records_replayed: replayed,
+        tables,
+        promoted: false,
+    };
     if args.promote {
         promote(kafka, &pool, &live, &shadow).await?;
         report.promoted = true;
@@ -191,14 +221,22 @@ async fn wait_caught_up(
     let mut last = -1;
     let mut last_progress = tokio::time::Instant::now();
     loop {
-        let rows: Vec<(String, i32, i64)> = sqlx::query_as("SELECT topic, partition, next_offset FROM orderflow_offsets")
-            .fetch_all(pool)
-            .await
-            .context("Failed to read the shadow's offsets")?;
-        let stored: BTreeMap<(String, i32), i64> = rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
-        let done: i64 = ends.iter().map(|(tp, end)| stored.get(tp).copied().unwrap_or(0).min(*end)).sum();
+        let rows: Vec<(String, i32, i64)> =
+            sqlx::query_as("SELECT topic, partition, next_offset FROM orderflow_offsets")
+                .fetch_all(pool)
+                .await
+                .context("Failed to read the shadow's offsets")?;
+        let stored: BTreeMap<(String, i32), i64> =
+            rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        let done: i64 = ends
+            .iter()
+            .map(|(tp, end)| stored.get(tp).copied().unwrap_or(0).min(*end))
+            .sum();
         bar.set_position(done as u64);
-        if ends.iter().all(|(tp, end)| stored.get(tp).is_some_and(|o| o >= end)) {
+        if ends
+            .iter()
+            .all(|(tp, end)| stored.get(tp).is_some_and(|o| o >= end))
+        {
             return Ok(done);
         }
         if task.is_finished() {
@@ -208,14 +246,21 @@ async fn wait_caught_up(
             last = done;
             last_progress = tokio::time::Instant::now();
         } else if last_progress.elapsed() > stall {
-            bail!("the rebuild made no progress for {stall:?} ({done} records applied; waiting for {ends:?})");
+            bail!(
+                "the rebuild made no progress for {stall:?} ({done} records applied; waiting for {ends:?})"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Tables (not the runtime's own) of the live and shadow schemas, compared.
-pub async fn diff(pool: &PgPool, live: &str, shadow: &str, sample: i64) -> anyhow::Result<Vec<TableDiff>> {
+pub async fn diff(
+    pool: &PgPool,
+    live: &str,
+    shadow: &str,
+    sample: i64,
+) -> anyhow::Result<Vec<TableDiff>> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT table_name::text FROM information_schema.tables
          WHERE table_schema IN ($1, $2) AND table_type = 'BASE TABLE'
@@ -235,7 +280,12 @@ pub async fn diff(pool: &PgPool, live: &str, shadow: &str, sample: i64) -> anyho
                 "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {schema}.{quoted} t"
             );
             let pool = pool.clone();
-            async move { sqlx::query_as::<_, (i64, String)>(&sql).fetch_one(&pool).await.unwrap_or((0, "missing".into())) }
+            async move {
+                sqlx::query_as::<_, (i64, String)>(&sql)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or((0, "missing".into()))
+            }
         };
         let (live_rows, live_md5) = summary(live).await;
         let (shadow_rows, shadow_md5) = summary(shadow).await;
@@ -244,17 +294,40 @@ pub async fn diff(pool: &PgPool, live: &str, shadow: &str, sample: i64) -> anyho
                 "SELECT t::text FROM {a}.{quoted} t EXCEPT ALL SELECT t::text FROM {b}.{quoted} t ORDER BY 1 LIMIT $1"
             );
             let pool = pool.clone();
-            async move { sqlx::query_scalar::<_, String>(&sql).bind(sample).fetch_all(&pool).await.unwrap_or_default() }
+            async move {
+                sqlx::query_scalar::<_, String>(&sql)
+                    .bind(sample)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap_or_default()
+            }
         };
-        let (only_live, only_shadow) = if live_md5 == shadow_md5 { (vec![], vec![]) } else { (only(live, shadow).await, only(shadow, live).await) };
-        out.push(TableDiff { table, live_rows, shadow_rows, live_md5, shadow_md5, only_live, only_shadow });
+        let (only_live, only_shadow) = if live_md5 == shadow_md5 {
+            (vec![], vec![])
+        } else {
+            (only(live, shadow).await, only(shadow, live).await)
+        };
+        out.push(TableDiff {
+            table,
+            live_rows,
+            shadow_rows,
+            live_md5,
+            shadow_md5,
+            only_live,
+            only_shadow,
+        });
     }
     Ok(out)
 }
 
 /// Swap the shadow in: live → `<schema>_old` (replacing an older one), shadow → live, in one
 /// transaction. Refuses while the consumer runs.
-pub async fn promote(kafka: &KafkaArgs, pool: &PgPool, live: &ConsumerRef, shadow: &str) -> anyhow::Result<()> {
+pub async fn promote(
+    kafka: &KafkaArgs,
+    pool: &PgPool,
+    live: &ConsumerRef,
+    shadow: &str,
+) -> anyhow::Result<()> {
     let running = position::running_instances(kafka, pool, live).await?;
     anyhow::ensure!(
         running.is_empty(),
@@ -266,10 +339,21 @@ pub async fn promote(kafka: &KafkaArgs, pool: &PgPool, live: &ConsumerRef, shado
     let old = format!("{schema}_old");
     orderflow_runtime::store::validate_schema_name(&old)?;
     let mut tx = pool.begin().await?;
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {old} CASCADE")).execute(&mut *tx).await.with_context(|| format!("Failed to drop {old}"))?;
-    sqlx::query(&format!("ALTER SCHEMA {schema} RENAME TO {old}")).execute(&mut *tx).await.with_context(|| format!("Failed to rename {schema} to {old}"))?;
-    sqlx::query(&format!("ALTER SCHEMA {shadow} RENAME TO {schema}")).execute(&mut *tx).await.with_context(|| format!("Failed to rename {shadow} to {schema}"))?;
-    tx.commit().await.with_context(|| format!("Failed to promote {shadow} to {schema}"))?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {old} CASCADE"))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("Failed to drop {old}"))?;
+    sqlx::query(&format!("ALTER SCHEMA {schema} RENAME TO {old}"))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("Failed to rename {schema} to {old}"))?;
+    sqlx::query(&format!("ALTER SCHEMA {shadow} RENAME TO {schema}"))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("Failed to rename {shadow} to {schema}"))?;
+    tx.commit()
+        .await
+        .with_context(|| format!("Failed to promote {shadow} to {schema}"))?;
     Ok(())
 }
 
@@ -280,7 +364,8 @@ pub mod units_per_sku {
     use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
     use sqlx::PgConnection;
 
-    static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../runtime/examples/units_per_sku/migrations");
+    static MIGRATOR: sqlx::migrate::Migrator =
+        sqlx::migrate!("../runtime/examples/units_per_sku/migrations");
 
     pub struct UnitsPerSku;
 
@@ -297,9 +382,16 @@ pub mod units_per_sku {
             Some(&MIGRATOR)
         }
 
-        async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
+        async fn apply(
+            &self,
+            tx: &mut PgConnection,
+            batch: &[Envelope],
+            _ctx: &BatchContext,
+        ) -> Result<(), HandlerError> {
             for envelope in batch {
-                let Event::OrderPlaced(order) = &envelope.event else { continue };
+                let Event::OrderPlaced(order) = &envelope.event else {
+                    continue;
+                };
                 for line in &order.lines {
                     sqlx::query(
                         "INSERT INTO units_per_sku (sku, units) VALUES ($1, $2)
