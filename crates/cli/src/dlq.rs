@@ -398,6 +398,7 @@ pub async fn run(kafka: &KafkaArgs, command: DlqCommand) -> anyhow::Result<()> {
         } => {
             let topic = dlq.topic();
             let reader = records::reader(kafka)?;
+            records::partitions(&reader, &topic)?;
             let message =
                 records::read_one(&reader, &topic, partition, offset, records::REQUEST_TIMEOUT)
                     .await?
