@@ -566,15 +566,8 @@ fn csv_rows(message: &OwnedMessage, event: &Event) -> Vec<Vec<String>> {
         }
         Event::InventoryChanged(_) => {
             let mut row: Vec<String> = position.to_vec();
-            for name in [
-                "event_id",
-                "sku",
-                "warehouse",
-                "delta",
-                "reason",
-                "order_id",
-                "occurred_at",
-            ] {
+            // The columns after the record's position are the event's own fields.
+            for name in &INVENTORY_COLUMNS[position.len()..] {
                 row.push(field(&[name]));
             }
             vec![row]
