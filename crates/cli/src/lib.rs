@@ -7,9 +7,23 @@
 //! - [`broker`]: wait for a broker, and a produce/consume round trip that proves a cluster
 //!   works end to end with the project's producer settings.
 //!
+//! - [`tail`], [`lag`], [`offsets`]: read records, show how far consumers are behind, and
+//!   show or reset their stored offsets ([`records`] and [`position`] hold the shared parts).
+//! - [`dlq`]: list, show and (auditably) redrive dead letters.
+//! - [`export`]: a topic range to JSON Lines, CSV or Avro files, resumable.
+//! - [`replay`]: rebuild a consumer's store into a shadow schema, diff, promote.
+//!
 //! The CLI prints data to stdout and diagnostics to stderr, so its output can be piped.
 
 pub mod broker;
+pub mod dlq;
+pub mod export;
+pub mod lag;
+pub mod offsets;
+pub mod position;
+pub mod records;
+pub mod replay;
+pub mod tail;
 pub mod topics;
 
 use clap::{Parser, Subcommand};
@@ -33,11 +47,41 @@ pub enum Command {
     /// Check that a broker answers and works.
     #[command(subcommand)]
     Broker(broker::BrokerCommand),
+    /// Print a topic's records as JSON lines.
+    Tail(tail::TailArgs),
+    /// Show how far consumers are behind, in messages and seconds.
+    Lag(lag::LagArgs),
+    /// Show or reset a consumer's stored offsets.
+    #[command(subcommand)]
+    Offsets(offsets::OffsetsCommand),
+    /// Inspect and redrive a consumer's dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Export a topic range to JSON Lines, CSV or Avro (resumable).
+    Export(export::ExportArgs),
+    /// Rebuild a consumer's store into a shadow schema, diff it, promote it.
+    Replay(replay::ReplayArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topics(command) => topics::run(&cli.kafka, command).await,
         Command::Broker(command) => broker::run(&cli.kafka, command).await,
+        Command::Tail(args) => tail::run(&cli.kafka, args).await,
+        Command::Lag(args) => lag::run(&cli.kafka, args).await,
+        Command::Offsets(command) => offsets::run(&cli.kafka, command).await,
+        Command::Dlq(command) => dlq::run(&cli.kafka, command).await,
+        Command::Export(args) => export::run(&cli.kafka, args).await,
+        Command::Replay(args) => replay::run(&cli.kafka, args).await,
+    }
+}
+
+/// The process exit code for an error: 2 when a threshold was exceeded (`lag --max-lag`),
+/// 1 otherwise.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<lag::LagExceeded>().is_some() {
+        2
+    } else {
+        1
     }
 }

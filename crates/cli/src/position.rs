@@ -1,0 +1,309 @@
+//! Where a consumer is: its stored offsets (`<schema>.orderflow_offsets` in Postgres,
+//! authoritative, written in the same transaction as its store), its group's committed Kafka
+//! offsets (informational), the topics' watermarks, and whether instances are running.
+//! Used by `lag` and `offsets`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use orderflow_kafka::KafkaArgs;
+use orderflow_runtime::store::{redact_url, validate_schema_name};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::records::{self, REQUEST_TIMEOUT};
+
+/// The database of the consumers' read stores.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    /// Postgres holding the consumers' read stores (the password is never printed).
+    #[arg(long, env = "DATABASE_URL", default_value = orderflow_runtime::DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+}
+
+impl DbArgs {
+    pub async fn connect(&self) -> anyhow::Result<PgPool> {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&self.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "Failed to connect to Postgres at {}",
+                    redact_url(&self.database_url)
+                )
+            })
+    }
+}
+
+/// A consumer as the tools address it: its name, Postgres schema and consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRef {
+    pub name: String,
+    pub schema: String,
+    pub group: String,
+}
+
+impl ConsumerRef {
+    /// The runtime's defaults: schema = name with `-` → `_`, group = name.
+    pub fn new(name: &str, schema: Option<&str>, group: Option<&str>) -> anyhow::Result<Self> {
+        let schema = schema
+            .map(str::to_owned)
+            .unwrap_or_else(|| name.replace('-', "_"));
+        validate_schema_name(&schema).with_context(|| format!("consumer {name}"))?;
+        Ok(ConsumerRef {
+            name: name.to_owned(),
+            schema,
+            group: group.unwrap_or(name).to_owned(),
+        })
+    }
+}
+
+/// Which consumer (`offsets`, `replay`): its name and, when not the defaults, schema and group.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumerArgs {
+    /// Consumer name (schema = name with '-' → '_', group = name).
+    pub consumer: String,
+    /// Postgres schema of the consumer's store.
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// Consumer group.
+    #[arg(long)]
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+impl ConsumerArgs {
+    pub fn consumer_ref(&self) -> anyhow::Result<ConsumerRef> {
+        ConsumerRef::new(
+            &self.consumer,
+            self.schema.as_deref(),
+            self.group.as_deref(),
+        )
+    }
+}
+
+/// One partition of a topic a consumer reads.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionPosition {
+    pub topic: String,
+    pub partition: i32,
+    /// First offset still on the broker.
+    pub low: i64,
+    /// Next offset the broker will write.
+    pub high: i64,
+    /// Next offset to apply, from the consumer's store (`None`: the table or row is missing).
+    pub stored: Option<i64>,
+    /// Next offset committed to Kafka by the group (`None`: never committed).
+    pub committed: Option<i64>,
+}
+
+impl PartitionPosition {
+    /// Where the consumer continues: the stored offset, else the group's committed offset,
+    /// else the beginning (the runtime's `auto.offset.reset=earliest`).
+    pub fn next(&self) -> i64 {
+        self.stored
+            .or(self.committed)
+            .unwrap_or(self.low)
+            .max(self.low)
+    }
+
+    pub fn source(&self) -> &'static str {
+        match (self.stored, self.committed) {
+            (Some(_), _) => "postgres",
+            (None, Some(_)) => "kafka",
+            (None, None) => "none",
+        }
+    }
+
+    pub fn lag(&self) -> i64 {
+        (self.high - self.next()).max(0)
+    }
+}
+
+/// Schemas that hold a runtime offsets table: the consumers in this database.
+pub async fn discover_consumers(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT table_schema::text FROM information_schema.tables WHERE table_name = 'orderflow_offsets' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .context("Failed to list the consumers' schemas")
+}
+
+/// The stored next offsets of the consumer, or `None` when its schema has no offsets table.
+pub async fn stored_offsets(
+    pool: &PgPool,
+    consumer: &ConsumerRef,
+) -> anyhow::Result<Option<BTreeMap<(String, i32), i64>>> {
+    let schema = &consumer.schema;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("{schema}.orderflow_offsets"))
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("Failed to look for {schema}.orderflow_offsets"))?;
+    if !exists {
+        return Ok(None);
+    }
+    // The schema name is validated ([a-z0-9_]) in ConsumerRef::new; values are bound.
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
+        "SELECT topic, partition, next_offset FROM {schema}.orderflow_offsets ORDER BY 1, 2"
+    ))
+    .fetch_all(pool)
+    .await
+    .with_context(|| {
+        format!(
+            "Failed to read {schema}.orderflow_offsets of consumer {}",
+            consumer.name
+        )
+    })?;
+    Ok(Some(
+        rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+    ))
+}
+
+/// A client acting for `group` without joining it (reads and commits offsets only).
+pub fn group_client(kafka: &KafkaArgs, group: &str) -> anyhow::Result<BaseConsumer> {
+    let mut config = kafka.client_config();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3");
+    config
+        .create()
+        .with_context(|| format!("Failed to create a Kafka client for group {group}"))
+}
+
+/// The group's committed offsets for these partitions of `topic` (absent: never committed).
+pub fn committed_offsets(
+    client: &BaseConsumer,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let answer = client
+        .committed_offsets(tpl, REQUEST_TIMEOUT)
+        .with_context(|| {
+            format!("Failed to fetch the committed offsets of group {group} on {topic}")
+        })?;
+    Ok(answer
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The members of the group right now (`client_id@host`); empty when no instance runs.
+pub fn active_members(client: &BaseConsumer, group: &str) -> anyhow::Result<Vec<String>> {
+    let list = client
+        .fetch_group_list(Some(group), REQUEST_TIMEOUT)
+        .with_context(|| format!("Failed to describe consumer group {group}"))?;
+    Ok(list
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .flat_map(|g| {
+            g.members()
+                .iter()
+                .map(|m| format!("{}@{}", m.client_id(), m.client_host()))
+        })
+        .collect())
+}
+
+/// Signs that an instance of the consumer is running: members of its consumer group, and
+/// Postgres sessions of its read store (the runtime names its connections after the schema,
+/// `application_name`). The group is the primary signal; the sessions cover brokers that
+/// cannot describe groups (Tansu 0.6.0 drops the connection on DescribeGroups of a group
+/// with members), and are reported with a warning in that case.
+pub async fn running_instances(
+    kafka: &KafkaArgs,
+    pool: &PgPool,
+    consumer: &ConsumerRef,
+) -> anyhow::Result<Vec<String>> {
+    let client = group_client(kafka, &consumer.group)?;
+    let mut found: Vec<String> = match active_members(&client, &consumer.group) {
+        Ok(members) => members
+            .into_iter()
+            .map(|m| format!("group member {m}"))
+            .collect(),
+        Err(error) => {
+            eprintln!(
+                "warning: {error:#}; falling back to the consumer's Postgres sessions to tell whether it runs"
+            );
+            Vec::new()
+        }
+    };
+    let sessions: Vec<(i32, Option<String>)> = sqlx::query_as(
+        "SELECT pid, client_addr::text FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&consumer.schema)
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("Failed to list the Postgres sessions of consumer {}", consumer.name))?;
+    found.extend(sessions.into_iter().map(|(pid, addr)| {
+        format!(
+            "postgres session pid {pid} from {}",
+            addr.unwrap_or_else(|| "local socket".into())
+        )
+    }));
+    Ok(found)
+}
+
+/// Every partition of the consumer's topics with its stored and committed offsets and
+/// watermarks. Topics: `topics` when given, else the ones in its offsets table.
+pub async fn positions(
+    kafka: &KafkaArgs,
+    pool: &PgPool,
+    consumer: &ConsumerRef,
+    topics: &[String],
+) -> anyhow::Result<Vec<PartitionPosition>> {
+    let stored = stored_offsets(pool, consumer).await?;
+    let topics: Vec<String> = if !topics.is_empty() {
+        topics.to_vec()
+    } else {
+        let Some(stored) = &stored else {
+            anyhow::bail!(
+                "consumer {} has no offsets table {}.orderflow_offsets; name its topics with --topic to use the group's Kafka offsets",
+                consumer.name,
+                consumer.schema
+            );
+        };
+        let mut topics: Vec<String> = stored.keys().map(|(t, _)| t.clone()).collect();
+        topics.dedup();
+        topics
+    };
+    let reader: StreamConsumer = records::reader(kafka)?;
+    let group = group_client(kafka, &consumer.group)?;
+    let mut out = Vec::new();
+    for topic in &topics {
+        let partitions = records::partitions(&reader, topic)
+            .with_context(|| format!("consumer {}", consumer.name))?;
+        let committed = committed_offsets(&group, &consumer.group, topic, &partitions)?;
+        for partition in partitions {
+            let (low, high) = records::watermarks(&reader, topic, partition)?;
+            out.push(PartitionPosition {
+                topic: topic.clone(),
+                partition,
+                low,
+                high,
+                stored: stored
+                    .as_ref()
+                    .and_then(|s| s.get(&(topic.clone(), partition)).copied()),
+                committed: committed.get(&partition).copied(),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,409 @@
+//! `orderflow replay <consumer>`: rebuild a consumer's read store from the topics into a
+//! shadow schema (`<schema>_shadow`), compare it with the live store, and optionally promote
+//! it.
+//!
+//! The rebuild is the consumer's own [`Handler`] run by the real runtime with
+//! `replay = true` (no side effects), a fresh consumer group and an empty shadow schema, until
+//! its stored offsets reach the high watermarks captured at the start. The report gives each
+//! table's row count and checksum (`md5` of the sorted row texts) in both schemas and a
+//! sample of rows only one side has. `--promote` then swaps the schemas in one transaction
+//! (live → `<schema>_old`, shadow → live): the promoted schema carries the offsets where the
+//! rebuild ended, so the consumer, started again, continues there with no gap and no double
+//! count. Promotion refuses while the consumer runs.
+//!
+//! Consumers are looked up in [`registry`]; a consumer crate adds itself there.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use orderflow_kafka::KafkaArgs;
+use orderflow_runtime::{Handler, Runtime, RuntimeArgs};
+use sqlx::PgPool;
+
+use crate::position::{self, ConsumerArgs, ConsumerRef};
+use crate::records;
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:
+  orderflow replay units-per-sku                      rebuild into units_per_sku_shadow and compare
+  orderflow replay units-per-sku --promote            ... and swap it in (stop the consumer first)
+  orderflow replay units-per-sku --topic orders.v1 --schema units_per_sku
+
+Known consumers: units-per-sku (see the replay registry in crates/cli/src/replay.rs).")]
+pub struct ReplayArgs {
+    /// The consumer; the shadow schema is `<schema>_shadow`.
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    /// Topics to rebuild from (repeatable; default: the consumer's topics).
+    #[arg(long = "topic", value_name = "TOPIC")]
+    pub topics: Vec<String>,
+    /// Swap the rebuilt store in when the rebuild is done (the live one is kept as `<schema>_old`).
+    #[arg(long)]
+    pub promote: bool,
+    /// Differing rows to show per table.
+    #[arg(long, default_value_t = 5)]
+    pub sample: i64,
+    /// Give up when the rebuild makes no progress for this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub stall_timeout: u64,
+}
+
+/// One table in both schemas.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableDiff {
+    pub table: String,
+    pub live_rows: i64,
+    pub shadow_rows: i64,
+    pub live_md5: String,
+    pub shadow_md5: String,
+    /// Rows only the live store has (a sample).
+    pub only_live: Vec<String>,
+    /// Rows only the rebuilt store has (a sample).
+    pub only_shadow: Vec<String>,
+}
+
+impl TableDiff {
+    pub fn equal(&self) -> bool {
+        self.live_rows == self.shadow_rows && self.live_md5 == self.shadow_md5
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayReport {
+    pub shadow_schema: String,
+    pub records_replayed: i64,
+    pub tables: Vec<TableDiff>,
+    pub promoted: bool,
+}
+
+/// The consumers `orderflow replay` knows, by name. Each arm runs [`replay`] with the
+/// consumer's handler; consumer crates add themselves here.
+pub async fn registry(kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
+    match args.consumer.consumer.as_str() {
+        "units-per-sku" => replay(units_per_sku::UnitsPerSku, kafka, args).await,
+        other => bail!("orderflow replay does not know consumer {other}; known: units-per-sku"),
+    }
+}
+
+pub async fn run(kafka: &KafkaArgs, args: ReplayArgs) -> anyhow::Result<()> {
+    let report = registry(kafka, &args).await?;
+    for t in &report.tables {
+        let verdict = if t.equal() { "equal" } else { "DIFFERENT" };
+        println!(
+            "{}\t{verdict}\tlive {} rows md5 {}\tshadow {} rows md5 {}",
+            t.table, t.live_rows, t.live_md5, t.shadow_rows, t.shadow_md5
+        );
+        for row in &t.only_live {
+            println!("  only live:   {row}");
+        }
+        for row in &t.only_shadow {
+            println!("  only shadow: {row}");
+        }
+    }
+    let different = report.tables.iter().filter(|t| !t.equal()).count();
+    eprintln!(
+        "replay {}: {} records into {}; {} tables, {different} different{}",
+        args.consumer.consumer,
+        report.records_replayed,
+        report.shadow_schema,
+        report.tables.len(),
+        if report.promoted { "; promoted" } else { "" }
+    );
+    Ok(())
+}
+
+/// Rebuild `handler`'s store into `<schema>_shadow`, report the difference from the live
+/// store, and promote it when asked.
+pub async fn replay<H: Handler>(
+    handler: H,
+    kafka: &KafkaArgs,
+    args: &ReplayArgs,
+) -> anyhow::Result<ReplayReport> {
+    let live = args.consumer.consumer_ref()?;
+    let shadow = format!("{}_shadow", live.schema);
+    orderflow_runtime::store::validate_schema_name(&shadow)?;
+    let topics = if args.topics.is_empty() {
+        handler.topics()
+    } else {
+        args.topics.clone()
+    };
+    anyhow::ensure!(
+        !topics.is_empty(),
+        "consumer {} reads no topics; name them with --topic",
+        live.name
+    );
+    let pool = args.consumer.db.connect().await?;
+
+    // An empty shadow, and the end of the rebuild: the high watermarks now.
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
+        .execute(&pool)
+        .await
+        .with_context(|| format!("Failed to drop the old shadow schema {shadow}"))?;
+    let reader = records::reader(kafka)?;
+    let mut ends = BTreeMap::new();
+    for topic in &topics {
+        for partition in records::partitions(&reader, topic)? {
+            let (low, high) = records::watermarks(&reader, topic, partition)?;
+            if high > low {
+                ends.insert((topic.clone(), partition), high);
+            }
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut runtime_args = RuntimeArgs::new(kafka.clone(), args.consumer.db.database_url.clone());
+    runtime_args.schema = Some(shadow.clone());
+    runtime_args.group = Some(format!("{}-replay-{nanos:x}", live.name));
+    runtime_args.topics = topics.clone();
+    runtime_args.dlq_topic = Some(format!("{}.replay.dlq", live.name));
+    runtime_args.replay = true;
+    let runtime = Runtime::connect(&handler, runtime_args).await?;
+    let shadow_pool = runtime.pool().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("Failed to bind the replay's health port")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runtime.run_with_listener(
+        handler,
+        axum::Router::new(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let total: i64 = ends.values().sum();
+    let bar = records::progress(Some(total as u64), &format!("rebuilding {shadow}"));
+    let caught_up = wait_caught_up(
+        &shadow_pool,
+        &ends,
+        Duration::from_secs(args.stall_timeout),
+        &bar,
+        &task,
+    )
+    .await;
+    let _ = stop.send(());
+    let stopped = tokio::time::timeout(Duration::from_secs(60), task).await;
+    bar.finish_and_clear();
+    let replayed = caught_up?;
+    match stopped {
+        Ok(Ok(result)) => result.context("the replay runtime failed")?,
+        Ok(Err(_)) => bail!("the replay runtime panicked"),
+        Err(_) => bail!("the replay runtime did not stop within 60s"),
+    }
+    shadow_pool.close().await;
+
+    let tables = diff(&pool, &live.schema, &shadow, args.sample).await?;
+    let mut report = ReplayReport {
+        shadow_schema: shadow.clone(),
+        records_replayed: replayed,
+        tables,
+        promoted: false,
+    };
+    if args.promote {
+        promote(kafka, &pool, &live, &shadow).await?;
+        report.promoted = true;
+    }
+    Ok(report)
+}
+
+/// Wait until the shadow's stored offsets reach `ends`; fails after `stall` without progress.
+async fn wait_caught_up(
+    pool: &PgPool,
+    ends: &BTreeMap<(String, i32), i64>,
+    stall: Duration,
+    bar: &indicatif::ProgressBar,
+    task: &tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<i64> {
+    let mut last = -1;
+    let mut last_progress = tokio::time::Instant::now();
+    loop {
+        let rows: Vec<(String, i32, i64)> =
+            sqlx::query_as("SELECT topic, partition, next_offset FROM orderflow_offsets")
+                .fetch_all(pool)
+                .await
+                .context("Failed to read the shadow's offsets")?;
+        let stored: BTreeMap<(String, i32), i64> =
+            rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        let done: i64 = ends
+            .iter()
+            .map(|(tp, end)| stored.get(tp).copied().unwrap_or(0).min(*end))
+            .sum();
+        bar.set_position(done as u64);
+        if ends
+            .iter()
+            .all(|(tp, end)| stored.get(tp).is_some_and(|o| o >= end))
+        {
+            return Ok(done);
+        }
+        if task.is_finished() {
+            bail!("the replay runtime stopped before catching up ({done} records applied)");
+        }
+        if done > last {
+            last = done;
+            last_progress = tokio::time::Instant::now();
+        } else if last_progress.elapsed() > stall {
+            bail!(
+                "the rebuild made no progress for {stall:?} ({done} records applied; waiting for {ends:?})"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tables (not the runtime's own) of the live and shadow schemas, compared.
+pub async fn diff(
+    pool: &PgPool,
+    live: &str,
+    shadow: &str,
+    sample: i64,
+) -> anyhow::Result<Vec<TableDiff>> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT table_name::text FROM information_schema.tables
+         WHERE table_schema IN ($1, $2) AND table_type = 'BASE TABLE'
+           AND table_name NOT IN ('orderflow_offsets', 'orderflow_applied_events', '_sqlx_migrations')
+         ORDER BY 1",
+    )
+    .bind(live)
+    .bind(shadow)
+    .fetch_all(pool)
+    .await
+    .context("Failed to list the stores' tables")?;
+    let mut out = Vec::new();
+    for table in tables {
+        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        let summary = |schema: &str| {
+            let sql = format!(
+                "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {schema}.{quoted} t"
+            );
+            let pool = pool.clone();
+            async move {
+                sqlx::query_as::<_, (i64, String)>(&sql)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or((0, "missing".into()))
+            }
+        };
+        let (live_rows, live_md5) = summary(live).await;
+        let (shadow_rows, shadow_md5) = summary(shadow).await;
+        let only = |a: &str, b: &str| {
+            let sql = format!(
+                "SELECT t::text FROM {a}.{quoted} t EXCEPT ALL SELECT t::text FROM {b}.{quoted} t ORDER BY 1 LIMIT $1"
+            );
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, String>(&sql)
+                    .bind(sample)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        let (only_live, only_shadow) = if live_md5 == shadow_md5 {
+            (vec![], vec![])
+        } else {
+            (only(live, shadow).await, only(shadow, live).await)
+        };
+        out.push(TableDiff {
+            table,
+            live_rows,
+            shadow_rows,
+            live_md5,
+            shadow_md5,
+            only_live,
+            only_shadow,
+        });
+    }
+    Ok(out)
+}
+
+/// Swap the shadow in: live → `<schema>_old` (replacing an older one), shadow → live, in one
+/// transaction. Refuses while the consumer runs.
+pub async fn promote(
+    kafka: &KafkaArgs,
+    pool: &PgPool,
+    live: &ConsumerRef,
+    shadow: &str,
+) -> anyhow::Result<()> {
+    let running = position::running_instances(kafka, pool, live).await?;
+    anyhow::ensure!(
+        running.is_empty(),
+        "consumer {} is running ({}); stop it before promoting {shadow}",
+        live.name,
+        running.join(", ")
+    );
+    let schema = &live.schema;
+    let old = format!("{schema}_old");
+    orderflow_runtime::store::validate_schema_name(&old)?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {old} CASCADE"))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("Failed to drop {old}"))?;
+    sqlx::query(&format!("ALTER SCHEMA {schema} RENAME TO {old}"))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("Failed to rename {schema} to {old}"))?;
+    sqlx::query(&format!("ALTER SCHEMA {shadow} RENAME TO {schema}"))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("Failed to rename {shadow} to {schema}"))?;
+    tx.commit()
+        .await
+        .with_context(|| format!("Failed to promote {shadow} to {schema}"))?;
+    Ok(())
+}
+
+/// The runtime's example consumer (`crates/runtime/examples/units_per_sku`), registered so
+/// `orderflow replay units-per-sku` works; the same handler and migrations.
+pub mod units_per_sku {
+    use orderflow_events::{Event, ORDERS_TOPIC};
+    use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
+    use sqlx::PgConnection;
+
+    static MIGRATOR: sqlx::migrate::Migrator =
+        sqlx::migrate!("../runtime/examples/units_per_sku/migrations");
+
+    pub struct UnitsPerSku;
+
+    impl Handler for UnitsPerSku {
+        fn name(&self) -> &str {
+            "units-per-sku"
+        }
+
+        fn topics(&self) -> Vec<String> {
+            vec![ORDERS_TOPIC.to_owned()]
+        }
+
+        fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
+            Some(&MIGRATOR)
+        }
+
+        async fn apply(
+            &self,
+            tx: &mut PgConnection,
+            batch: &[Envelope],
+            _ctx: &BatchContext,
+        ) -> Result<(), HandlerError> {
+            for envelope in batch {
+                let Event::OrderPlaced(order) = &envelope.event else {
+                    continue;
+                };
+                for line in &order.lines {
+                    sqlx::query(
+                        "INSERT INTO units_per_sku (sku, units) VALUES ($1, $2)
+                         ON CONFLICT (sku) DO UPDATE SET units = units_per_sku.units + EXCLUDED.units",
+                    )
+                    .bind(line.sku.as_str())
+                    .bind(i64::from(line.quantity.get()))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
