@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_events::{Event, InventoryChangesRequest, OrderRequest, TraceParent, idempotent_event_id};
 use orderflow_publisher::{Ack, PublishError};
@@ -63,7 +63,7 @@ pub async fn post_order(State(state): State<Arc<AppState>>, headers: HeaderMap, 
         let event = Event::OrderPlaced(request.into_event(event_id, chrono::Utc::now()).map_err(ApiError::Invalid)?);
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
         let mut acks = publish(&state, "/v1/orders", vec![event], traceparent).await?;
-        Ok(Json(Accepted::from(acks.remove(0))).into_response())
+        Ok((StatusCode::ACCEPTED, Json(Accepted::from(acks.remove(0)))).into_response())
     })
     .await
 }
@@ -84,7 +84,7 @@ pub async fn post_inventory_changes(State(state): State<Arc<AppState>>, headers:
         let events: Vec<Event> = events.into_iter().map(Event::InventoryChanged).collect();
         let acks = publish(&state, "/v1/inventory/changes", events, traceparent).await?;
         let events: Vec<Accepted> = acks.into_iter().map(Accepted::from).collect();
-        Ok(Json(serde_json::json!({ "events": events })).into_response())
+        Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "events": events }))).into_response())
     })
     .await
 }
