@@ -179,39 +179,63 @@ impl Publisher {
         self.publish_encoded(event, &value, traceparent).await
     }
 
-    /// Publish an event whose value is already encoded (the outbox relay stores encoded
-    /// values). `value` must be the encoding of `event`.
+    /// Publish an event whose value is already encoded. `value` must be the encoding of
+    /// `event`.
     pub async fn publish_encoded(
         &self,
         event: &Event,
         value: &[u8],
         traceparent: Option<TraceParent>,
     ) -> Result<Ack, PublishError> {
+        self.enqueue(event, value, traceparent)?.await
+    }
+
+    /// Publish every event concurrently (all in flight at once) and return each outcome in
+    /// the order given. All are encoded first and handed to the producer in the order given,
+    /// so events with the same key are acknowledged in that order.
+    pub async fn publish_all(&self, events: &[Event], traceparent: Option<TraceParent>) -> Vec<Result<Ack, PublishError>> {
+        let mut encoded = Vec::with_capacity(events.len());
+        for event in events {
+            encoded.push(self.inner.codec.encode(event).await);
+        }
+        let deliveries = events.iter().zip(encoded).map(|(event, value)| {
+            let enqueued = value.map_err(PublishError::from).and_then(|v| self.enqueue(event, &v, traceparent.clone()));
+            async move { enqueued?.await }
+        });
+        // Collecting runs `enqueue` for every event, in order, before any ack is awaited.
+        let deliveries: Vec<_> = deliveries.collect();
+        join_all(deliveries).await
+    }
+
+    /// Hand one record to the producer now; the returned future waits for its ack.
+    fn enqueue(
+        &self,
+        event: &Event,
+        value: &[u8],
+        traceparent: Option<TraceParent>,
+    ) -> Result<impl Future<Output = Result<Ack, PublishError>> + use<>, PublishError> {
         let inner = &self.inner;
-        let topic = self.topic(event.kind());
+        let topic = self.topic(event.kind()).to_owned();
         let mut headers = OwnedHeaders::new();
         for (key, value) in CeHeaders::for_event(event, &inner.source, traceparent).to_pairs() {
             headers = headers.insert(Header { key, value: Some(&value) });
         }
-        let record = FutureRecord::to(topic).key(event.key()).payload(value).headers(headers);
+        let record = FutureRecord::to(&topic).key(event.key()).payload(value).headers(headers);
         let timeout = inner.limits.message_timeout;
         let delivery = inner.producer.send_result(record).map_err(|(e, _)| PublishError::from_kafka(e, timeout))?;
-        // librdkafka fails the record after message.timeout.ms; the outer timeout only guards
-        // against a delivery report that never comes.
-        let outcome = tokio::time::timeout(timeout + Duration::from_secs(1), delivery)
-            .await
-            .map_err(|_| PublishError::Timeout(timeout))?;
-        match outcome {
-            Ok(Ok(d)) => Ok(Ack { event_id: event.event_id(), topic: topic.to_owned(), partition: d.partition, offset: d.offset }),
-            Ok(Err((e, _))) => Err(PublishError::from_kafka(e, timeout)),
-            Err(_canceled) => Err(PublishError::BrokerUnavailable(KafkaError::Canceled)),
-        }
-    }
-
-    /// Publish every event concurrently (all in flight at once) and return each outcome in
-    /// the order given. Per key, the producer keeps the given order.
-    pub async fn publish_all(&self, events: &[Event], traceparent: Option<TraceParent>) -> Vec<Result<Ack, PublishError>> {
-        join_all(events.iter().map(|e| self.publish(e, traceparent.clone()))).await
+        let event_id = event.event_id();
+        Ok(async move {
+            // librdkafka fails the record after message.timeout.ms; the outer timeout only
+            // guards against a delivery report that never comes.
+            let outcome = tokio::time::timeout(timeout + Duration::from_secs(1), delivery)
+                .await
+                .map_err(|_| PublishError::Timeout(timeout))?;
+            match outcome {
+                Ok(Ok(d)) => Ok(Ack { event_id, topic, partition: d.partition, offset: d.offset }),
+                Ok(Err((e, _))) => Err(PublishError::from_kafka(e, timeout)),
+                Err(_canceled) => Err(PublishError::BrokerUnavailable(KafkaError::Canceled)),
+            }
+        })
     }
 
     /// Whether a broker answers a metadata request within `timeout` (readiness).
