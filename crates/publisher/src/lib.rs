@@ -194,12 +194,21 @@ impl Publisher {
     /// the order given. All are encoded first and handed to the producer in the order given,
     /// so events with the same key are acknowledged in that order.
     pub async fn publish_all(&self, events: &[Event], traceparent: Option<TraceParent>) -> Vec<Result<Ack, PublishError>> {
-        let mut encoded = Vec::with_capacity(events.len());
-        for event in events {
-            encoded.push(self.inner.codec.encode(event).await);
+        self.publish_traced(events.iter().map(|e| (e, traceparent.clone()))).await
+    }
+
+    /// [`Publisher::publish_all`] with a trace per event (the outbox relay's rows each carry
+    /// their own).
+    pub async fn publish_traced<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a Event, Option<TraceParent>)>,
+    ) -> Vec<Result<Ack, PublishError>> {
+        let mut encoded = Vec::new();
+        for (event, traceparent) in events {
+            encoded.push((event, traceparent, self.inner.codec.encode(event).await));
         }
-        let deliveries = events.iter().zip(encoded).map(|(event, value)| {
-            let enqueued = value.map_err(PublishError::from).and_then(|v| self.enqueue(event, &v, traceparent.clone()));
+        let deliveries = encoded.into_iter().map(|(event, traceparent, value)| {
+            let enqueued = value.map_err(PublishError::from).and_then(|v| self.enqueue(event, &v, traceparent));
             async move { enqueued?.await }
         });
         // Collecting runs `enqueue` for every event, in order, before any ack is awaited.
