@@ -194,15 +194,13 @@ impl Publisher {
     /// the order given. All are encoded first and handed to the producer in the order given,
     /// so events with the same key are acknowledged in that order.
     pub async fn publish_all(&self, events: &[Event], traceparent: Option<TraceParent>) -> Vec<Result<Ack, PublishError>> {
-        self.publish_traced(events.iter().map(|e| (e, traceparent.clone()))).await
+        let traced: Vec<(&Event, Option<TraceParent>)> = events.iter().map(|e| (e, traceparent.clone())).collect();
+        self.publish_traced(traced).await
     }
 
     /// [`Publisher::publish_all`] with a trace per event (the outbox relay's rows each carry
     /// their own).
-    pub async fn publish_traced<'a>(
-        &self,
-        events: impl IntoIterator<Item = (&'a Event, Option<TraceParent>)>,
-    ) -> Vec<Result<Ack, PublishError>> {
+    pub async fn publish_traced(&self, events: Vec<(&Event, Option<TraceParent>)>) -> Vec<Result<Ack, PublishError>> {
         let mut encoded = Vec::new();
         for (event, traceparent) in events {
             encoded.push((event, traceparent, self.inner.codec.encode(event).await));

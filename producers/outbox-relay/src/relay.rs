@@ -161,7 +161,7 @@ impl Relay {
             }
         }
         let started = Instant::now();
-        let outcomes = self.publisher.publish_traced(events.iter().map(|(e, t)| (e, t.clone()))).await;
+        let outcomes = self.publisher.publish_traced(events.iter().map(|(e, t)| (e, t.clone())).collect()).await;
         if let Some(error) = outcomes.into_iter().find_map(Result::err) {
             tx.rollback().await?;
             return Err(anyhow::Error::new(error).context("publishing an outbox batch (it stays pending)"));
