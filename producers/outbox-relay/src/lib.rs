@@ -71,7 +71,7 @@ pub struct RelayConfig {
     pub inventory_topic: String,
 
     /// Address for /healthz and /metrics.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8085")]
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8086")]
     pub listen: SocketAddr,
 }
 
