@@ -2,47 +2,21 @@
 //! ingress for simulate).
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use orderflow_cli::Cli;
 use orderflow_cli::simulate::simulate;
-use orderflow_events::{Codec, Event};
+use orderflow_events::Event;
 use orderflow_ingress::IngressConfig;
 use orderflow_ingress::config::Secret;
-use orderflow_testkit::{fresh_group, fresh_topic, kafka_args};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use orderflow_testkit::events::{high_watermark_sum, read_distinct};
+use orderflow_testkit::{fresh_topic, kafka_args};
 
 const PARTITIONS: usize = 3;
 
-/// Records on `topic` until `distinct` event ids were seen, then whatever else arrives
-/// within a short grace period (copies).
 async fn read_events(topic: &str, distinct: usize) -> Vec<Event> {
-    let consumer: BaseConsumer = kafka_args().consumer_config(&fresh_group("cli-read")).create().unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..PARTITIONS as i32 {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let codec = Codec::new();
-    let (mut events, mut ids) = (Vec::new(), HashSet::new());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ids.len() < distinct {
-        assert!(Instant::now() < deadline, "only {} of {distinct} events on {topic}", ids.len());
-        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            let event = codec.decode(message.unwrap().payload().unwrap()).await.unwrap();
-            ids.insert(event.event_id());
-            events.push(event);
-        }
-    }
-    events
-}
-
-fn high_watermarks(topic: &str) -> i64 {
-    let consumer: BaseConsumer = kafka_args().consumer_config(&fresh_group("cli-wm")).create().unwrap();
-    (0..PARTITIONS as i32).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).sum()
+    read_distinct(topic, distinct, Duration::from_secs(30)).await.into_iter().map(|r| r.event).collect()
 }
 
 #[tokio::test]
@@ -83,12 +57,12 @@ async fn publish_reports_every_rejected_line_and_still_publishes_the_good_ones()
     wait_for_watermark(&inventory, 4).await;
     let distinct: HashSet<_> = events.iter().map(Event::event_id).collect();
     assert_eq!(distinct.len(), 2);
-    assert_eq!(high_watermarks(&orders), 2);
+    assert_eq!(high_watermark_sum(&orders), 2);
 }
 
 async fn wait_for_watermark(topic: &str, n: i64) {
     orderflow_testkit::wait_until("records on the topic", Duration::from_secs(20), || async {
-        (high_watermarks(topic) >= n).then_some(())
+        (high_watermark_sum(topic) >= n).then_some(())
     })
     .await;
 }

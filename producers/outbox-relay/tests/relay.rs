@@ -1,16 +1,13 @@
 //! The outbox relay against the real broker and Postgres.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use orderflow_events::{Codec, Event};
+use orderflow_events::Event;
 use orderflow_outbox_relay::Outbox;
-use orderflow_testkit::events::stock_change;
+use orderflow_testkit::events::{read_distinct, stock_change};
 use orderflow_testkit::process::BinaryProcess;
-use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use orderflow_testkit::{database_url, fresh_topic, kafka_args, unique_ident, wait_until};
 use sqlx::{Connection, PgConnection, PgPool};
 
 const PARTITIONS: usize = 3;
@@ -79,27 +76,8 @@ impl Fixture {
     }
 }
 
-/// Records on `topic` until `expected` distinct event ids were read (copies included).
 async fn read_topic(topic: &str, expected: usize) -> Vec<Event> {
-    let consumer: BaseConsumer = kafka_args().consumer_config(&fresh_group("relay-read")).create().unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..PARTITIONS as i32 {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let codec = Codec::new();
-    let mut out: Vec<Event> = Vec::new();
-    let mut ids = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ids.len() < expected {
-        assert!(Instant::now() < deadline, "only {} of {expected} events on {topic}", ids.len());
-        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            let event = codec.decode(message.unwrap().payload().unwrap()).await.unwrap();
-            ids.insert(event.event_id());
-            out.push(event);
-        }
-    }
-    out
+    read_distinct(topic, expected, Duration::from_secs(60)).await.into_iter().map(|r| r.event).collect()
 }
 
 #[tokio::test]
