@@ -128,7 +128,12 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     for (status, n) in &report.by_status {
         eprintln!("  {status}: {n}");
     }
-    println!("{}", serde_json::to_string(&json!({"report": report, "events": expected.events, "orders": expected.orders}))?);
+    println!(
+        "{}",
+        serde_json::to_string(
+            &json!({"report": report, "events": expected.events, "orders": expected.orders})
+        )?
+    );
     if let Some(path) = &args.expect_file {
         eprintln!("expected totals written to {}", path.display());
     }
@@ -147,11 +152,19 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         bail!("--ship-fraction must be between 0 and 1");
     }
     let mut rng = StdRng::seed_from_u64(args.seed.unwrap_or_else(rand::random));
-    let run_id = args.run_id.clone().unwrap_or_else(|| format!("sim{:06x}", rng.random_range(0..0xff_ffff)));
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("sim{:06x}", rng.random_range(0..0xff_ffff)));
     let client = Arc::new(Client::new(args)?);
-    let skus: Vec<String> = (0..args.skus).map(|i| format!("{run_id}-SKU-{i:03}")).collect();
+    let skus: Vec<String> = (0..args.skus)
+        .map(|i| format!("{run_id}-SKU-{i:03}"))
+        .collect();
     let warehouses: Vec<String> = (0..args.warehouses).map(|i| format!("wh-{i}")).collect();
-    let mut expected = Expected { run_id: run_id.clone(), ..Expected::default() };
+    let mut expected = Expected {
+        run_id: run_id.clone(),
+        ..Expected::default()
+    };
     let mut report = Report::default();
     let mut retries_left = args.retries;
     let mut resend = |rng: &mut StdRng, remaining: usize| {
@@ -167,7 +180,13 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
 
     // Restocks.
     let restocks: Vec<(String, String, i64)> = (0..args.restocks)
-        .map(|_| (skus[rng.random_range(0..skus.len())].clone(), warehouses[rng.random_range(0..warehouses.len())].clone(), rng.random_range(10..=100)))
+        .map(|_| {
+            (
+                skus[rng.random_range(0..skus.len())].clone(),
+                warehouses[rng.random_range(0..warehouses.len())].clone(),
+                rng.random_range(10..=100),
+            )
+        })
         .collect();
     let mut requests = Vec::new();
     for (i, batch) in restocks.chunks(args.batch).enumerate() {
@@ -199,7 +218,9 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         let lines: Vec<(String, i64, i64)> = (0..rng.random_range(1..=3))
             .filter_map(|_| {
                 let sku = skus[rng.random_range(0..skus.len())].clone();
-                chosen.insert(sku.clone()).then(|| (sku, rng.random_range(1..=3), rng.random_range(100..=10_000)))
+                chosen
+                    .insert(sku.clone())
+                    .then(|| (sku, rng.random_range(1..=3), rng.random_range(100..=10_000)))
             })
             .collect();
         orders.push((order_id, lines));
@@ -228,7 +249,8 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         expected.events += outcome.event_ids.len();
         if outcome.accepted {
             expected.orders += 1;
-            *expected.revenue_minor.entry("EUR".to_owned()).or_default() += lines.iter().map(|(_, q, p)| q * p).sum::<i64>();
+            *expected.revenue_minor.entry("EUR".to_owned()).or_default() +=
+                lines.iter().map(|(_, q, p)| q * p).sum::<i64>();
             for (sku, q, _) in lines {
                 let totals = expected.skus.entry(sku.clone()).or_default();
                 totals.units_ordered += q;
@@ -245,7 +267,12 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         let changes: Vec<(String, String, i64)> = lines
             .iter()
             .map(|(sku, q, _)| {
-                let wh = expected.skus.get(sku).and_then(|t| t.warehouses.iter().max_by_key(|(_, n)| **n).map(|(w, _)| w.clone()));
+                let wh = expected.skus.get(sku).and_then(|t| {
+                    t.warehouses
+                        .iter()
+                        .max_by_key(|(_, n)| **n)
+                        .map(|(w, _)| w.clone())
+                });
                 (sku.clone(), wh.unwrap_or_else(|| warehouses[0].clone()), -q)
             })
             .collect();
@@ -282,7 +309,8 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         totals.available = totals.on_hand - totals.reserved;
     }
     if let Some(path) = &args.expect_file {
-        std::fs::write(path, serde_json::to_vec_pretty(&expected)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&expected)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok((report, expected))
 }
@@ -305,7 +333,10 @@ const ATTEMPTS: usize = 8;
 
 impl Client {
     fn new(args: &SimulateArgs) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("building the HTTP client")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
         Ok(Client {
             http,
             base: args.ingress_url.trim_end_matches('/').to_owned(),
@@ -315,7 +346,11 @@ impl Client {
     }
 
     /// Send every request, at most `concurrency` at once; outcomes in the order given.
-    async fn send_all(self: &Arc<Self>, requests: Vec<Request>, report: &mut Report) -> Vec<Outcome> {
+    async fn send_all(
+        self: &Arc<Self>,
+        requests: Vec<Request>,
+        report: &mut Report,
+    ) -> Vec<Outcome> {
         let results: Vec<(Outcome, Vec<Sent>)> = futures::stream::iter(requests)
             .map(|request| {
                 let client = self.clone();
@@ -346,16 +381,28 @@ impl Client {
         if request.resend && outcome.accepted {
             let again = self.send_until_answered(&request, true, &mut sent).await;
             if again.accepted && again.event_ids != outcome.event_ids {
-                tracing::error!(key = request.key, "a retry with the same Idempotency-Key got different event ids");
+                tracing::error!(
+                    key = request.key,
+                    "a retry with the same Idempotency-Key got different event ids"
+                );
                 outcome.accepted = false;
             }
         }
         (outcome, sent)
     }
 
-    async fn send_until_answered(&self, request: &Request, deliberate: bool, sent: &mut Vec<Sent>) -> Outcome {
+    async fn send_until_answered(
+        &self,
+        request: &Request,
+        deliberate: bool,
+        sent: &mut Vec<Sent>,
+    ) -> Outcome {
         for attempt in 0..ATTEMPTS {
-            let mut builder = self.http.post(format!("{}{}", self.base, request.path)).header("Idempotency-Key", &request.key).json(&request.body);
+            let mut builder = self
+                .http
+                .post(format!("{}{}", self.base, request.path))
+                .header("Idempotency-Key", &request.key)
+                .json(&request.body);
             if let Some(token) = &self.token {
                 builder = builder.bearer_auth(token);
             }
@@ -363,14 +410,22 @@ impl Client {
             let response = match builder.send().await {
                 Ok(response) => response,
                 Err(error) => {
-                    sent.push(Sent { status: "error".to_owned(), deliberate_retry: deliberate, backoff_retry });
+                    sent.push(Sent {
+                        status: "error".to_owned(),
+                        deliberate_retry: deliberate,
+                        backoff_retry,
+                    });
                     tracing::warn!(error = %error, path = request.path, "request failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
                     continue;
                 }
             };
             let status = response.status();
-            sent.push(Sent { status: status.as_u16().to_string(), deliberate_retry: deliberate, backoff_retry });
+            sent.push(Sent {
+                status: status.as_u16().to_string(),
+                deliberate_retry: deliberate,
+                backoff_retry,
+            });
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                 let wait = response
                     .headers()
@@ -385,15 +440,31 @@ impl Client {
             let body: Value = response.json().await.unwrap_or(Value::Null);
             if status != reqwest::StatusCode::ACCEPTED {
                 tracing::warn!(status = status.as_u16(), path = request.path, %body, "request rejected");
-                return Outcome { accepted: false, event_ids: Vec::new() };
+                return Outcome {
+                    accepted: false,
+                    event_ids: Vec::new(),
+                };
             }
             let event_ids = match body.get("events").and_then(Value::as_array) {
-                Some(events) => events.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect(),
-                None => body["event_id"].as_str().map(str::to_owned).into_iter().collect(),
+                Some(events) => events
+                    .iter()
+                    .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+                    .collect(),
+                None => body["event_id"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect(),
             };
-            return Outcome { accepted: true, event_ids };
+            return Outcome {
+                accepted: true,
+                event_ids,
+            };
         }
-        Outcome { accepted: false, event_ids: Vec::new() }
+        Outcome {
+            accepted: false,
+            event_ids: Vec::new(),
+        }
     }
 }
 

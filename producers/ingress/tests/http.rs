@@ -61,12 +61,22 @@ async fn spawn_ingress(customize: impl FnOnce(&mut IngressConfig)) -> TestIngres
             panic!("ingress failed: {e:#}");
         }
     });
-    TestIngress { url, orders_topic, inventory_topic, http: reqwest::Client::new(), _stop: stop }
+    TestIngress {
+        url,
+        orders_topic,
+        inventory_topic,
+        http: reqwest::Client::new(),
+        _stop: stop,
+    }
 }
 
 impl TestIngress {
     async fn post(&self, path: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
-        let mut request = self.http.post(format!("{}{path}", self.url)).bearer_auth(TOKEN).json(body);
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .json(body);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -95,7 +105,9 @@ async fn read_all(topic: &str, expected: usize) -> Vec<(Event, CeHeaders, Option
         .await
         .into_iter()
         .map(|r| {
-            let headers = CeHeaders::from_pairs(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+            let headers =
+                CeHeaders::from_pairs(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                    .unwrap();
             let traceparent = r.header("traceparent");
             (r.event, headers, traceparent)
         })
@@ -121,22 +133,42 @@ async fn every_accepted_event_is_on_its_topic_with_its_id_headers_and_trace() {
     assert_eq!(order["topic"], ingress.orders_topic.as_str());
     assert!(order["offset"].as_i64().unwrap() >= 0);
 
-    let response = ingress.post("/v1/inventory/changes", &changes_body(&["a", "b", "c"]), None).await;
+    let response = ingress
+        .post(
+            "/v1/inventory/changes",
+            &changes_body(&["a", "b", "c"]),
+            None,
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let batch: Value = response.json().await.unwrap();
-    let ids: Vec<&str> = batch["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = batch["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 3);
 
     let orders = read_all(&ingress.orders_topic, 1).await;
     let (event, headers, traceparent) = &orders[0];
-    assert_eq!(event.event_id().to_string(), order["event_id"].as_str().unwrap());
+    assert_eq!(
+        event.event_id().to_string(),
+        order["event_id"].as_str().unwrap()
+    );
     assert_eq!(event.key(), "o-1");
     assert_eq!(headers.id, event.event_id());
     let traceparent = traceparent.as_deref().expect("traceparent header");
-    assert!(traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "trace continued: {traceparent}");
+    assert!(
+        traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "trace continued: {traceparent}"
+    );
 
-    let mut changes: Vec<String> =
-        read_all(&ingress.inventory_topic, 3).await.iter().map(|(e, _, _)| e.event_id().to_string()).collect();
+    let mut changes: Vec<String> = read_all(&ingress.inventory_topic, 3)
+        .await
+        .iter()
+        .map(|(e, _, _)| e.event_id().to_string())
+        .collect();
     changes.sort();
     let mut expected: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     expected.sort();
@@ -148,8 +180,15 @@ async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_event_id(
     let ingress = spawn_ingress(|_| {}).await;
     let body = order_body("o-retry");
 
-    let first: Value = ingress.post("/v1/orders", &body, Some("key-1")).await.json().await.unwrap();
-    let concurrent = futures::future::join_all((0..4).map(|_| ingress.post("/v1/orders", &body, Some("key-1")))).await;
+    let first: Value = ingress
+        .post("/v1/orders", &body, Some("key-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let concurrent =
+        futures::future::join_all((0..4).map(|_| ingress.post("/v1/orders", &body, Some("key-1"))))
+            .await;
     let mut ids = vec![first["event_id"].as_str().unwrap().to_owned()];
     for response in concurrent {
         assert_eq!(response.status(), StatusCode::ACCEPTED);
@@ -158,20 +197,51 @@ async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_event_id(
     }
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
 
-    let other: Value = ingress.post("/v1/orders", &body, Some("key-2")).await.json().await.unwrap();
+    let other: Value = ingress
+        .post("/v1/orders", &body, Some("key-2"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_ne!(other["event_id"].as_str().unwrap(), ids[0]);
 
     // Batches: each change keeps its own id under one key.
-    let a: Value = ingress.post("/v1/inventory/changes", &changes_body(&["x", "y"]), Some("b-1")).await.json().await.unwrap();
-    let b: Value = ingress.post("/v1/inventory/changes", &changes_body(&["x", "y"]), Some("b-1")).await.json().await.unwrap();
-    let ids = |v: &Value| v["events"].as_array().unwrap().iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>();
+    let a: Value = ingress
+        .post(
+            "/v1/inventory/changes",
+            &changes_body(&["x", "y"]),
+            Some("b-1"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let b: Value = ingress
+        .post(
+            "/v1/inventory/changes",
+            &changes_body(&["x", "y"]),
+            Some("b-1"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids = |v: &Value| {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&a), ids(&b));
     assert_ne!(ids(&a)[0], ids(&a)[1]);
 
     // Published up to six times, one event id.
     let on_topic = read_all(&ingress.orders_topic, 2).await;
     assert!(high_watermark_sum(&ingress.orders_topic) >= 6);
-    let distinct: std::collections::HashSet<_> = on_topic.iter().map(|(e, _, _)| e.event_id()).collect();
+    let distinct: std::collections::HashSet<_> =
+        on_topic.iter().map(|(e, _, _)| e.event_id()).collect();
     assert_eq!(distinct.len(), 2, "key-1 and key-2");
 }
 
@@ -183,14 +253,24 @@ async fn bad_input_gets_its_status_and_a_useful_message_and_nothing_is_published
     })
     .await;
     let post_raw = |path: &str, content_type: Option<&str>, body: Vec<u8>| {
-        let mut request = ingress.http.post(format!("{}{path}", ingress.url)).bearer_auth(TOKEN).body(body);
+        let mut request = ingress
+            .http
+            .post(format!("{}{path}", ingress.url))
+            .bearer_auth(TOKEN)
+            .body(body);
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
         request.send()
     };
 
-    let r = post_raw("/v1/orders", Some("application/json"), b"{\"order_id\": ".to_vec()).await.unwrap();
+    let r = post_raw(
+        "/v1/orders",
+        Some("application/json"),
+        b"{\"order_id\": ".to_vec(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("malformed JSON"));
 
@@ -200,35 +280,82 @@ async fn bad_input_gets_its_status_and_a_useful_message_and_nothing_is_published
     let r = ingress.post("/v1/orders", &invalid, None).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = r.json().await.unwrap();
-    let fields: Vec<&str> = body["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
     for expected in ["order_id", "currency", "lines[0].quantity"] {
         assert!(fields.contains(&expected), "{expected} in {body}");
     }
-    assert!(body["fields"].as_array().unwrap().iter().all(|f| !f["problem"].as_str().unwrap().is_empty()));
+    assert!(
+        body["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| !f["problem"].as_str().unwrap().is_empty())
+    );
 
-    let r = ingress.post("/v1/orders", &json!({"order_id": 5}), None).await;
+    let r = ingress
+        .post("/v1/orders", &json!({"order_id": 5}), None)
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(r.json::<Value>().await.unwrap()["fields"][0]["field"], "order_id");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["fields"][0]["field"],
+        "order_id"
+    );
 
-    let r = ingress.post("/v1/inventory/changes", &json!({"changes": [{"sku": "a", "delta": 1, "reason": "stolen"}]}), None).await;
+    let r = ingress
+        .post(
+            "/v1/inventory/changes",
+            &json!({"changes": [{"sku": "a", "delta": 1, "reason": "stolen"}]}),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let text = r.text().await.unwrap();
-    assert!(text.contains("changes[0].reason") && text.contains("changes[0].warehouse"), "{text}");
+    assert!(
+        text.contains("changes[0].reason") && text.contains("changes[0].warehouse"),
+        "{text}"
+    );
 
-    let r = ingress.post("/v1/inventory/changes", &changes_body(&["a", "b", "c"]), None).await;
+    let r = ingress
+        .post(
+            "/v1/inventory/changes",
+            &changes_body(&["a", "b", "c"]),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(r.text().await.unwrap().contains("at most 2"));
 
     let big = format!("{{\"order_id\": \"{}\"}}", "x".repeat(4096)).into_bytes();
-    let r = post_raw("/v1/orders", Some("application/json"), big).await.unwrap();
+    let r = post_raw("/v1/orders", Some("application/json"), big)
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    let r = post_raw("/v1/orders", Some("text/plain"), serde_json::to_vec(&order_body("o-2")).unwrap()).await.unwrap();
+    let r = post_raw(
+        "/v1/orders",
+        Some("text/plain"),
+        serde_json::to_vec(&order_body("o-2")).unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let r = post_raw("/v1/orders", None, serde_json::to_vec(&order_body("o-2")).unwrap()).await.unwrap();
+    let r = post_raw(
+        "/v1/orders",
+        None,
+        serde_json::to_vec(&order_body("o-2")).unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
-    let r = ingress.post("/v1/orders", &order_body("o-3"), Some(&"k".repeat(300))).await;
+    let r = ingress
+        .post("/v1/orders", &order_body("o-3"), Some(&"k".repeat(300)))
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("Idempotency-Key"));
 
@@ -242,8 +369,22 @@ async fn a_missing_or_wrong_token_is_refused_and_nothing_is_published() {
     let url = format!("{}/v1/orders", ingress.url);
     let body = order_body("o-auth");
     let none = ingress.http.post(&url).json(&body).send().await.unwrap();
-    let wrong = ingress.http.post(&url).bearer_auth("tok-checkout-0123456780").json(&body).send().await.unwrap();
-    let basic = ingress.http.post(&url).header("authorization", format!("Basic {TOKEN}")).json(&body).send().await.unwrap();
+    let wrong = ingress
+        .http
+        .post(&url)
+        .bearer_auth("tok-checkout-0123456780")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let basic = ingress
+        .http
+        .post(&url)
+        .header("authorization", format!("Basic {TOKEN}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     for r in [none, wrong, basic] {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
@@ -260,13 +401,24 @@ async fn an_unreachable_broker_gets_a_quick_503_with_retry_after() {
     })
     .await;
     let started = Instant::now();
-    let r = ingress.post("/v1/orders", &order_body("o-down"), Some("k-down")).await;
+    let r = ingress
+        .post("/v1/orders", &order_body("o-down"), Some("k-down"))
+        .await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(r.headers().contains_key("retry-after"));
     assert!(r.text().await.unwrap().contains("retry"));
 
-    let ready = ingress.http.get(format!("{}/readyz", ingress.url)).send().await.unwrap();
+    let ready = ingress
+        .http
+        .get(format!("{}/readyz", ingress.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -279,17 +431,31 @@ async fn health_readiness_and_metrics_are_served() {
         (get("/readyz").await.unwrap().status() == StatusCode::OK).then_some(())
     })
     .await;
-    assert_eq!(ingress.post("/v1/orders", &order_body("o-m"), None).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        ingress
+            .post("/v1/orders", &order_body("o-m"), None)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ingress_requests_total{route=\"/v1/orders\",status=\"202\"}"), "{metrics}");
-    assert!(metrics.contains("ingress_publish_duration_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("ingress_requests_total{route=\"/v1/orders\",status=\"202\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ingress_publish_duration_seconds"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn refuses_to_start_without_tokens_unless_told_to_be_insecure() {
     let mut config = base_config("127.0.0.1:9092", "o", "i");
     config.tokens = None;
-    let error = AppState::from_config(&config).err().expect("no tokens must be refused");
+    let error = AppState::from_config(&config)
+        .err()
+        .expect("no tokens must be refused");
     assert!(format!("{error:#}").contains("INGRESS_TOKENS"));
     config.insecure_no_auth = true;
     let _rt = tokio::runtime::Runtime::new().unwrap();
