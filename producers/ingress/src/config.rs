@@ -75,6 +75,11 @@ pub struct IngressConfig {
     #[arg(long, env = "INGRESS_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     pub publish_timeout_ms: u64,
 
+    /// Records the local producer queue holds at most (`queue.buffering.max.messages`);
+    /// when it is full, requests get 503 at once.
+    #[arg(long, env = "INGRESS_PRODUCER_QUEUE", default_value_t = 100_000)]
+    pub producer_queue: usize,
+
     /// Requests processed at once; more wait (up to the publish timeout) and then get 503.
     #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,

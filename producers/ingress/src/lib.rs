@@ -84,13 +84,20 @@ impl AppState {
                 "no ingress tokens configured: set INGRESS_TOKENS or --tokens-file (or --insecure-no-auth for local experiments)"
             ),
         };
-        if config.max_body_bytes == 0 || config.max_changes == 0 || config.max_in_flight == 0 {
-            bail!("--max-body-bytes, --max-changes and --max-in-flight must be at least 1");
+        if config.max_body_bytes == 0
+            || config.max_changes == 0
+            || config.max_in_flight == 0
+            || config.producer_queue == 0
+        {
+            bail!(
+                "--max-body-bytes, --max-changes, --max-in-flight and --producer-queue must be at least 1"
+            );
         }
         let codec = Codec::from_config(config.schema_registry_url.as_deref())
             .context("configuring the codec")?;
         let limits = Limits {
             message_timeout: config.publish_timeout(),
+            max_queued_messages: config.producer_queue,
             ..Limits::default()
         };
         let publisher = Publisher::with_limits(&config.kafka, codec, "orderflow/ingress", limits)

@@ -462,3 +462,51 @@ fn refuses_to_start_without_tokens_unless_told_to_be_insecure() {
     let state = Arc::new(AppState::from_config(&config).expect("insecure mode starts"));
     assert!(state.tokens.is_none());
 }
+
+#[tokio::test]
+async fn a_full_producer_queue_sheds_load_at_once_with_503() {
+    // One queued record at most, and a broker that never acks: the first request holds the
+    // only slot until its timeout, so the second is refused at once instead of queueing.
+    let ingress = spawn_ingress(|c| {
+        c.kafka.brokers = "127.0.0.1:1".to_owned();
+        c.publish_timeout_ms = 3000;
+        c.producer_queue = 1;
+    })
+    .await;
+    let first_body = order_body("o-q1");
+    let first = ingress.post("/v1/orders", &first_body, None);
+    let second = async {
+        // Let the first request reach the producer before the second is sent.
+        wait_until(
+            "the first record queued",
+            Duration::from_secs(5),
+            || async {
+                let metrics = ingress
+                    .http
+                    .get(format!("{}/metrics", ingress.url))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                metrics
+                    .contains("ingress_producer_in_flight_records 1")
+                    .then_some(())
+            },
+        )
+        .await;
+        let started = Instant::now();
+        let response = ingress.post("/v1/orders", &order_body("o-q2"), None).await;
+        (response, started.elapsed())
+    };
+    let (first, (second, second_took)) = tokio::join!(first, second);
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(second.headers().contains_key("retry-after"));
+    assert!(
+        second_took < Duration::from_secs(1),
+        "refused at once, took {second_took:?}"
+    );
+    assert!(second.text().await.unwrap().contains("queue is full"));
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
