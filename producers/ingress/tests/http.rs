@@ -510,3 +510,20 @@ async fn a_full_producer_queue_sheds_load_at_once_with_503() {
     assert!(second.text().await.unwrap().contains("queue is full"));
     assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[test]
+fn the_ingress_binary_refuses_to_start_without_tokens_and_says_why() {
+    let mut ingress = orderflow_testkit::process::BinaryProcess::spawn(
+        "ingress",
+        &["--listen", "127.0.0.1:0"],
+        &[("INGRESS_TOKENS", ""), ("LOG_FORMAT", "pretty")],
+    )
+    .unwrap();
+    let status = ingress.wait(Duration::from_secs(30)).unwrap();
+    assert!(!status.success());
+    assert!(
+        ingress.output().contains("no ingress tokens configured"),
+        "{}",
+        ingress.output()
+    );
+}

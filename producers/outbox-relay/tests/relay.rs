@@ -227,3 +227,41 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     );
     standby.terminate(Duration::from_secs(10)).unwrap();
 }
+
+#[tokio::test]
+async fn an_unreadable_row_is_marked_with_its_error_and_never_blocks_the_rows_after_it() {
+    let f = fixture().await;
+    let good = stock_change("sku-good", 3, "received", None);
+    sqlx::query(&format!(
+        "INSERT INTO {} (event_id, topic, key, payload) VALUES (gen_random_uuid(), 'inventory.v1', 'x', '{{\"not\": \"an event\"}}')",
+        f.outbox.table()
+    ))
+    .execute(&f.pool)
+    .await
+    .unwrap();
+    let mut conn = f.pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    f.outbox.enqueue(&mut tx, &good).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut relay = f.spawn_relay(10);
+    wait_until(
+        "the good row published",
+        Duration::from_secs(30),
+        || async { (f.count("published_at IS NOT NULL").await == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        read_topic(&f.inventory_topic, 1).await[0].event_id(),
+        good.event_id()
+    );
+    let error: String = sqlx::query_scalar(&format!(
+        "SELECT error FROM {} WHERE error IS NOT NULL",
+        f.outbox.table()
+    ))
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert!(error.contains("payload is not an event"), "{error}");
+    relay.terminate(Duration::from_secs(10)).unwrap();
+}
