@@ -84,6 +84,13 @@ impl TestIngress {
     }
 }
 
+impl TestIngress {
+    /// POST and return the JSON answer, whatever its status.
+    async fn post_json(&self, path: &str, body: &Value, key: Option<&str>) -> Value {
+        self.post(path, body, key).await.json().await.unwrap()
+    }
+}
+
 fn order_body(order_id: &str) -> Value {
     json!({
         "order_id": order_id,
@@ -180,12 +187,7 @@ async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_event_id(
     let ingress = spawn_ingress(|_| {}).await;
     let body = order_body("o-retry");
 
-    let first: Value = ingress
-        .post("/v1/orders", &body, Some("key-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: Value = ingress.post_json("/v1/orders", &body, Some("key-1")).await;
     let concurrent =
         futures::future::join_all((0..4).map(|_| ingress.post("/v1/orders", &body, Some("key-1"))))
             .await;
@@ -197,35 +199,17 @@ async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_event_id(
     }
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
 
-    let other: Value = ingress
-        .post("/v1/orders", &body, Some("key-2"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let other: Value = ingress.post_json("/v1/orders", &body, Some("key-2")).await;
     assert_ne!(other["event_id"].as_str().unwrap(), ids[0]);
 
     // Batches: each change keeps its own id under one key.
-    let a: Value = ingress
-        .post(
-            "/v1/inventory/changes",
-            &changes_body(&["x", "y"]),
-            Some("b-1"),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let b: Value = ingress
-        .post(
-            "/v1/inventory/changes",
-            &changes_body(&["x", "y"]),
-            Some("b-1"),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let batch = changes_body(&["x", "y"]);
+    let a = ingress
+        .post_json("/v1/inventory/changes", &batch, Some("b-1"))
+        .await;
+    let b = ingress
+        .post_json("/v1/inventory/changes", &batch, Some("b-1"))
+        .await;
     let ids = |v: &Value| {
         v["events"]
             .as_array()
