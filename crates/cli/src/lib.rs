@@ -6,6 +6,8 @@
 //!   topics; operators use it against a real cluster).
 //! - [`broker`]: wait for a broker, and a produce/consume round trip that proves a cluster
 //!   works end to end with the project's producer settings.
+//! - [`publish`]: publish events from a JSON Lines file.
+//! - [`simulate`]: a sample load through the ingress HTTP API, with expected totals.
 //!
 //! - [`tail`], [`lag`], [`offsets`]: read records, show how far consumers are behind, and
 //!   show or reset their stored offsets ([`records`] and [`position`] hold the shared parts).
@@ -24,6 +26,8 @@ pub mod position;
 pub mod records;
 pub mod replay;
 pub mod tail;
+pub mod publish;
+pub mod simulate;
 pub mod topics;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +65,10 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Rebuild a consumer's store into a shadow schema, diff it, promote it.
     Replay(replay::ReplayArgs),
+    /// Publish events from a JSON Lines file (one order or stock change per line).
+    Publish(publish::PublishArgs),
+    /// Send a realistic sample load through the ingress HTTP API.
+    Simulate(simulate::SimulateArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -73,6 +81,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => dlq::run(&cli.kafka, command).await,
         Command::Export(args) => export::run(&cli.kafka, args).await,
         Command::Replay(args) => replay::run(&cli.kafka, args).await,
+        Command::Publish(args) => publish::run(&cli.kafka, args).await,
+        Command::Simulate(args) => simulate::run(args).await,
     }
 }
 

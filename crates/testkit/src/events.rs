@@ -84,3 +84,65 @@ pub async fn publish_raw(producer: &FutureProducer, topic: &str, key: &str, valu
         .expect("broker acknowledged");
     (delivery.partition, delivery.offset)
 }
+
+/// One record read back from a topic by [`read_distinct`].
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub event: Event,
+    pub partition: i32,
+    pub offset: i64,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ReadRecord {
+    /// The value of header `key`, as text.
+    pub fn header(&self, key: &str) -> Option<String> {
+        self.headers.iter().find(|(k, _)| k == key).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+fn partition_count(consumer: &rdkafka::consumer::BaseConsumer, topic: &str) -> i32 {
+    use rdkafka::consumer::Consumer;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
+    metadata.topics().first().map_or(0, |t| t.partitions().len() as i32)
+}
+
+/// Read `topic` from the beginning of every partition until `distinct` different event ids
+/// were seen (copies of an id are returned too), decoding each value; panics after `timeout`.
+pub async fn read_distinct(topic: &str, distinct: usize, timeout: Duration) -> Vec<ReadRecord> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer =
+        kafka_args().consumer_config(&crate::fresh_group("testkit-read")).create().expect("consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partition_count(&consumer, topic) {
+        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let codec = Codec::new();
+    let (mut records, mut ids) = (Vec::new(), std::collections::HashSet::new());
+    let deadline = std::time::Instant::now() + timeout;
+    while ids.len() < distinct {
+        assert!(std::time::Instant::now() < deadline, "only {} of {distinct} events on {topic} after {timeout:?}", ids.len());
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let message = message.expect("consumer error");
+        let event = codec.decode(message.payload().unwrap_or_default()).await.expect("record decodes");
+        let headers = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        ids.insert(event.event_id());
+        records.push(ReadRecord { event, partition: message.partition(), offset: message.offset(), headers });
+    }
+    records
+}
+
+/// Sum of the high watermarks of `topic`'s partitions: 0 means nothing was ever published.
+pub fn high_watermark_sum(topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        kafka_args().consumer_config(&crate::fresh_group("testkit-watermarks")).create().expect("consumer");
+    (0..partition_count(&consumer, topic))
+        .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)
+        .sum()
+}

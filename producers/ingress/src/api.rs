@@ -1,0 +1,292 @@
+//! The two write endpoints, `POST /v1/orders` and `POST /v1/inventory/changes`.
+//!
+//! Each request runs: authenticate → content type → a permit (bounded in-flight requests) →
+//! read the body up to its limit → parse → validate every field → event ids → publish, all
+//! in flight at once → 202 with where the broker put each event. Nothing is published unless
+//! the whole request is valid.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orderflow_events::{
+    Event, InventoryChangesRequest, OrderRequest, TraceParent, idempotent_event_id,
+};
+use orderflow_publisher::{Ack, PublishError};
+use serde::Serialize;
+use tracing::{Instrument, field::Empty};
+use uuid::Uuid;
+
+use crate::error::{ApiError, parse_json};
+use crate::{AppState, observe};
+
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub event_id: Uuid,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl From<Ack> for Accepted {
+    fn from(ack: Ack) -> Self {
+        Accepted {
+            event_id: ack.event_id,
+            topic: ack.topic,
+            partition: ack.partition,
+            offset: ack.offset,
+        }
+    }
+}
+
+/// What the caller of one request is: its client name and idempotency key.
+struct Caller {
+    client: String,
+    idempotency_key: Option<String>,
+}
+
+impl Caller {
+    /// The id of event `index` of this request: deterministic under an `Idempotency-Key`
+    /// (scoped by client and route, so two clients or two routes never collide), else random.
+    fn event_id(&self, route: &str, index: usize) -> Uuid {
+        match &self.idempotency_key {
+            Some(key) => idempotent_event_id(&format!("{}:{route}", self.client), key, index),
+            None => Uuid::new_v4(),
+        }
+    }
+}
+
+pub async fn post_order(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(
+        state,
+        "/v1/orders",
+        headers,
+        body,
+        |state, caller, bytes, traceparent| async move {
+            let request: OrderRequest = parse_json(&bytes)?;
+            let event_id = caller.event_id("orders", 0);
+            let event = Event::OrderPlaced(
+                request
+                    .into_event(event_id, chrono::Utc::now())
+                    .map_err(ApiError::Invalid)?,
+            );
+            tracing::Span::current().record("event_id", tracing::field::display(event_id));
+            let mut acks = publish(&state, "/v1/orders", vec![event], traceparent).await?;
+            Ok((StatusCode::ACCEPTED, Json(Accepted::from(acks.remove(0)))).into_response())
+        },
+    )
+    .await
+}
+
+pub async fn post_inventory_changes(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(
+        state,
+        "/v1/inventory/changes",
+        headers,
+        body,
+        |state, caller, bytes, traceparent| async move {
+            let request: InventoryChangesRequest = parse_json(&bytes)?;
+            let count = request.changes.as_ref().map_or(0, Vec::len);
+            if count > state.max_changes {
+                return Err(ApiError::TooLarge(format!(
+                    "{count} changes in one request; at most {} are accepted, split the batch",
+                    state.max_changes
+                )));
+            }
+            let events = request
+                .into_events(|i| caller.event_id("inventory", i), chrono::Utc::now())
+                .map_err(ApiError::Invalid)?;
+            let events: Vec<Event> = events.into_iter().map(Event::InventoryChanged).collect();
+            let acks = publish(&state, "/v1/inventory/changes", events, traceparent).await?;
+            let events: Vec<Accepted> = acks.into_iter().map(Accepted::from).collect();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "events": events })),
+            )
+                .into_response())
+        },
+    )
+    .await
+}
+
+/// The steps every write request shares, inside one span that carries the trace id.
+async fn handle<F, Fut>(
+    state: Arc<AppState>,
+    route: &'static str,
+    headers: HeaderMap,
+    body: Body,
+    work: F,
+) -> Response
+where
+    F: FnOnce(Arc<AppState>, Caller, axum::body::Bytes, TraceParent) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
+    let started = Instant::now();
+    let traceparent = crate::trace::continue_or_start(headers.get("traceparent"));
+    let span = tracing::info_span!(
+        "ingress_request",
+        route,
+        trace_id = traceparent.trace_id(),
+        traceparent = traceparent.as_str(),
+        client = Empty,
+        event_id = Empty,
+    );
+    async move {
+        let _in_flight = observe::InFlight::start();
+        let result = async {
+            let caller = authenticate(&state, &headers)?;
+            tracing::Span::current().record("client", caller.client.as_str());
+            check_content_type(&headers)?;
+            let _permit = state.acquire_permit().await?;
+            let bytes = read_body(&headers, body, state.max_body_bytes).await?;
+            work(state.clone(), caller, bytes, traceparent.clone()).await
+        }
+        .await;
+        let mut response = result.unwrap_or_else(|error| {
+            observe::request_failed(route, &error);
+            error.into_response()
+        });
+        if let Ok(value) = header::HeaderValue::from_str(traceparent.as_str()) {
+            response.headers_mut().insert("traceparent", value);
+        }
+        observe::request_done(route, response.status(), started.elapsed());
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let client = match &state.tokens {
+        Some(tokens) => tokens
+            .authenticate(headers.get(header::AUTHORIZATION))
+            .ok_or(ApiError::Unauthorized)?
+            .to_owned(),
+        None => "anonymous".to_owned(),
+    };
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+                    ))
+                })?;
+            Some(key.to_owned())
+        }
+    };
+    Ok(Caller {
+        client,
+        idempotency_key,
+    })
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else if content_type.is_empty() {
+        Err(ApiError::UnsupportedMediaType(
+            "Content-Type is missing; send application/json".to_owned(),
+        ))
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {content_type:?} is not accepted; send application/json"
+        )))
+    }
+}
+
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge(format!("request body is larger than {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // http-body-util's `LengthLimitError` ("length limit exceeded") somewhere in the chain.
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        let mut length_limit = false;
+        while let Some(s) = source {
+            length_limit |= s.to_string().contains("length limit exceeded");
+            source = s.source();
+        }
+        if length_limit {
+            too_large()
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
+/// Publish every event concurrently and wait for all acknowledgements, bounded by the
+/// publish timeout. Any failure fails the request: the client retries the whole request
+/// with the same `Idempotency-Key`, and events already published get the same ids again.
+async fn publish(
+    state: &AppState,
+    route: &'static str,
+    events: Vec<Event>,
+    traceparent: TraceParent,
+) -> Result<Vec<Ack>, ApiError> {
+    let started = Instant::now();
+    let outcomes = tokio::time::timeout(
+        state.publish_timeout,
+        state.publisher.publish_all(&events, Some(traceparent)),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::Unavailable(format!(
+            "the broker did not acknowledge within {:?}; retry later",
+            state.publish_timeout
+        ))
+    })?;
+    let mut acks = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        match outcome {
+            Ok(ack) => acks.push(ack),
+            Err(e) => return Err(publish_error(e)),
+        }
+    }
+    observe::published(route, acks.len(), started.elapsed());
+    Ok(acks)
+}
+
+fn publish_error(error: PublishError) -> ApiError {
+    if error.is_retryable() {
+        ApiError::Unavailable(format!(
+            "could not publish: {error}; retry later with the same Idempotency-Key"
+        ))
+    } else {
+        ApiError::Internal(format!("could not publish: {error}"))
+    }
+}

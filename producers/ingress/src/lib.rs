@@ -1,0 +1,207 @@
+//! `ingress`: the HTTP front door checkout services POST orders and stock changes to
+//! (DESIGN.md, Ingress). It validates each request, publishes it as Avro events through
+//! [`orderflow_publisher::Publisher`], and answers 202 only after the broker acknowledged.
+//!
+//! # Delivery guarantee
+//! A 202 means every event of the request is on the topic (`acks=all`, idempotent producer).
+//! Any other answer means the client must retry; with the same `Idempotency-Key` the retry
+//! carries the same event ids (UUID v5 of client, route, key and index), so events that were
+//! published before a failure are published again under their old ids and consumers apply
+//! them once. Without the header every request gets fresh random ids.
+//!
+//! # Load shedding
+//! At most `--max-in-flight` requests are processed at once; a request waits for a slot at
+//! most the publish timeout. The producer queue is bounded and every record has a delivery
+//! timeout, so a slow or absent broker turns into 503 + `Retry-After`, never an unbounded
+//! queue. The ingress keeps no state: run as many as needed.
+//!
+//! # Layout
+//! [`config`] (flags) → [`run`] builds the [`AppState`] and the router; [`api`] (the write
+//! endpoints), [`auth`] (bearer tokens), [`error`] (statuses and bodies), [`trace`]
+//! (traceparent), [`observe`] (logs + metrics).
+//!
+//! # Must not touch
+//! Databases, consumers, schemas (validation lives in `orderflow-events`).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod observe;
+pub mod trace;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use orderflow_events::Codec;
+use orderflow_publisher::{Limits, Publisher};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+pub use auth::Tokens;
+pub use config::IngressConfig;
+use error::ApiError;
+
+/// How long a readiness answer is reused before asking the broker again.
+const READY_CACHE: Duration = Duration::from_secs(3);
+
+/// Everything a request needs, shared by all of them.
+pub struct AppState {
+    pub publisher: Publisher,
+    /// `None` only with `--insecure-no-auth`.
+    pub tokens: Option<Tokens>,
+    pub max_body_bytes: usize,
+    pub max_changes: usize,
+    pub publish_timeout: Duration,
+    /// Bounds requests in progress (memory, producer queue).
+    permits: Arc<Semaphore>,
+    /// Last broker check: when and whether it answered.
+    ready: Mutex<Option<(Instant, bool)>>,
+}
+
+impl AppState {
+    /// Build the state from the configuration; refuses to run without tokens unless
+    /// `--insecure-no-auth` was given.
+    pub fn from_config(config: &IngressConfig) -> anyhow::Result<AppState> {
+        let tokens = Tokens::load(
+            config.tokens.as_ref().map(|s| s.0.as_str()),
+            config.tokens_file.as_deref(),
+        )
+        .context("loading ingress tokens")?;
+        let tokens = match (tokens.is_empty(), config.insecure_no_auth) {
+            (false, _) => Some(tokens),
+            (true, true) => {
+                tracing::warn!("--insecure-no-auth: accepting requests without a token");
+                None
+            }
+            (true, false) => bail!(
+                "no ingress tokens configured: set INGRESS_TOKENS or --tokens-file (or --insecure-no-auth for local experiments)"
+            ),
+        };
+        if config.max_body_bytes == 0
+            || config.max_changes == 0
+            || config.max_in_flight == 0
+            || config.producer_queue == 0
+        {
+            bail!(
+                "--max-body-bytes, --max-changes, --max-in-flight and --producer-queue must be at least 1"
+            );
+        }
+        let codec = Codec::from_config(config.schema_registry_url.as_deref())
+            .context("configuring the codec")?;
+        let limits = Limits {
+            message_timeout: config.publish_timeout(),
+            max_queued_messages: config.producer_queue,
+            ..Limits::default()
+        };
+        let publisher = Publisher::with_limits(&config.kafka, codec, "orderflow/ingress", limits)
+            .context("creating the Kafka producer")?
+            .with_topics(&config.orders_topic, &config.inventory_topic);
+        Ok(AppState {
+            publisher,
+            tokens,
+            max_body_bytes: config.max_body_bytes,
+            max_changes: config.max_changes,
+            publish_timeout: config.publish_timeout(),
+            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            ready: Mutex::new(None),
+        })
+    }
+
+    /// A slot for one request, waiting at most the publish timeout (then 503).
+    async fn acquire_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        tokio::time::timeout(self.publish_timeout, self.permits.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                ApiError::Unavailable("too many requests in progress; retry later".to_owned())
+            })
+    }
+
+    /// Whether the broker answered a metadata request recently (cached [`READY_CACHE`]).
+    async fn broker_ready(&self) -> bool {
+        let mut ready = self.ready.lock().await;
+        match *ready {
+            Some((at, ok)) if at.elapsed() < READY_CACHE => ok,
+            _ => {
+                let ok = self
+                    .publisher
+                    .broker_reachable(Duration::from_secs(2))
+                    .await;
+                *ready = Some((Instant::now(), ok));
+                ok
+            }
+        }
+    }
+}
+
+/// The whole HTTP surface: write endpoints, `/healthz`, `/readyz`, `/metrics`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/orders", post(api::post_order))
+        .route("/v1/inventory/changes", post(api::post_inventory_changes))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if state.broker_ready().await {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable")
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    observe::producer_queue(state.publisher.in_flight());
+    orderflow_runtime::observe::prometheus().render()
+}
+
+/// Bind `config.listen` and serve until `shutdown` resolves.
+pub async fn run(
+    config: IngressConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    run_with_listener(config, listener, shutdown).await
+}
+
+/// Serve on an already bound listener (tests bind port 0) until `shutdown` resolves, then
+/// wait for in-flight records to be acknowledged.
+pub async fn run_with_listener(
+    config: IngressConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let _ = orderflow_runtime::observe::prometheus();
+    let state = Arc::new(AppState::from_config(&config)?);
+    let clients = state.tokens.as_ref().map_or(0, Tokens::len);
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        brokers = %config.kafka.brokers,
+        orders_topic = %config.orders_topic,
+        inventory_topic = %config.inventory_topic,
+        clients,
+        "ingress listening"
+    );
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+    state
+        .publisher
+        .flush(Duration::from_secs(10))
+        .context("flushing the producer at shutdown")?;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! What the ingress reports, logged and counted in one place.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use metrics::{counter, gauge, histogram};
+
+use crate::error::ApiError;
+
+pub fn request_done(route: &'static str, status: StatusCode, elapsed: Duration) {
+    counter!("ingress_requests_total", "route" => route, "status" => status.as_u16().to_string())
+        .increment(1);
+    histogram!("ingress_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
+    tracing::info!(
+        status = status.as_u16(),
+        elapsed_ms = elapsed.as_millis() as u64,
+        "request done"
+    );
+}
+
+pub fn request_failed(route: &'static str, error: &ApiError) {
+    match error {
+        ApiError::Unavailable(message) => tracing::warn!(route, message, "shedding request"),
+        ApiError::Internal(message) => tracing::error!(route, message, "request failed"),
+        ApiError::Invalid(fields) => tracing::info!(route, ?fields, "rejected invalid request"),
+        other => tracing::info!(route, error = ?other, "rejected request"),
+    }
+}
+
+pub fn published(route: &'static str, events: usize, elapsed: Duration) {
+    histogram!("ingress_publish_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
+    counter!("ingress_events_published_total", "route" => route).increment(events as u64);
+}
+
+pub fn producer_queue(depth: i32) {
+    gauge!("ingress_producer_in_flight_records").set(f64::from(depth));
+}
+
+/// Counts a request as in flight for as long as it lives.
+pub struct InFlight;
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        gauge!("ingress_in_flight_requests").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!("ingress_in_flight_requests").decrement(1.0);
+    }
+}
