@@ -388,21 +388,23 @@ pub mod units_per_sku {
             batch: &[Envelope],
             _ctx: &BatchContext,
         ) -> Result<(), HandlerError> {
+            // As in the example: sum the batch, upsert in sorted order (no deadlocks).
+            let mut units: std::collections::BTreeMap<&str, i64> = Default::default();
             for envelope in batch {
-                let Event::OrderPlaced(order) = &envelope.event else {
-                    continue;
-                };
+                let Event::OrderPlaced(order) = &envelope.event else { continue };
                 for line in &order.lines {
-                    sqlx::query(
-                        "INSERT INTO units_per_sku (sku, units) VALUES ($1, $2)
-                         ON CONFLICT (sku) DO UPDATE SET units = units_per_sku.units + EXCLUDED.units",
-                    )
-                    .bind(line.sku.as_str())
-                    .bind(i64::from(line.quantity.get()))
-                    .execute(&mut *tx)
-                    .await?;
+                    *units.entry(line.sku.as_str()).or_default() += i64::from(line.quantity.get());
                 }
             }
+            let (skus, counts): (Vec<&str>, Vec<i64>) = units.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO units_per_sku (sku, units) SELECT * FROM UNNEST($1::text[], $2::bigint[])
+                 ON CONFLICT (sku) DO UPDATE SET units = units_per_sku.units + EXCLUDED.units",
+            )
+            .bind(&skus)
+            .bind(&counts)
+            .execute(&mut *tx)
+            .await?;
             Ok(())
         }
     }

@@ -1,6 +1,7 @@
 //! A complete consumer: units sold per sku, from `orders.v1`. The example of
 //! docs/adding-a-consumer.md, kept compiling by CI and used by the runtime's crash tests.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use clap::Parser;
@@ -26,19 +27,25 @@ impl Handler for UnitsPerSku {
     }
 
     async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
+        // Sum the batch first, then upsert every sku in one statement, in sorted order: other
+        // partitions' transactions touch the same rows, and a common lock order means they
+        // wait for each other instead of deadlocking.
+        let mut units: BTreeMap<&str, i64> = BTreeMap::new();
         for envelope in batch {
             let Event::OrderPlaced(order) = &envelope.event else { continue };
             for line in &order.lines {
-                sqlx::query(
-                    "INSERT INTO units_per_sku (sku, units) VALUES ($1, $2)
-                     ON CONFLICT (sku) DO UPDATE SET units = units_per_sku.units + EXCLUDED.units",
-                )
-                .bind(line.sku.as_str())
-                .bind(i64::from(line.quantity.get()))
-                .execute(&mut *tx)
-                .await?;
+                *units.entry(line.sku.as_str()).or_default() += i64::from(line.quantity.get());
             }
         }
+        let (skus, counts): (Vec<&str>, Vec<i64>) = units.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO units_per_sku (sku, units) SELECT * FROM UNNEST($1::text[], $2::bigint[])
+             ON CONFLICT (sku) DO UPDATE SET units = units_per_sku.units + EXCLUDED.units",
+        )
+        .bind(&skus)
+        .bind(&counts)
+        .execute(&mut *tx)
+        .await?;
         Ok(())
     }
 }
