@@ -1,0 +1,130 @@
+//! The inventory projection against the real broker and Postgres: on hand per warehouse,
+//! reserved released by shipments, the same final state whichever topic's event comes first,
+//! and the read API's errors.
+
+use orderflow_consumer_kit::testing::{TestConsumer, fresh_topics, isolated_args, start};
+use orderflow_events::{Event, WarehouseId};
+use orderflow_inventory_projection::{Config, connect};
+use orderflow_testkit::events::{order, producer, publish, stock_change};
+use serde_json::json;
+
+async fn start_projection(prefix: &str) -> (TestConsumer, String, String) {
+    let (orders, inventory) = fresh_topics(prefix).await;
+    let config = Config {
+        runtime: isolated_args(prefix, &[orders.clone(), inventory.clone()]),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
+    let consumer = {
+        let connected = connect(config).await.expect("store connects");
+        start(|listener, shutdown| tokio::spawn(connected.serve(listener, shutdown)))
+    }
+    .await;
+    (consumer, orders, inventory)
+}
+
+fn in_warehouse(mut event: Event, warehouse: &str) -> Event {
+    if let Event::InventoryChanged(change) = &mut event {
+        change.warehouse = WarehouseId::parse(warehouse).unwrap();
+    }
+    event
+}
+
+/// 10 received in w1 + 5 in w2, order o-1 of 3, 2 of them shipped: on hand 13, reserved 1.
+fn expected_after_partial_shipment() -> serde_json::Value {
+    json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": 8}, {"warehouse": "w2", "on_hand": 5}],
+           "on_hand": 13, "reserved": 1, "available": 12})
+}
+
+#[tokio::test]
+async fn shipments_release_reservations_and_available_is_on_hand_minus_reserved() {
+    let (consumer, orders, inventory) = start_projection("inv-inorder").await;
+    let producer = producer();
+    publish(
+        &producer,
+        &inventory,
+        &[
+            stock_change("SKU-A", 10, "received", None),
+            in_warehouse(stock_change("SKU-A", 5, "received", None), "w2"),
+        ],
+    )
+    .await;
+    publish(&producer, &orders, &[order("o-1", &[("SKU-A", 3)])]).await;
+    consumer
+        .wait_for_json("/v1/inventory/SKU-A", &json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": 10}, {"warehouse": "w2", "on_hand": 5}],
+            "on_hand": 15, "reserved": 3, "available": 12}))
+        .await;
+
+    publish(
+        &producer,
+        &inventory,
+        &[stock_change("SKU-A", -2, "shipped", Some("o-1"))],
+    )
+    .await;
+    consumer
+        .wait_for_json("/v1/inventory/SKU-A", &expected_after_partial_shipment())
+        .await;
+
+    // Shipping more than the order asked for never makes reserved negative.
+    publish(
+        &producer,
+        &inventory,
+        &[stock_change("SKU-A", -4, "shipped", Some("o-1"))],
+    )
+    .await;
+    consumer
+        .wait_for_json("/v1/inventory/SKU-A", &json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": 4}, {"warehouse": "w2", "on_hand": 5}],
+            "on_hand": 9, "reserved": 0, "available": 9}))
+        .await;
+    consumer.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_shipment_applied_before_its_order_gives_the_same_state_as_in_order() {
+    let (consumer, orders, inventory) = start_projection("inv-reordered").await;
+    let producer = producer();
+    publish(
+        &producer,
+        &inventory,
+        &[
+            stock_change("SKU-A", 10, "received", None),
+            in_warehouse(stock_change("SKU-A", 5, "received", None), "w2"),
+        ],
+    )
+    .await;
+    publish(
+        &producer,
+        &inventory,
+        &[stock_change("SKU-A", -2, "shipped", Some("o-1"))],
+    )
+    .await;
+    // The shipment is applied (on hand shows it) while the order is still unknown.
+    consumer
+        .wait_for_json("/v1/inventory/SKU-A", &json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": 8}, {"warehouse": "w2", "on_hand": 5}],
+            "on_hand": 13, "reserved": 0, "available": 13}))
+        .await;
+
+    publish(&producer, &orders, &[order("o-1", &[("SKU-A", 3)])]).await;
+    consumer
+        .wait_for_json("/v1/inventory/SKU-A", &expected_after_partial_shipment())
+        .await;
+    consumer.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_skus_answer_404_and_malformed_skus_400_with_json() {
+    let (consumer, _orders, _inventory) = start_projection("inv-errors").await;
+    let (status, body) = consumer.get("/v1/inventory/NEVER-SEEN").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("NEVER-SEEN"),
+        "{body}"
+    );
+
+    let long = "X".repeat(300);
+    let (status, body) = consumer.get(&format!("/v1/inventory/{long}")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "sku", "{body}");
+    let (status, body) = consumer.get("/v1/inventory/has%20space").await;
+    assert_eq!(status, 400, "{body}");
+    consumer.shutdown().await;
+}
