@@ -2,7 +2,8 @@
 //! sets its ordered quantities; a `shipped` change of an order adds to that order's shipped
 //! quantity (which releases its reservation).
 
-use orderflow_events::{Event, INVENTORY_TOPIC, ORDERS_TOPIC, Reason};
+use orderflow_consumer_kit::{ordered_quantities, shipment};
+use orderflow_events::{Event, INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
 use sqlx::PgConnection;
 
@@ -47,27 +48,19 @@ async fn apply_batch(tx: &mut PgConnection, batch: &[Envelope]) -> Result<(), Ha
             Event::OrderPlaced(order) => {
                 // A later OrderPlaced of the same order replaces the earlier one.
                 ordered.retain(|(order_id, _), _| order_id != order.order_id.as_str());
-                for line in &order.lines {
-                    *ordered
-                        .entry((
-                            order.order_id.as_str().to_owned(),
-                            line.sku.as_str().to_owned(),
-                        ))
-                        .or_default() += i64::from(line.quantity.get());
+                for (sku, quantity) in ordered_quantities(order) {
+                    ordered.insert((order.order_id.as_str().to_owned(), sku), quantity);
                 }
             }
             Event::InventoryChanged(change) => {
-                let delta = change.delta.get();
                 *on_hand
                     .entry((
                         change.sku.as_str().to_owned(),
                         change.warehouse.as_str().to_owned(),
                     ))
-                    .or_default() += delta;
-                if let (Reason::Shipped, Some(order_id)) = (change.reason, &change.order_id) {
-                    *shipped
-                        .entry((order_id.as_str().to_owned(), change.sku.as_str().to_owned()))
-                        .or_default() += -delta;
+                    .or_default() += change.delta.get();
+                if let Some((key, units)) = shipment(change) {
+                    *shipped.entry(key).or_default() += units;
                 }
             }
         }

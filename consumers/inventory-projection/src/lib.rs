@@ -21,44 +21,23 @@ pub mod store;
 
 use std::future::Future;
 
-use anyhow::Context;
 pub use config::Config;
 use handler::InventoryProjection;
-use orderflow_runtime::Runtime;
+use orderflow_consumer_kit::Consumer;
+use orderflow_runtime::RuntimeArgs;
 
 /// Consume and serve on `config.listen` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    connect(config.runtime)
+        .await?
+        .run(config.listen, shutdown)
         .await
-        .with_context(|| format!("Failed to listen on {}", config.listen))?;
-    connect(config).await?.serve(listener, shutdown).await
 }
 
 /// Connect the store (schema, migrations) and build the read API, without consuming yet.
-pub async fn connect(config: Config) -> anyhow::Result<Connected> {
-    let runtime = Runtime::connect(&InventoryProjection, config.runtime).await?;
-    let api = api::router(runtime.pool().clone());
-    Ok(Connected { runtime, api })
-}
-
-/// A consumer whose store is ready; [`Connected::serve`] consumes and serves.
-pub struct Connected {
-    runtime: Runtime,
-    api: axum::Router,
-}
-
-impl Connected {
-    /// Consume and serve on `listener` (tests bind port 0) until `shutdown` resolves.
-    pub async fn serve(
-        self,
-        listener: tokio::net::TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        self.runtime
-            .run_with_listener(InventoryProjection, self.api, listener, shutdown)
-            .await
-    }
+pub async fn connect(runtime: RuntimeArgs) -> anyhow::Result<Consumer<InventoryProjection>> {
+    Consumer::connect(InventoryProjection, runtime, api::router).await
 }

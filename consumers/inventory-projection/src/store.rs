@@ -3,32 +3,17 @@
 //! never lose each other's updates. Rows go in sorted key order (callers pass `BTreeMap`s)
 //! so two batches lock shared rows in the same order and cannot deadlock.
 
-use std::collections::BTreeMap;
-
+pub use orderflow_consumer_kit::Amounts;
+use orderflow_consumer_kit::amount_columns;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
-
-/// (sku, warehouse) or (order id, sku) → an amount.
-pub type Amounts = BTreeMap<(String, String), i64>;
-
-fn columns(amounts: &Amounts) -> (Vec<String>, Vec<String>, Vec<i64>) {
-    let mut a = Vec::with_capacity(amounts.len());
-    let mut b = Vec::with_capacity(amounts.len());
-    let mut n = Vec::with_capacity(amounts.len());
-    for ((x, y), amount) in amounts {
-        a.push(x.clone());
-        b.push(y.clone());
-        n.push(*amount);
-    }
-    (a, b, n)
-}
 
 /// Add stock deltas per (sku, warehouse).
 pub async fn add_on_hand(tx: &mut PgConnection, deltas: &Amounts) -> Result<(), sqlx::Error> {
     if deltas.is_empty() {
         return Ok(());
     }
-    let (skus, warehouses, amounts) = columns(deltas);
+    let (skus, warehouses, amounts) = amount_columns(deltas);
     sqlx::query(
         "INSERT INTO stock (sku, warehouse, on_hand)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
@@ -48,7 +33,7 @@ pub async fn set_ordered(tx: &mut PgConnection, ordered: &Amounts) -> Result<(),
     if ordered.is_empty() {
         return Ok(());
     }
-    let (orders, skus, amounts) = columns(ordered);
+    let (orders, skus, amounts) = amount_columns(ordered);
     sqlx::query(
         "INSERT INTO order_skus (order_id, sku, ordered)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
@@ -67,7 +52,7 @@ pub async fn add_shipped(tx: &mut PgConnection, shipped: &Amounts) -> Result<(),
     if shipped.is_empty() {
         return Ok(());
     }
-    let (orders, skus, amounts) = columns(shipped);
+    let (orders, skus, amounts) = amount_columns(shipped);
     sqlx::query(
         "INSERT INTO order_skus (order_id, sku, shipped)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])

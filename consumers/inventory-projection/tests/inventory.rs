@@ -4,21 +4,14 @@
 
 use orderflow_consumer_kit::testing::{TestConsumer, fresh_topics, isolated_args, start};
 use orderflow_events::{Event, WarehouseId};
-use orderflow_inventory_projection::{Config, connect};
+use orderflow_inventory_projection::connect;
 use orderflow_testkit::events::{order, producer, publish, stock_change};
 use serde_json::json;
 
 async fn start_projection(prefix: &str) -> (TestConsumer, String, String) {
     let (orders, inventory) = fresh_topics(prefix).await;
-    let config = Config {
-        runtime: isolated_args(prefix, &[orders.clone(), inventory.clone()]),
-        listen: "127.0.0.1:0".parse().unwrap(),
-    };
-    let consumer = {
-        let connected = connect(config).await.expect("store connects");
-        start(|listener, shutdown| tokio::spawn(connected.serve(listener, shutdown)))
-    }
-    .await;
+    let args = isolated_args(prefix, &[orders.clone(), inventory.clone()]);
+    let consumer = start(connect(args).await.expect("store connects")).await;
     (consumer, orders, inventory)
 }
 

@@ -1,17 +1,16 @@
 //! Run a consumer in-process for a test: fresh topics, schema, group and dead-letter topic,
 //! an HTTP port of its own, and helpers to read its API until it shows what the test expects.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
-use orderflow_runtime::RuntimeArgs;
-use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
+use orderflow_runtime::{Handler, RuntimeArgs};
+use orderflow_testkit::{
+    database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until,
+};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-/// Resolves when the test stops the consumer.
-pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+use crate::Consumer;
 
 /// Runtime settings that isolate one test: a fresh schema, group and DLQ topic, reading
 /// `topics` (already created), with small batches so tests see progress quickly.
@@ -28,7 +27,10 @@ pub fn isolated_args(prefix: &str, topics: &[String]) -> RuntimeArgs {
 
 /// Fresh orders and inventory topics (3 partitions each) for one test.
 pub async fn fresh_topics(prefix: &str) -> (String, String) {
-    (fresh_topic(&format!("{prefix}-orders"), 3).await, fresh_topic(&format!("{prefix}-inventory"), 3).await)
+    (
+        fresh_topic(&format!("{prefix}-orders"), 3).await,
+        fresh_topic(&format!("{prefix}-inventory"), 3).await,
+    )
 }
 
 /// A consumer running in this process.
@@ -39,39 +41,60 @@ pub struct TestConsumer {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Start a consumer: `spawn` gets a listener on a free port and the shutdown future, and
-/// spawns the consumer (typically
-/// `|listener, shutdown| tokio::spawn(my_consumer::run_with_listener(config, listener, shutdown))`;
-/// spawning at the call site keeps the future's type concrete, which rustc needs to see it is `Send`).
-pub async fn start(spawn: impl FnOnce(TcpListener, Shutdown) -> tokio::task::JoinHandle<anyhow::Result<()>>) -> TestConsumer {
+/// Run a connected consumer on a free port until the test stops it.
+pub async fn start<H: Handler>(consumer: Consumer<H>) -> TestConsumer {
     orderflow_testkit::init_test_logs();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a free port");
     let base_url = format!("http://{}", listener.local_addr().expect("local addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let shutdown: Shutdown = Box::pin(async move {
+    let task = tokio::spawn(consumer.serve(listener, async move {
         let _ = stopped.await;
-    });
-    let task = spawn(listener, shutdown);
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
-    TestConsumer { base_url, client, stop, task }
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    TestConsumer {
+        base_url,
+        client,
+        stop,
+        task,
+    }
 }
 
 impl TestConsumer {
     /// GET `path`, returning the status and the JSON body (Null when the body is not JSON).
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.client.get(format!("{}{path}", self.base_url)).send().await.expect("GET reaches the consumer");
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .expect("GET reaches the consumer");
         let status = response.status().as_u16();
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
         (status, body)
     }
 
     /// GET `path` until `check` accepts the (status, body), or panic after 60 s naming `what`.
-    pub async fn wait_for<T>(&self, what: &str, path: &str, check: impl Fn(u16, &Value) -> Option<T>) -> T {
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        path: &str,
+        check: impl Fn(u16, &Value) -> Option<T>,
+    ) -> T {
         wait_until(what, Duration::from_secs(60), || async {
             if self.task.is_finished() {
                 panic!("the consumer stopped while waiting for {what}");
             }
-            let response = self.client.get(format!("{}{path}", self.base_url)).send().await.ok()?;
+            let response = self
+                .client
+                .get(format!("{}{path}", self.base_url))
+                .send()
+                .await
+                .ok()?;
             let status = response.status().as_u16();
             let body = response.json::<Value>().await.unwrap_or(Value::Null);
             check(status, &body)
