@@ -16,6 +16,8 @@ pub mod testing;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Json;
@@ -24,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use orderflow_events::{InventoryChanged, OrderPlaced, Reason};
 use orderflow_runtime::{Handler, Runtime, RuntimeArgs};
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 /// Longest path or query parameter a read API accepts, in bytes.
 pub const MAX_PARAM_LEN: usize = 256;
@@ -91,6 +94,14 @@ pub fn bounded<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ApiEr
     Ok(value)
 }
 
+/// A task that runs beside the consumer (the email sender): it gets a receiver that turns
+/// `true` when the consumer has stopped, and should return soon after.
+type Companion =
+    Box<dyn FnOnce(watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// How long [`Consumer::serve`] waits for companion tasks to finish at shutdown.
+const COMPANION_GRACE: Duration = Duration::from_secs(30);
+
 /// A consumer whose store is connected and migrated, with its read API built on the pool;
 /// [`Consumer::serve`] consumes and serves. Split in two so a test can connect (and fail
 /// clearly) before it spawns the consuming part.
@@ -98,6 +109,7 @@ pub struct Consumer<H: Handler> {
     runtime: Runtime,
     handler: H,
     api: axum::Router,
+    companions: Vec<Companion>,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -114,12 +126,25 @@ impl<H: Handler> Consumer<H> {
             runtime,
             handler,
             api,
+            companions: Vec::new(),
         })
     }
 
     /// The read store's pool (search path = the consumer's schema).
     pub fn pool(&self) -> &PgPool {
         self.runtime.pool()
+    }
+
+    /// Run `task` beside the consumer while it serves; it is told to stop (its receiver turns
+    /// `true`) after the consumer stopped, and is awaited for up to 30 s.
+    pub fn with_companion<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.companions
+            .push(Box::new(move |stop| Box::pin(task(stop))));
+        self
     }
 
     /// Consume and serve on `listen` until `shutdown` resolves.
@@ -140,9 +165,26 @@ impl<H: Handler> Consumer<H> {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        self.runtime
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let companions: Vec<_> = self
+            .companions
+            .into_iter()
+            .map(|task| tokio::spawn(task(stop_rx.clone())))
+            .collect();
+        let result = self
+            .runtime
             .run_with_listener(self.handler, self.api, listener, shutdown)
-            .await
+            .await;
+        let _ = stop_tx.send(true);
+        for companion in companions {
+            if tokio::time::timeout(COMPANION_GRACE, companion)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a companion task did not stop within {COMPANION_GRACE:?}");
+            }
+        }
+        result
     }
 }
 

@@ -64,6 +64,20 @@ pub async fn start<H: Handler>(consumer: Consumer<H>) -> TestConsumer {
     }
 }
 
+/// When a test panics with the consumer still running, tokio's runtime would wait forever
+/// for the runtime's polling thread (a blocking task that only stops when told to), and the
+/// test would hang until its timeout. The panic message is already printed: end the process.
+impl Drop for TestConsumer {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.task.is_finished() {
+            eprintln!(
+                "test failed with the consumer running; exiting instead of waiting for its polling thread"
+            );
+            std::process::exit(101);
+        }
+    }
+}
+
 impl TestConsumer {
     /// GET `path`, returning the status and the JSON body (Null when the body is not JSON).
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -122,9 +136,10 @@ impl TestConsumer {
     }
 
     /// Stop the consumer and check it ended cleanly.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(60), self.task)
+    pub async fn shutdown(mut self) {
+        let (stop, _) = tokio::sync::oneshot::channel();
+        let _ = std::mem::replace(&mut self.stop, stop).send(());
+        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
             .await
             .expect("consumer stops within 60s")
             .expect("consumer task did not panic")
