@@ -37,7 +37,7 @@ pub struct SenderArgs {
         default_value = "smtp://127.0.0.1:1025",
         hide_env_values = true
     )]
-    pub smtp_url: SmtpUrl,
+    pub smtp_url: RawSmtpUrl,
 
     /// Sender address of the confirmations.
     #[arg(
@@ -67,8 +67,9 @@ pub struct SenderArgs {
 impl SenderArgs {
     /// Defaults (for tests and embedding) delivering to `smtp_url`.
     pub fn new(smtp_url: &str) -> anyhow::Result<Self> {
+        smtp_url.parse::<SmtpUrl>()?;
         Ok(SenderArgs {
-            smtp_url: smtp_url.parse()?,
+            smtp_url: RawSmtpUrl(smtp_url.to_owned()),
             email_from: "orderflow <orders@orderflow.example>".into(),
             email_max_attempts: 8,
             email_retry_base_ms: 1000,
@@ -85,6 +86,34 @@ impl SenderArgs {
             .saturating_mul(1u64 << exponent)
             .min(self.email_retry_max_ms);
         Duration::from_millis(ms)
+    }
+}
+
+/// `SMTP_URL` as given. Parsed into an [`SmtpUrl`] after clap, because clap's own error
+/// for an invalid value would print the value, password included.
+#[derive(Clone)]
+pub struct RawSmtpUrl(String);
+
+impl RawSmtpUrl {
+    pub fn parse(&self) -> anyhow::Result<SmtpUrl> {
+        self.0.parse()
+    }
+}
+
+impl std::str::FromStr for RawSmtpUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(RawSmtpUrl(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for RawSmtpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.parse() {
+            Ok(url) => fmt::Debug::fmt(&url, f),
+            Err(_) => f.write_str("<invalid SMTP_URL>"),
+        }
     }
 }
 
@@ -164,16 +193,13 @@ mod tests {
             format!("{url:?} {url}"),
             "smtp://mail.example:2525 smtp://mail.example:2525"
         );
-        assert!(
-            !format!(
-                "{:?}",
-                SenderArgs {
-                    smtp_url: url,
-                    ..SenderArgs::new("smtp://x:1").unwrap()
-                }
-            )
-            .contains("s3cret")
-        );
+        let args = SenderArgs::new("smtp://mailer:s3cret@mail.example:2525").unwrap();
+        assert_eq!(format!("{:?}", args.smtp_url), "smtp://mail.example:2525");
+        let invalid = SenderArgs {
+            smtp_url: "smtps://mailer:s3cret@mail.example".parse().unwrap(),
+            ..args
+        };
+        assert!(!format!("{invalid:?}").contains("s3cret"));
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub async fn run(
 /// Connect the store (schema, migrations), build the read API and the sender, without
 /// consuming or sending yet.
 pub async fn connect(runtime: RuntimeArgs, sender: SenderArgs) -> anyhow::Result<Consumer<Email>> {
+    // A bad SMTP_URL fails before any connection is tried.
+    sender.smtp_url.parse()?;
     let consumer = Consumer::connect(Email, runtime, api::router).await?;
     let sender = sender::Sender::new(consumer.pool().clone(), sender)?;
     Ok(consumer.with_companion(|stop| sender.run(stop)))

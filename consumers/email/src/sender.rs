@@ -40,12 +40,13 @@ impl Sender {
             .email_from
             .parse()
             .with_context(|| format!("Invalid EMAIL_FROM {:?}", args.email_from))?;
+        let smtp = args.smtp_url.parse()?;
         // Plain SMTP (the brief's local relay); TLS would be a lettre feature and a scheme.
         let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(args.smtp_url.host.clone())
-                .port(args.smtp_url.port)
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
+                .port(smtp.port)
                 .timeout(Some(SMTP_TIMEOUT));
-        if let Some((user, password)) = args.smtp_url.credentials() {
+        if let Some((user, password)) = smtp.credentials() {
             builder = builder.credentials(Credentials::new(user, password));
         }
         let transport = builder.build();
@@ -59,7 +60,7 @@ impl Sender {
 
     /// Deliver due emails until `stop` turns true (a send in flight finishes first).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        tracing::info!(smtp = %self.args.smtp_url, "email sender started");
+        tracing::info!(smtp = ?self.args.smtp_url, "email sender started");
         let poll = Duration::from_millis(self.args.email_poll_ms);
         while !*stop.borrow() {
             let sent_any = match self.round().await {

@@ -3,7 +3,7 @@
 //! order is known yet or not. Rows go in key order so concurrent batches cannot deadlock.
 
 use chrono::{DateTime, Utc};
-use orderflow_consumer_kit::{Amounts, amount_columns};
+use orderflow_consumer_kit::{Amounts, Merge, upsert_amounts};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
@@ -28,37 +28,26 @@ pub async fn insert_orders(
     .bind(&placed)
     .execute(&mut *tx)
     .await?;
-    let (order_ids, skus, quantities) = amount_columns(lines);
-    sqlx::query(
-        "INSERT INTO fulfillment_lines (order_id, sku, quantity)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
-         ON CONFLICT (order_id, sku) DO UPDATE SET quantity = EXCLUDED.quantity",
+    upsert_amounts(
+        tx,
+        "fulfillment_lines",
+        ["order_id", "sku", "quantity"],
+        Merge::Replace,
+        lines,
     )
-    .bind(order_ids)
-    .bind(skus)
-    .bind(quantities)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Add shipped units per (order id, sku).
 pub async fn add_shipped(tx: &mut PgConnection, shipped: &Amounts) -> Result<(), sqlx::Error> {
-    if shipped.is_empty() {
-        return Ok(());
-    }
-    let (order_ids, skus, units) = amount_columns(shipped);
-    sqlx::query(
-        "INSERT INTO shipments (order_id, sku, shipped)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
-         ON CONFLICT (order_id, sku) DO UPDATE SET shipped = shipments.shipped + EXCLUDED.shipped",
+    upsert_amounts(
+        tx,
+        "shipments",
+        ["order_id", "sku", "shipped"],
+        Merge::Add,
+        shipped,
     )
-    .bind(order_ids)
-    .bind(skus)
-    .bind(units)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]

@@ -4,66 +4,45 @@
 //! so two batches lock shared rows in the same order and cannot deadlock.
 
 pub use orderflow_consumer_kit::Amounts;
-use orderflow_consumer_kit::amount_columns;
+use orderflow_consumer_kit::{Merge, upsert_amounts};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
 /// Add stock deltas per (sku, warehouse).
 pub async fn add_on_hand(tx: &mut PgConnection, deltas: &Amounts) -> Result<(), sqlx::Error> {
-    if deltas.is_empty() {
-        return Ok(());
-    }
-    let (skus, warehouses, amounts) = amount_columns(deltas);
-    sqlx::query(
-        "INSERT INTO stock (sku, warehouse, on_hand)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
-         ON CONFLICT (sku, warehouse) DO UPDATE SET on_hand = stock.on_hand + EXCLUDED.on_hand",
+    upsert_amounts(
+        tx,
+        "stock",
+        ["sku", "warehouse", "on_hand"],
+        Merge::Add,
+        deltas,
     )
-    .bind(skus)
-    .bind(warehouses)
-    .bind(amounts)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Record what orders asked for per (order id, sku). An order is a fact: a second
 /// OrderPlaced of the same order overwrites rather than adds.
 pub async fn set_ordered(tx: &mut PgConnection, ordered: &Amounts) -> Result<(), sqlx::Error> {
-    if ordered.is_empty() {
-        return Ok(());
-    }
-    let (orders, skus, amounts) = amount_columns(ordered);
-    sqlx::query(
-        "INSERT INTO order_skus (order_id, sku, ordered)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
-         ON CONFLICT (order_id, sku) DO UPDATE SET ordered = EXCLUDED.ordered",
+    upsert_amounts(
+        tx,
+        "order_skus",
+        ["order_id", "sku", "ordered"],
+        Merge::Replace,
+        ordered,
     )
-    .bind(orders)
-    .bind(skus)
-    .bind(amounts)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Add shipped units per (order id, sku), whether or not the order is known yet.
 pub async fn add_shipped(tx: &mut PgConnection, shipped: &Amounts) -> Result<(), sqlx::Error> {
-    if shipped.is_empty() {
-        return Ok(());
-    }
-    let (orders, skus, amounts) = amount_columns(shipped);
-    sqlx::query(
-        "INSERT INTO order_skus (order_id, sku, shipped)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
-         ON CONFLICT (order_id, sku) DO UPDATE SET shipped = order_skus.shipped + EXCLUDED.shipped",
+    upsert_amounts(
+        tx,
+        "order_skus",
+        ["order_id", "sku", "shipped"],
+        Merge::Add,
+        shipped,
     )
-    .bind(orders)
-    .bind(skus)
-    .bind(amounts)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]

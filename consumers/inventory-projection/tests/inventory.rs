@@ -6,6 +6,7 @@ use orderflow_consumer_kit::testing::{TestConsumer, fresh_topics, isolated_args,
 use orderflow_events::{Event, WarehouseId};
 use orderflow_inventory_projection::connect;
 use orderflow_testkit::events::{order, producer, publish, stock_change};
+use rdkafka::producer::FutureProducer;
 use serde_json::json;
 
 async fn start_projection(prefix: &str) -> (TestConsumer, String, String) {
@@ -22,52 +23,47 @@ fn in_warehouse(mut event: Event, warehouse: &str) -> Event {
     event
 }
 
-/// 10 received in w1 + 5 in w2, order o-1 of 3, 2 of them shipped: on hand 13, reserved 1.
-fn expected_after_partial_shipment() -> serde_json::Value {
-    json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": 8}, {"warehouse": "w2", "on_hand": 5}],
-           "on_hand": 13, "reserved": 1, "available": 12})
+/// SKU-A as the API shows it with `w1`, `w2` on hand and `reserved`.
+fn sku_a(w1: i64, w2: i64, reserved: i64) -> serde_json::Value {
+    json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": w1}, {"warehouse": "w2", "on_hand": w2}],
+           "on_hand": w1 + w2, "reserved": reserved, "available": w1 + w2 - reserved})
 }
+
+/// Publish 10 units of SKU-A received in w1 and 5 in w2.
+async fn receive_stock(producer: &FutureProducer, inventory: &str) {
+    let changes = [
+        stock_change("SKU-A", 10, "received", None),
+        in_warehouse(stock_change("SKU-A", 5, "received", None), "w2"),
+    ];
+    publish(producer, inventory, &changes).await;
+}
+
+/// Publish a shipment of `units` of SKU-A for order o-1 from w1.
+async fn ship(producer: &FutureProducer, inventory: &str, units: i64) {
+    publish(
+        producer,
+        inventory,
+        &[stock_change("SKU-A", -units, "shipped", Some("o-1"))],
+    )
+    .await;
+}
+
+const PATH: &str = "/v1/inventory/SKU-A";
 
 #[tokio::test]
 async fn shipments_release_reservations_and_available_is_on_hand_minus_reserved() {
     let (consumer, orders, inventory) = start_projection("inv-inorder").await;
     let producer = producer();
-    publish(
-        &producer,
-        &inventory,
-        &[
-            stock_change("SKU-A", 10, "received", None),
-            in_warehouse(stock_change("SKU-A", 5, "received", None), "w2"),
-        ],
-    )
-    .await;
+    receive_stock(&producer, &inventory).await;
     publish(&producer, &orders, &[order("o-1", &[("SKU-A", 3)])]).await;
-    consumer
-        .wait_for_json("/v1/inventory/SKU-A", &json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": 10}, {"warehouse": "w2", "on_hand": 5}],
-            "on_hand": 15, "reserved": 3, "available": 12}))
-        .await;
+    consumer.wait_for_json(PATH, &sku_a(10, 5, 3)).await;
 
-    publish(
-        &producer,
-        &inventory,
-        &[stock_change("SKU-A", -2, "shipped", Some("o-1"))],
-    )
-    .await;
-    consumer
-        .wait_for_json("/v1/inventory/SKU-A", &expected_after_partial_shipment())
-        .await;
+    ship(&producer, &inventory, 2).await;
+    consumer.wait_for_json(PATH, &sku_a(8, 5, 1)).await;
 
     // Shipping more than the order asked for never makes reserved negative.
-    publish(
-        &producer,
-        &inventory,
-        &[stock_change("SKU-A", -4, "shipped", Some("o-1"))],
-    )
-    .await;
-    consumer
-        .wait_for_json("/v1/inventory/SKU-A", &json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": 4}, {"warehouse": "w2", "on_hand": 5}],
-            "on_hand": 9, "reserved": 0, "available": 9}))
-        .await;
+    ship(&producer, &inventory, 4).await;
+    consumer.wait_for_json(PATH, &sku_a(4, 5, 0)).await;
     consumer.shutdown().await;
 }
 
@@ -75,31 +71,14 @@ async fn shipments_release_reservations_and_available_is_on_hand_minus_reserved(
 async fn a_shipment_applied_before_its_order_gives_the_same_state_as_in_order() {
     let (consumer, orders, inventory) = start_projection("inv-reordered").await;
     let producer = producer();
-    publish(
-        &producer,
-        &inventory,
-        &[
-            stock_change("SKU-A", 10, "received", None),
-            in_warehouse(stock_change("SKU-A", 5, "received", None), "w2"),
-        ],
-    )
-    .await;
-    publish(
-        &producer,
-        &inventory,
-        &[stock_change("SKU-A", -2, "shipped", Some("o-1"))],
-    )
-    .await;
+    receive_stock(&producer, &inventory).await;
+    ship(&producer, &inventory, 2).await;
     // The shipment is applied (on hand shows it) while the order is still unknown.
-    consumer
-        .wait_for_json("/v1/inventory/SKU-A", &json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": 8}, {"warehouse": "w2", "on_hand": 5}],
-            "on_hand": 13, "reserved": 0, "available": 13}))
-        .await;
+    consumer.wait_for_json(PATH, &sku_a(8, 5, 0)).await;
 
     publish(&producer, &orders, &[order("o-1", &[("SKU-A", 3)])]).await;
-    consumer
-        .wait_for_json("/v1/inventory/SKU-A", &expected_after_partial_shipment())
-        .await;
+    // The same state as shipping 2 after the order (the in-order test's second step).
+    consumer.wait_for_json(PATH, &sku_a(8, 5, 1)).await;
     consumer.shutdown().await;
 }
 

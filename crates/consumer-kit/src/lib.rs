@@ -193,7 +193,7 @@ impl<H: Handler> Consumer<H> {
 pub type Amounts = std::collections::BTreeMap<(String, String), i64>;
 
 /// `amounts` as three columns for `INSERT ... SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])`.
-pub fn amount_columns(amounts: &Amounts) -> (Vec<String>, Vec<String>, Vec<i64>) {
+fn amount_columns(amounts: &Amounts) -> (Vec<String>, Vec<String>, Vec<i64>) {
     let mut first = Vec::with_capacity(amounts.len());
     let mut second = Vec::with_capacity(amounts.len());
     let mut values = Vec::with_capacity(amounts.len());
@@ -225,4 +225,46 @@ pub fn ordered_quantities(order: &OrderPlaced) -> std::collections::BTreeMap<Str
             i64::from(line.quantity.get());
     }
     quantities
+}
+
+/// How [`upsert_amounts`] merges an amount into an existing row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// `value = value + new` (sums: stock, shipped units).
+    Add,
+    /// `value = new` (set-once facts: an order's quantities).
+    Replace,
+}
+
+/// Upsert `amounts` into `table (key1, key2, value)` in one `INSERT ... SELECT FROM UNNEST`
+/// statement, keys in sorted order. The merge happens in the row under its lock, so
+/// concurrent batches never lose each other's updates. `table` and `columns` are the
+/// caller's constants (identifiers cannot be bound); the data is bound.
+pub async fn upsert_amounts(
+    tx: &mut sqlx::PgConnection,
+    table: &'static str,
+    [key1, key2, value]: [&'static str; 3],
+    merge: Merge,
+    amounts: &Amounts,
+) -> Result<(), sqlx::Error> {
+    if amounts.is_empty() {
+        return Ok(());
+    }
+    let merged = match merge {
+        Merge::Add => format!("{table}.{value} + EXCLUDED.{value}"),
+        Merge::Replace => format!("EXCLUDED.{value}"),
+    };
+    let sql = format!(
+        "INSERT INTO {table} ({key1}, {key2}, {value})
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
+         ON CONFLICT ({key1}, {key2}) DO UPDATE SET {value} = {merged}"
+    );
+    let (first, second, values) = amount_columns(amounts);
+    sqlx::query(&sql)
+        .bind(first)
+        .bind(second)
+        .bind(values)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
