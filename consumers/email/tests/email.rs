@@ -66,13 +66,22 @@ impl SmtpSink {
 /// The email consumer on a fresh orders topic, delivering to 127.0.0.1:`smtp_port` with
 /// quick retries.
 async fn start_email(prefix: &str, smtp_port: u16, replay: bool) -> (TestConsumer, String) {
+    start_email_with(prefix, smtp_port, replay, 100).await
+}
+
+async fn start_email_with(
+    prefix: &str,
+    smtp_port: u16,
+    replay: bool,
+    max_attempts: u32,
+) -> (TestConsumer, String) {
     let orders = fresh_topic(&format!("{prefix}-orders"), 3).await;
     let mut args = isolated_args(prefix, std::slice::from_ref(&orders));
     args.replay = replay;
     let mut sender = SenderArgs::new(&format!("smtp://127.0.0.1:{smtp_port}")).unwrap();
     sender.email_retry_base_ms = 100;
     sender.email_retry_max_ms = 400;
-    sender.email_max_attempts = 100;
+    sender.email_max_attempts = max_attempts;
     sender.email_poll_ms = 20;
     let consumer = start(connect(args, sender).await.expect("store connects")).await;
     (consumer, orders)
@@ -198,6 +207,24 @@ async fn replay_records_emails_as_suppressed_and_sends_nothing() {
         assert_eq!(email["attempts"], 0, "the sender never claimed it: {email}");
     }
     // Stopping waits for the sender to finish its round, so anything it sent would be there.
+    consumer.shutdown().await;
+    assert_eq!(sink.messages(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_email_is_marked_failed_after_its_last_attempt() {
+    let port = free_port();
+    let (consumer, orders) = start_email_with("email-failed", port, false, 3).await;
+    publish(&producer(), &orders, &[order("o-1", &[("SKU-A", 1)])]).await;
+
+    let failed = email_of(&consumer, "o-1", |e| e["status"] == "failed").await;
+    assert_eq!(failed["attempts"], 3, "{failed}");
+    assert!(
+        failed["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+    // Nothing retries a failed email, even once a server is there.
+    let sink = SmtpSink::start(port).await;
     consumer.shutdown().await;
     assert_eq!(sink.messages(), Vec::<String>::new());
 }

@@ -83,6 +83,39 @@ async fn a_shipment_applied_before_its_order_gives_the_same_state_as_in_order() 
 }
 
 #[tokio::test]
+async fn orders_and_shipments_applied_concurrently_from_both_topics_lose_no_update() {
+    let (consumer, orders, inventory) = start_projection("inv-concurrent").await;
+    let producer = producer();
+    let skus = ["SKU-0", "SKU-1", "SKU-2", "SKU-3", "SKU-4"];
+    let received: Vec<_> = skus
+        .iter()
+        .map(|sku| stock_change(sku, 100, "received", None))
+        .collect();
+    publish(&producer, &inventory, &received).await;
+    // 100 orders of 3 units and a shipment of 2 units for each, published at the same time
+    // on both topics, so order rows and shipment rows of one (order, sku) race.
+    let order_events: Vec<_> = (0..100)
+        .map(|i| order(&format!("o-{i}"), &[(skus[i % 5], 3)]))
+        .collect();
+    let shipments: Vec<_> = (0..100)
+        .map(|i| stock_change(skus[i % 5], -2, "shipped", Some(&format!("o-{i}"))))
+        .collect();
+    tokio::join!(
+        publish(&producer, &orders, &order_events),
+        publish(&producer, &inventory, &shipments)
+    );
+
+    // Per sku: 20 orders × 3 ordered, 20 × 2 shipped → on hand 60, reserved 20.
+    for sku in skus {
+        let expected = json!({"sku": sku, "warehouses": [{"warehouse": "w1", "on_hand": 60}], "on_hand": 60, "reserved": 20, "available": 40});
+        consumer
+            .wait_for_json(&format!("/v1/inventory/{sku}"), &expected)
+            .await;
+    }
+    consumer.shutdown().await;
+}
+
+#[tokio::test]
 async fn unknown_skus_answer_404_and_malformed_skus_400_with_json() {
     let (consumer, _orders, _inventory) = start_projection("inv-errors").await;
     let (status, body) = consumer.get("/v1/inventory/NEVER-SEEN").await;
