@@ -1,0 +1,53 @@
+//! The `email` consumer: one order-confirmation email per order, rendered from the
+//! OrderPlaced (plain text + HTML), delivered over SMTP with retries.
+//!
+//! Reads `orders.v1` through `orderflow-runtime` (effectively once) into the Postgres schema
+//! `email`, and serves `GET /v1/emails?order_id=` (port 8082).
+//!
+//! # Layout
+//! [`config`] (flags, `SMTP_URL`), [`handler`] (queues the email in the outbox, in the batch
+//! transaction), [`template`] (rendering), [`store`] (queries), [`sender`] (the task that
+//! delivers the outbox), [`api`] (reads).
+//!
+//! # Effects outside Postgres
+//! The handler never talks SMTP: it writes an outbox row (`order_id` unique, so one email per
+//! order whatever the duplicates), or a `suppressed` row during a replay. The sender claims
+//! due rows with `FOR UPDATE SKIP LOCKED` and sends at least once, with a Message-ID derived
+//! from the event id.
+//!
+//! Must not touch other consumers' schemas or any Kafka plumbing (that is the runtime's).
+
+pub mod api;
+pub mod config;
+pub mod handler;
+pub mod sender;
+pub mod store;
+pub mod template;
+
+use std::future::Future;
+
+pub use config::{Config, SenderArgs};
+use handler::Email;
+use orderflow_consumer_kit::Consumer;
+use orderflow_runtime::RuntimeArgs;
+
+/// Consume, send and serve on `config.listen` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    connect(config.runtime, config.sender)
+        .await?
+        .run(config.listen, shutdown)
+        .await
+}
+
+/// Connect the store (schema, migrations), build the read API and the sender, without
+/// consuming or sending yet.
+pub async fn connect(runtime: RuntimeArgs, sender: SenderArgs) -> anyhow::Result<Consumer<Email>> {
+    // A bad SMTP_URL fails before any connection is tried.
+    sender.smtp_url.parse()?;
+    let consumer = Consumer::connect(Email, runtime, api::router).await?;
+    let sender = sender::Sender::new(consumer.pool().clone(), sender)?;
+    Ok(consumer.with_companion(|stop| sender.run(stop)))
+}

@@ -1,0 +1,9 @@
+use clap::Parser;
+use orderflow_email::{Config, run};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    orderflow_telemetry::init("email");
+    run(config, orderflow_runtime::shutdown_signal()).await
+}

@@ -1,0 +1,159 @@
+//! The sender task: claims due emails from the outbox, sends each over SMTP with `lettre`,
+//! and records the outcome: `sent`, a retry after an exponential backoff, or `failed` after
+//! the last attempt.
+//!
+//! # Guarantee
+//! At least once per email, never during a replay (replayed emails are `suppressed` and
+//! never claimed). A crash between the SMTP server accepting a message and `sent` being
+//! recorded resends it after the claim's lease; the Message-ID (derived from the event id)
+//! is the same, so the receiving side can drop the duplicate.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::config::SenderArgs;
+use crate::store::{self, Claimed};
+
+/// Emails claimed per round.
+const CLAIM_BATCH: i64 = 16;
+/// How long a claim keeps other senders away; longer than an SMTP exchange can take.
+const CLAIM_LEASE: Duration = Duration::from_secs(120);
+/// Timeout of one SMTP exchange.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Sender {
+    pool: PgPool,
+    args: SenderArgs,
+    from: Mailbox,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+}
+
+impl Sender {
+    pub fn new(pool: PgPool, args: SenderArgs) -> anyhow::Result<Self> {
+        let from: Mailbox = args
+            .email_from
+            .parse()
+            .with_context(|| format!("Invalid EMAIL_FROM {:?}", args.email_from))?;
+        let smtp = args.smtp_url.parse()?;
+        // Plain SMTP (the brief's local relay); TLS would be a lettre feature and a scheme.
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
+                .port(smtp.port)
+                .timeout(Some(SMTP_TIMEOUT));
+        if let Some((user, password)) = smtp.credentials() {
+            builder = builder.credentials(Credentials::new(user, password));
+        }
+        let transport = builder.build();
+        Ok(Sender {
+            pool,
+            args,
+            from,
+            transport,
+        })
+    }
+
+    /// Deliver due emails until `stop` turns true (a send in flight finishes first).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        tracing::info!(smtp = ?self.args.smtp_url, "email sender started");
+        let poll = Duration::from_millis(self.args.email_poll_ms);
+        while !*stop.borrow() {
+            let sent_any = match self.round().await {
+                Ok(n) => n > 0,
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "email sender round failed; retrying"
+                    );
+                    false
+                }
+            };
+            if !sent_any {
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        tracing::info!("email sender stopped");
+    }
+
+    /// Claim and send one batch; returns how many were claimed.
+    async fn round(&self) -> anyhow::Result<usize> {
+        let claimed = store::claim(&self.pool, CLAIM_BATCH, CLAIM_LEASE)
+            .await
+            .context("Failed to claim due emails")?;
+        for email in &claimed {
+            self.deliver(email).await?;
+        }
+        Ok(claimed.len())
+    }
+
+    async fn deliver(&self, email: &Claimed) -> anyhow::Result<()> {
+        let attempts = u32::try_from(email.attempts).unwrap_or(u32::MAX);
+        let outcome = match self.message(email) {
+            // A message that cannot be built will not build next time either.
+            Err(error) => Err((format!("{error:#}"), false)),
+            Ok(message) => self
+                .transport
+                .send(message)
+                .await
+                .map(|_| ())
+                .map_err(|e| (e.to_string(), !e.is_permanent())),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(
+                    order_id = email.order_id,
+                    message_id = email.message_id,
+                    attempts,
+                    "confirmation email sent"
+                );
+                store::mark_sent(&self.pool, &email.order_id).await?;
+            }
+            Err((error, retryable)) => {
+                let retry_in = (retryable && attempts < self.args.email_max_attempts)
+                    .then(|| self.args.backoff(attempts));
+                match retry_in {
+                    Some(delay) => tracing::warn!(
+                        order_id = email.order_id,
+                        attempts,
+                        error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "sending email failed; will retry"
+                    ),
+                    None => tracing::error!(
+                        order_id = email.order_id,
+                        attempts,
+                        error,
+                        "sending email failed for good"
+                    ),
+                }
+                store::mark_attempt_failed(&self.pool, &email.order_id, &error, retry_in).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn message(&self, email: &Claimed) -> anyhow::Result<Message> {
+        let to: Mailbox = email
+            .to_address
+            .parse()
+            .with_context(|| format!("Invalid recipient {:?}", email.to_address))?;
+        Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject.clone())
+            .message_id(Some(email.message_id.clone()))
+            .multipart(MultiPart::alternative_plain_html(
+                email.body_text.clone(),
+                email.body_html.clone(),
+            ))
+            .context("Failed to build the email")
+    }
+}

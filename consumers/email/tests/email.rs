@@ -1,0 +1,230 @@
+//! The email consumer against the real broker, Postgres and a real SMTP server (Python's
+//! aiosmtpd, `tests/smtp_sink.py`, interpreter from `ORDERFLOW_PYTHON`): one email per order
+//! with the right recipient, Message-ID and content; retries while the server is down; and
+//! nothing sent during a replay.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use orderflow_consumer_kit::testing::{TestConsumer, isolated_args, start};
+use orderflow_email::{SenderArgs, connect};
+use orderflow_events::{Event, PersonName};
+use orderflow_testkit::events::{order, producer, publish};
+use orderflow_testkit::{fresh_topic, wait_until};
+use serde_json::Value;
+
+/// An aiosmtpd server writing what it receives to a directory; killed when dropped.
+struct SmtpSink {
+    _child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl SmtpSink {
+    async fn start(port: u16) -> SmtpSink {
+        let python = std::env::var("ORDERFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
+        let mut child = tokio::process::Command::new(&python)
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(dir.path())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {python} {}: {e} (set ORDERFLOW_PYTHON to a Python with tests/requirements.txt)", script.display()));
+        wait_until("the SMTP sink to accept connections", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the SMTP sink exited with {status}; is aiosmtpd installed for {python}? (pip install -r tests/requirements.txt)");
+            }
+            async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ()) }
+        })
+        .await;
+        SmtpSink { _child: child, dir }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+}
+
+/// The email consumer on a fresh orders topic, delivering to 127.0.0.1:`smtp_port` with
+/// quick retries.
+async fn start_email(prefix: &str, smtp_port: u16, replay: bool) -> (TestConsumer, String) {
+    start_email_with(prefix, smtp_port, replay, 100).await
+}
+
+async fn start_email_with(
+    prefix: &str,
+    smtp_port: u16,
+    replay: bool,
+    max_attempts: u32,
+) -> (TestConsumer, String) {
+    let orders = fresh_topic(&format!("{prefix}-orders"), 3).await;
+    let mut args = isolated_args(prefix, std::slice::from_ref(&orders));
+    args.replay = replay;
+    let mut sender = SenderArgs::new(&format!("smtp://127.0.0.1:{smtp_port}")).unwrap();
+    sender.email_retry_base_ms = 100;
+    sender.email_retry_max_ms = 400;
+    sender.email_max_attempts = max_attempts;
+    sender.email_poll_ms = 20;
+    let consumer = start(connect(args, sender).await.expect("store connects")).await;
+    (consumer, orders)
+}
+
+async fn email_of(
+    consumer: &TestConsumer,
+    order_id: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    consumer
+        .wait_for(
+            &format!("the email of {order_id} to satisfy the check"),
+            &format!("/v1/emails?order_id={order_id}"),
+            |status, body| {
+                let email = body["emails"].as_array()?.first()?.clone();
+                (status == 200 && check(&email)).then_some(email)
+            },
+        )
+        .await
+}
+
+fn event_id(event: &Event) -> uuid::Uuid {
+    event.event_id()
+}
+
+#[tokio::test]
+async fn an_order_gets_exactly_one_confirmation_with_its_recipient_message_id_and_content() {
+    let port = free_port();
+    let sink = SmtpSink::start(port).await;
+    let (consumer, orders) = start_email("email-one", port, false).await;
+    let mut placed = order("o-1", &[("SKU-A", 2), ("SKU-B", 1)]);
+    if let Event::OrderPlaced(o) = &mut placed {
+        o.customer.name = PersonName::parse("Ada <Countess> & Co").unwrap();
+    }
+    // The same order published again under a new event id (an upstream re-publish).
+    let republished = order("o-1", &[("SKU-A", 2), ("SKU-B", 1)]);
+    publish(&producer(), &orders, &[placed.clone(), republished]).await;
+
+    let email = email_of(&consumer, "o-1", |e| e["status"] == "sent").await;
+    let message_id = format!("<{}@orderflow>", event_id(&placed));
+    assert_eq!(email["to"], "ada@example.com");
+    assert_eq!(email["attempts"], 1);
+    assert_eq!(email["message_id"], message_id.as_str());
+
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1, "exactly one message: {messages:#?}");
+    let message = &messages[0];
+    assert!(
+        message.contains("X-Envelope-To: ada@example.com"),
+        "{message}"
+    );
+    assert!(message.contains("To: ada@example.com"), "{message}");
+    assert!(
+        message.contains(&format!("Message-ID: {message_id}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("Subject: Your order o-1 is confirmed"),
+        "{message}"
+    );
+    assert!(message.contains("multipart/alternative"), "{message}");
+    assert!(
+        message.contains("text/plain") && message.contains("text/html"),
+        "{message}"
+    );
+    assert!(message.contains("Total: 7.50 EUR"), "{message}");
+    // Undo quoted-printable soft line breaks and `=` escapes before looking into the HTML.
+    let unfolded = message
+        .replace("\r\n", "\n")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    assert!(
+        unfolded.contains("Hello Ada &lt;Countess&gt; &amp; Co,</p>"),
+        "the HTML part escapes values: {message}"
+    );
+
+    let (status, body) = consumer.get("/v1/emails?order_id=o-unknown").await;
+    assert_eq!((status, body), (200, serde_json::json!({"emails": []})));
+    let (status, body) = consumer.get("/v1/emails").await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("order_id")));
+    consumer.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_email_is_retried_while_the_smtp_server_is_down_then_sent_once() {
+    let port = free_port();
+    let (consumer, orders) = start_email("email-retry", port, false).await;
+    publish(&producer(), &orders, &[order("o-1", &[("SKU-A", 1)])]).await;
+
+    let failing = email_of(&consumer, "o-1", |e| {
+        e["status"] == "queued" && e["attempts"].as_i64() >= Some(2)
+    })
+    .await;
+    assert!(
+        failing["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{failing}"
+    );
+
+    let sink = SmtpSink::start(port).await;
+    let sent = email_of(&consumer, "o-1", |e| e["status"] == "sent").await;
+    assert!(sent["attempts"].as_i64() > Some(2), "{sent}");
+    assert_eq!(sink.messages().len(), 1);
+    consumer.shutdown().await;
+}
+
+#[tokio::test]
+async fn replay_records_emails_as_suppressed_and_sends_nothing() {
+    let port = free_port();
+    let sink = SmtpSink::start(port).await;
+    let (consumer, orders) = start_email("email-replay", port, true).await;
+    publish(
+        &producer(),
+        &orders,
+        &[order("o-1", &[("SKU-A", 1)]), order("o-2", &[("SKU-A", 1)])],
+    )
+    .await;
+
+    for order_id in ["o-1", "o-2"] {
+        let email = email_of(&consumer, order_id, |e| e["status"] == "suppressed").await;
+        assert_eq!(email["attempts"], 0, "the sender never claimed it: {email}");
+    }
+    // Stopping waits for the sender to finish its round, so anything it sent would be there.
+    consumer.shutdown().await;
+    assert_eq!(sink.messages(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_email_is_marked_failed_after_its_last_attempt() {
+    let port = free_port();
+    let (consumer, orders) = start_email_with("email-failed", port, false, 3).await;
+    publish(&producer(), &orders, &[order("o-1", &[("SKU-A", 1)])]).await;
+
+    let failed = email_of(&consumer, "o-1", |e| e["status"] == "failed").await;
+    assert_eq!(failed["attempts"], 3, "{failed}");
+    assert!(
+        failed["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+    // Nothing retries a failed email, even once a server is there.
+    let sink = SmtpSink::start(port).await;
+    consumer.shutdown().await;
+    assert_eq!(sink.messages(), Vec::<String>::new());
+}

@@ -1,0 +1,71 @@
+//! What an event does to the fulfillment store: an order creates its fulfillment and lines;
+//! a `shipped` stock change naming an order adds to that order's shipped units.
+
+use std::collections::BTreeMap;
+
+use orderflow_consumer_kit::{Amounts, ordered_quantities, shipment};
+use orderflow_events::{Event, INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
+use sqlx::PgConnection;
+
+use crate::store;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The consumer's name: group, schema and DLQ prefix.
+pub const NAME: &str = "fulfillment";
+
+pub struct Fulfillment;
+
+impl Handler for Fulfillment {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()]
+    }
+
+    /// Stock changes that are not shipments of an order do not concern fulfillment.
+    fn wants(&self, event: &Event) -> bool {
+        match event {
+            Event::OrderPlaced(_) => true,
+            Event::InventoryChanged(change) => shipment(change).is_some(),
+        }
+    }
+
+    fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
+        Some(&MIGRATOR)
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Envelope],
+        _ctx: &BatchContext,
+    ) -> Result<(), HandlerError> {
+        let mut orders = BTreeMap::new();
+        let mut lines = Amounts::new();
+        let mut shipped = Amounts::new();
+        for envelope in batch {
+            match &envelope.event {
+                Event::OrderPlaced(order) => {
+                    let order_id = order.order_id.as_str();
+                    orders.entry(order_id.to_owned()).or_insert(order.placed_at);
+                    lines.retain(|(id, _), _| id != order_id);
+                    for (sku, quantity) in ordered_quantities(order) {
+                        lines.insert((order_id.to_owned(), sku), quantity);
+                    }
+                }
+                Event::InventoryChanged(change) => {
+                    if let Some((key, units)) = shipment(change) {
+                        *shipped.entry(key).or_default() += units;
+                    }
+                }
+            }
+        }
+        store::insert_orders(tx, &orders, &lines).await?;
+        store::add_shipped(tx, &shipped).await?;
+        Ok(())
+    }
+}

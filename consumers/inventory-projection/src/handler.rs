@@ -1,0 +1,72 @@
+//! What an event does to the inventory store: every stock change adds to on hand; an order
+//! sets its ordered quantities; a `shipped` change of an order adds to that order's shipped
+//! quantity (which releases its reservation).
+
+use orderflow_consumer_kit::{ordered_quantities, shipment};
+use orderflow_events::{Event, INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
+use sqlx::PgConnection;
+
+use crate::store::{self, Amounts};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The consumer's name: group, schema (`inventory_projection`) and DLQ prefix.
+pub const NAME: &str = "inventory-projection";
+
+pub struct InventoryProjection;
+
+impl Handler for InventoryProjection {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()]
+    }
+
+    fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
+        Some(&MIGRATOR)
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Envelope],
+        _ctx: &BatchContext,
+    ) -> Result<(), HandlerError> {
+        apply_batch(tx, batch).await
+    }
+}
+
+async fn apply_batch(tx: &mut PgConnection, batch: &[Envelope]) -> Result<(), HandlerError> {
+    let mut on_hand = Amounts::new();
+    let mut ordered = Amounts::new();
+    let mut shipped = Amounts::new();
+    for envelope in batch {
+        match &envelope.event {
+            Event::OrderPlaced(order) => {
+                // A later OrderPlaced of the same order replaces the earlier one.
+                ordered.retain(|(order_id, _), _| order_id != order.order_id.as_str());
+                for (sku, quantity) in ordered_quantities(order) {
+                    ordered.insert((order.order_id.as_str().to_owned(), sku), quantity);
+                }
+            }
+            Event::InventoryChanged(change) => {
+                *on_hand
+                    .entry((
+                        change.sku.as_str().to_owned(),
+                        change.warehouse.as_str().to_owned(),
+                    ))
+                    .or_default() += change.delta.get();
+                if let Some((key, units)) = shipment(change) {
+                    *shipped.entry(key).or_default() += units;
+                }
+            }
+        }
+    }
+    store::add_on_hand(tx, &on_hand).await?;
+    store::set_ordered(tx, &ordered).await?;
+    store::add_shipped(tx, &shipped).await?;
+    Ok(())
+}
