@@ -82,7 +82,17 @@ pub struct ReplayReport {
 pub async fn registry(kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     match args.consumer.consumer.as_str() {
         "units-per-sku" => replay(units_per_sku::UnitsPerSku, kafka, args).await,
-        other => bail!("orderflow replay does not know consumer {other}; known: units-per-sku"),
+        "fulfillment" => replay(orderflow_fulfillment::handler::Fulfillment, kafka, args).await,
+        // Replay mode: the email handler records `suppressed` rows and nothing is sent.
+        "email" => replay(orderflow_email::handler::Email, kafka, args).await,
+        "analytics" => replay(orderflow_analytics::handler::Analytics, kafka, args).await,
+        "inventory-projection" => {
+            replay(orderflow_inventory_projection::handler::InventoryProjection, kafka, args).await
+        }
+        other => bail!(
+            "orderflow replay does not know consumer {other}; known: fulfillment, email, analytics, \
+             inventory-projection, units-per-sku"
+        ),
     }
 }
 
