@@ -26,11 +26,12 @@ use crate::records;
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "Examples:
-  orderflow replay units-per-sku                      rebuild into units_per_sku_shadow and compare
-  orderflow replay units-per-sku --promote            ... and swap it in (stop the consumer first)
-  orderflow replay units-per-sku --topic orders.v1 --schema units_per_sku
+  orderflow replay fulfillment                        rebuild into fulfillment_shadow and compare
+  orderflow replay fulfillment --promote              ... and swap it in (stop the consumer first)
+  orderflow replay analytics --topic orders.v1 --topic inventory.v1 --schema analytics
 
-Known consumers: units-per-sku (see the replay registry in crates/cli/src/replay.rs).")]
+Known consumers: fulfillment, email, analytics, inventory-projection (the registry in
+crates/cli/src/replay.rs; email replays record confirmations as `suppressed`, never sent).")]
 pub struct ReplayArgs {
     /// The consumer; the shadow schema is `<schema>_shadow`.
     #[command(flatten)]
@@ -81,7 +82,6 @@ pub struct ReplayReport {
 /// consumer's handler; consumer crates add themselves here.
 pub async fn registry(kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     match args.consumer.consumer.as_str() {
-        "units-per-sku" => replay(units_per_sku::UnitsPerSku, kafka, args).await,
         "fulfillment" => replay(orderflow_fulfillment::handler::Fulfillment, kafka, args).await,
         // Replay mode: the email handler records `suppressed` rows and nothing is sent.
         "email" => replay(orderflow_email::handler::Email, kafka, args).await,
@@ -91,7 +91,7 @@ pub async fn registry(kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<Re
         }
         other => bail!(
             "orderflow replay does not know consumer {other}; known: fulfillment, email, analytics, \
-             inventory-projection, units-per-sku"
+             inventory-projection"
         ),
     }
 }
@@ -365,57 +365,4 @@ pub async fn promote(
         .await
         .with_context(|| format!("Failed to promote {shadow} to {schema}"))?;
     Ok(())
-}
-
-/// The runtime's example consumer (`crates/runtime/examples/units_per_sku`), registered so
-/// `orderflow replay units-per-sku` works; the same handler and migrations.
-pub mod units_per_sku {
-    use orderflow_events::{Event, ORDERS_TOPIC};
-    use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
-    use sqlx::PgConnection;
-
-    static MIGRATOR: sqlx::migrate::Migrator =
-        sqlx::migrate!("../runtime/examples/units_per_sku/migrations");
-
-    pub struct UnitsPerSku;
-
-    impl Handler for UnitsPerSku {
-        fn name(&self) -> &str {
-            "units-per-sku"
-        }
-
-        fn topics(&self) -> Vec<String> {
-            vec![ORDERS_TOPIC.to_owned()]
-        }
-
-        fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
-            Some(&MIGRATOR)
-        }
-
-        async fn apply(
-            &self,
-            tx: &mut PgConnection,
-            batch: &[Envelope],
-            _ctx: &BatchContext,
-        ) -> Result<(), HandlerError> {
-            // As in the example: sum the batch, upsert in sorted order (no deadlocks).
-            let mut units: std::collections::BTreeMap<&str, i64> = Default::default();
-            for envelope in batch {
-                let Event::OrderPlaced(order) = &envelope.event else { continue };
-                for line in &order.lines {
-                    *units.entry(line.sku.as_str()).or_default() += i64::from(line.quantity.get());
-                }
-            }
-            let (skus, counts): (Vec<&str>, Vec<i64>) = units.into_iter().unzip();
-            sqlx::query(
-                "INSERT INTO units_per_sku (sku, units) SELECT * FROM UNNEST($1::text[], $2::bigint[])
-                 ON CONFLICT (sku) DO UPDATE SET units = units_per_sku.units + EXCLUDED.units",
-            )
-            .bind(&skus)
-            .bind(&counts)
-            .execute(&mut *tx)
-            .await?;
-            Ok(())
-        }
-    }
 }
