@@ -40,8 +40,16 @@ pub struct ReplayArgs {
     #[arg(long = "topic", value_name = "TOPIC")]
     pub topics: Vec<String>,
     /// Swap the rebuilt store in when the rebuild is done (the live one is kept as `<schema>_old`).
-    #[arg(long)]
+    /// Only for a rebuild from the beginning: a partial store never replaces the live one.
+    #[arg(long, conflicts_with_all = ["since", "from_offset"])]
     pub promote: bool,
+    /// Rebuild only from records at or after this time (RFC 3339), in every partition: a
+    /// shadow store of the data since then, to study or compare; it cannot be promoted.
+    #[arg(long, value_name = "RFC3339", value_parser = records::parse_time, conflicts_with = "from_offset")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Rebuild only from this offset on, in every partition (clamped to what the broker holds).
+    #[arg(long, value_name = "OFFSET", value_parser = clap::value_parser!(i64).range(0..))]
+    pub from_offset: Option<i64>,
     /// Differing rows to show per table.
     #[arg(long, default_value_t = 5)]
     pub sample: i64,
@@ -151,15 +159,37 @@ pub async fn replay<H: Handler>(
         .await
         .with_context(|| format!("Failed to drop the old shadow schema {shadow}"))?;
     let reader = records::reader(kafka)?;
+    anyhow::ensure!(
+        !(args.promote && (args.since.is_some() || args.from_offset.is_some())),
+        "--promote needs a rebuild from the beginning; a store rebuilt from a point is partial"
+    );
     let mut ends = BTreeMap::new();
+    let mut lows = BTreeMap::new();
     for topic in &topics {
         for partition in records::partitions(&reader, topic)? {
             let (low, high) = records::watermarks(&reader, topic, partition)?;
             if high > low {
                 ends.insert((topic.clone(), partition), high);
+                lows.insert((topic.clone(), partition), low);
             }
         }
     }
+    // Where each partition starts: the beginning, or the given point. The runtime starts a
+    // partition at its stored offset, so a start point is a row in the shadow's offsets.
+    let mut starts = BTreeMap::new();
+    for (tp, &high) in &ends {
+        let low = lows[tp];
+        let start = match (args.since, args.from_offset) {
+            (Some(since), _) => records::offset_for_time(&reader, &tp.0, tp.1, since, (low, high))
+                .await
+                .with_context(|| format!("Failed to find the offset of {since} in {}[{}]", tp.0, tp.1))?,
+            (None, Some(offset)) => offset.clamp(low, high),
+            (None, None) => continue,
+        };
+        starts.insert(tp.clone(), start);
+    }
+    // Offsets below these were not replayed (before the start point, or gone from the broker).
+    let base: i64 = ends.keys().map(|tp| starts.get(tp).copied().unwrap_or(lows[tp])).sum();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -172,6 +202,15 @@ pub async fn replay<H: Handler>(
     runtime_args.replay = true;
     let runtime = Runtime::connect(&handler, runtime_args).await?;
     let shadow_pool = runtime.pool().clone();
+    for ((topic, partition), start) in &starts {
+        sqlx::query("INSERT INTO orderflow_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)")
+            .bind(topic)
+            .bind(partition)
+            .bind(start)
+            .execute(&shadow_pool)
+            .await
+            .with_context(|| format!("Failed to set the start of {topic}[{partition}] in {shadow}"))?;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("Failed to bind the replay's health port")?;
@@ -209,7 +248,7 @@ pub async fn replay<H: Handler>(
     let tables = diff(&pool, &live.schema, &shadow, args.sample).await?;
     let mut report = ReplayReport {
         shadow_schema: shadow.clone(),
-        records_replayed: replayed,
+        records_replayed: replayed - base,
         tables,
         promoted: false,
     };

@@ -43,6 +43,8 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
         },
         topics: vec![topic.clone()],
         promote: false,
+        since: None,
+        from_offset: None,
         sample: 5,
         stall_timeout: 60,
     };
