@@ -62,8 +62,12 @@ fn compose_services_are_pinned_and_depend_on_real_services() {
         }
         let deps: Vec<String> = match &service.depends_on {
             None => vec![],
-            Some(serde_yaml_ng::Value::Sequence(list)) => list.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
-            Some(serde_yaml_ng::Value::Mapping(map)) => map.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
+            Some(serde_yaml_ng::Value::Sequence(list)) => {
+                list.iter().filter_map(|v| v.as_str().map(String::from)).collect()
+            }
+            Some(serde_yaml_ng::Value::Mapping(map)) => {
+                map.keys().filter_map(|k| k.as_str().map(String::from)).collect()
+            }
             Some(other) => panic!("{name}: unexpected depends_on {other:?}"),
         };
         for dep in deps {

@@ -37,42 +37,27 @@ pub struct Params {
 }
 
 fn params(query: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
-    query
-        .map(|Query(p)| p)
-        .map_err(|e| ApiError::bad("query", e.body_text()))
+    query.map(|Query(p)| p).map_err(|e| ApiError::bad("query", e.body_text()))
 }
 
 fn time(field: &'static str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
     let value = bounded(
         field,
-        value.ok_or_else(|| {
-            ApiError::bad(field, "is required (RFC 3339, e.g. 2026-11-22T13:00:00Z)")
-        })?,
+        value.ok_or_else(|| ApiError::bad(field, "is required (RFC 3339, e.g. 2026-11-22T13:00:00Z)"))?,
     )?;
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            ApiError::bad(
-                field,
-                format!("must be an RFC 3339 time like 2026-11-22T13:00:00Z ({e})"),
-            )
-        })
+        .map_err(|e| ApiError::bad(field, format!("must be an RFC 3339 time like 2026-11-22T13:00:00Z ({e})")))
 }
 
 /// `from` and `to`, checked: `from <= to`, and at most `max_days` apart.
 fn range(p: &Params, max_days: i64) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
-    let (from, to) = (
-        time("from", p.from.as_deref())?,
-        time("to", p.to.as_deref())?,
-    );
+    let (from, to) = (time("from", p.from.as_deref())?, time("to", p.to.as_deref())?);
     if from > to {
         return Err(ApiError::bad("from", "must not be after to"));
     }
     if to - from > TimeDelta::days(max_days) {
-        return Err(ApiError::bad(
-            "to",
-            format!("the range is wider than {max_days} days"),
-        ));
+        return Err(ApiError::bad("to", format!("the range is wider than {max_days} days")));
     }
     Ok((from, to))
 }
@@ -90,10 +75,7 @@ fn wants_csv(p: &Params, headers: &HeaderMap) -> Result<bool, ApiError> {
         Some("csv") => Ok(true),
         Some("json") => Ok(false),
         Some(_) => Err(ApiError::bad("format", "must be json or csv")),
-        None => Ok(headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/csv"))),
+        None => Ok(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/csv"))),
     }
 }
 
@@ -104,11 +86,7 @@ async fn sales(
 ) -> Result<Response, ApiError> {
     let p = params(query)?;
     let bucket = bucket(&p)?;
-    let max_days = if bucket == Bucket::Hour {
-        MAX_HOURLY_RANGE_DAYS
-    } else {
-        MAX_DAILY_RANGE_DAYS
-    };
+    let max_days = if bucket == Bucket::Hour { MAX_HOURLY_RANGE_DAYS } else { MAX_DAILY_RANGE_DAYS };
     let (from, to) = range(&p, max_days)?;
     let csv = wants_csv(&p, &headers)?;
     let buckets = store::sales(&pool, bucket, from, to).await?;
@@ -123,19 +101,10 @@ async fn sales(
                 b.revenue_minor
             ));
         }
-        let disposition = format!(
-            "attachment; filename=\"sales-{}.csv\"",
-            if bucket == Bucket::Hour {
-                "hourly"
-            } else {
-                "daily"
-            }
-        );
+        let disposition =
+            format!("attachment; filename=\"sales-{}.csv\"", if bucket == Bucket::Hour { "hourly" } else { "daily" });
         return Ok((
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-                (header::CONTENT_DISPOSITION, disposition),
-            ],
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, disposition)],
             body,
         )
             .into_response());

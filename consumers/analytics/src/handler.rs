@@ -25,27 +25,17 @@ pub fn increments(batch: &[Envelope]) -> Result<Increments, HandlerError> {
                 let hour = order
                     .placed_at
                     .duration_trunc(TimeDelta::hours(1))
-                    .map_err(|e| {
-                        HandlerError::permanent(format!(
-                            "placed_at {} has no hour: {e}",
-                            order.placed_at
-                        ))
-                    })?;
-                *inc.sales
-                    .entry((hour, order.currency.as_str().to_owned()))
-                    .or_default() += Pair(1, order.total_minor.get());
+                    .map_err(|e| HandlerError::permanent(format!("placed_at {} has no hour: {e}", order.placed_at)))?;
+                *inc.sales.entry((hour, order.currency.as_str().to_owned())).or_default() +=
+                    Pair(1, order.total_minor.get());
                 let day = order.placed_at.date_naive();
                 for line in &order.lines {
-                    *inc.units
-                        .entry((day, line.sku.as_str().to_owned()))
-                        .or_default() += i64::from(line.quantity.get());
+                    *inc.units.entry((day, line.sku.as_str().to_owned())).or_default() +=
+                        i64::from(line.quantity.get());
                 }
             }
             Event::InventoryChanged(change) => {
-                let key = (
-                    change.occurred_at.date_naive(),
-                    change.reason.as_str().to_owned(),
-                );
+                let key = (change.occurred_at.date_naive(), change.reason.as_str().to_owned());
                 *inc.movements.entry(key).or_default() += Pair(1, change.delta.get());
             }
         }
@@ -66,12 +56,7 @@ impl Handler for Analytics {
         Some(&MIGRATOR)
     }
 
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Envelope],
-        _ctx: &BatchContext,
-    ) -> Result<(), HandlerError> {
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
         let inc = increments(batch)?;
         store::add(tx, &inc).await?;
         Ok(())

@@ -31,8 +31,7 @@ pub struct Increments {
 
 pub async fn add(tx: &mut PgConnection, inc: &Increments) -> Result<(), sqlx::Error> {
     if !inc.sales.is_empty() {
-        let (hours, currencies): (Vec<_>, Vec<_>) =
-            inc.sales.keys().map(|(h, c)| (*h, c.as_str())).unzip();
+        let (hours, currencies): (Vec<_>, Vec<_>) = inc.sales.keys().map(|(h, c)| (*h, c.as_str())).unzip();
         let (orders, revenue): (Vec<_>, Vec<_>) = inc.sales.values().map(|p| (p.0, p.1)).unzip();
         sqlx::query(
             "INSERT INTO sales_hourly (hour, currency, orders, revenue_minor)
@@ -48,8 +47,7 @@ pub async fn add(tx: &mut PgConnection, inc: &Increments) -> Result<(), sqlx::Er
         .await?;
     }
     if !inc.units.is_empty() {
-        let (days, skus): (Vec<_>, Vec<_>) =
-            inc.units.keys().map(|(d, s)| (*d, s.as_str())).unzip();
+        let (days, skus): (Vec<_>, Vec<_>) = inc.units.keys().map(|(d, s)| (*d, s.as_str())).unzip();
         let units: Vec<i64> = inc.units.values().copied().collect();
         sqlx::query(
             "INSERT INTO units_daily (day, sku, units)
@@ -63,10 +61,8 @@ pub async fn add(tx: &mut PgConnection, inc: &Increments) -> Result<(), sqlx::Er
         .await?;
     }
     if !inc.movements.is_empty() {
-        let (days, reasons): (Vec<_>, Vec<_>) =
-            inc.movements.keys().map(|(d, r)| (*d, r.as_str())).unzip();
-        let (movements, units): (Vec<_>, Vec<_>) =
-            inc.movements.values().map(|p| (p.0, p.1)).unzip();
+        let (days, reasons): (Vec<_>, Vec<_>) = inc.movements.keys().map(|(d, r)| (*d, r.as_str())).unzip();
+        let (movements, units): (Vec<_>, Vec<_>) = inc.movements.values().map(|p| (p.0, p.1)).unzip();
         sqlx::query(
             "INSERT INTO stock_movements_daily (day, reason, movements, units)
              SELECT * FROM UNNEST($1::date[], $2::text[], $3::bigint[], $4::bigint[])
@@ -130,18 +126,12 @@ pub struct UnitsDay {
 }
 
 /// Units sold per sku on the days in `[from, to)`.
-pub async fn units(
-    pool: &PgPool,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<Vec<UnitsDay>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT day, sku, units FROM units_daily WHERE day >= $1 AND day < $2 ORDER BY day, sku",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await
+pub async fn units(pool: &PgPool, from: NaiveDate, to: NaiveDate) -> Result<Vec<UnitsDay>, sqlx::Error> {
+    sqlx::query_as("SELECT day, sku, units FROM units_daily WHERE day >= $1 AND day < $2 ORDER BY day, sku")
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -153,11 +143,7 @@ pub struct MovementsDay {
 }
 
 /// Stock movements per reason on the days in `[from, to)`.
-pub async fn movements(
-    pool: &PgPool,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<Vec<MovementsDay>, sqlx::Error> {
+pub async fn movements(pool: &PgPool, from: NaiveDate, to: NaiveDate) -> Result<Vec<MovementsDay>, sqlx::Error> {
     sqlx::query_as("SELECT day, reason, movements, units FROM stock_movements_daily WHERE day >= $1 AND day < $2 ORDER BY day, reason")
         .bind(from)
         .bind(to)

@@ -16,9 +16,7 @@ async fn start_analytics(prefix: &str) -> (TestConsumer, String, String) {
 }
 
 fn at(time: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(time)
-        .unwrap()
-        .with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(time).unwrap().with_timezone(&Utc)
 }
 
 /// An order of `units` of SKU-A placed at `time` in `currency` (total = 250 per unit).
@@ -75,10 +73,7 @@ async fn sales_are_counted_per_hour_and_currency_and_days_sum_their_hours() {
         {"bucket": "2026-11-22T00:00:00Z", "currency": "EUR", "orders": 3, "revenue_minor": 1750},
         {"bucket": "2026-11-23T00:00:00Z", "currency": "EUR", "orders": 1, "revenue_minor": 250},
     ]});
-    assert_eq!(
-        consumer.get(&format!("/v1/sales?bucket=day&{RANGE}")).await,
-        (200, day_json)
-    );
+    assert_eq!(consumer.get(&format!("/v1/sales?bucket=day&{RANGE}")).await, (200, day_json));
     // The order at `to` is outside the half-open range, and inside the next one.
     consumer
         .wait_for_json(
@@ -89,24 +84,10 @@ async fn sales_are_counted_per_hour_and_currency_and_days_sum_their_hours() {
 
     let expected_csv = "bucket,currency,orders,revenue_minor\n2026-11-22T00:00:00Z,CHF,1,250\n2026-11-22T00:00:00Z,EUR,3,1750\n2026-11-23T00:00:00Z,EUR,1,250\n";
     let url = format!("{}/v1/sales?bucket=day&{RANGE}", consumer.base_url);
-    let by_accept = consumer
-        .client
-        .get(&url)
-        .header("accept", "text/csv")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        by_accept.headers()["content-type"],
-        "text/csv; charset=utf-8"
-    );
+    let by_accept = consumer.client.get(&url).header("accept", "text/csv").send().await.unwrap();
+    assert_eq!(by_accept.headers()["content-type"], "text/csv; charset=utf-8");
     assert_eq!(by_accept.text().await.unwrap(), expected_csv);
-    let by_format = consumer
-        .client
-        .get(format!("{url}&format=csv"))
-        .send()
-        .await
-        .unwrap();
+    let by_format = consumer.client.get(format!("{url}&format=csv")).send().await.unwrap();
     assert_eq!(by_format.text().await.unwrap(), expected_csv);
     consumer.shutdown().await;
 }
@@ -118,10 +99,7 @@ async fn units_per_sku_and_stock_movements_per_reason_are_counted_per_day() {
     publish(
         &producer,
         &orders,
-        &[
-            order_at("o-1", "2026-11-22T10:00:00Z", "EUR", 2),
-            order_at("o-2", "2026-11-22T23:00:00Z", "CHF", 3),
-        ],
+        &[order_at("o-1", "2026-11-22T10:00:00Z", "EUR", 2), order_at("o-2", "2026-11-22T23:00:00Z", "CHF", 3)],
     )
     .await;
     publish(
@@ -158,55 +136,25 @@ async fn units_per_sku_and_stock_movements_per_reason_are_counted_per_day() {
 async fn bad_sales_parameters_answer_400_naming_the_parameter() {
     let (consumer, _orders, _inventory) = start_analytics("ana-params").await;
     let cases = [
-        (
-            "/v1/sales?bucket=week&from=2026-11-22T00:00:00Z&to=2026-11-23T00:00:00Z",
-            "bucket",
-        ),
-        (
-            "/v1/sales?bucket=hour&from=yesterday&to=2026-11-23T00:00:00Z",
-            "from",
-        ),
+        ("/v1/sales?bucket=week&from=2026-11-22T00:00:00Z&to=2026-11-23T00:00:00Z", "bucket"),
+        ("/v1/sales?bucket=hour&from=yesterday&to=2026-11-23T00:00:00Z", "from"),
         ("/v1/sales?bucket=hour&from=2026-11-22T00:00:00Z", "to"),
-        (
-            "/v1/sales?bucket=hour&from=2026-11-23T00:00:00Z&to=2026-11-22T00:00:00Z",
-            "from",
-        ),
-        (
-            "/v1/sales?bucket=hour&from=2026-01-01T00:00:00Z&to=2026-11-22T00:00:00Z",
-            "to",
-        ),
-        (
-            "/v1/sales?bucket=day&from=2020-01-01T00:00:00Z&to=2026-11-22T00:00:00Z",
-            "to",
-        ),
-        (
-            "/v1/sales?bucket=day&from=2026-11-22T00:00:00Z&to=2026-11-23T00:00:00Z&format=xml",
-            "format",
-        ),
+        ("/v1/sales?bucket=hour&from=2026-11-23T00:00:00Z&to=2026-11-22T00:00:00Z", "from"),
+        ("/v1/sales?bucket=hour&from=2026-01-01T00:00:00Z&to=2026-11-22T00:00:00Z", "to"),
+        ("/v1/sales?bucket=day&from=2020-01-01T00:00:00Z&to=2026-11-22T00:00:00Z", "to"),
+        ("/v1/sales?bucket=day&from=2026-11-22T00:00:00Z&to=2026-11-23T00:00:00Z&format=xml", "format"),
         ("/v1/units?from=2026-11-22T00:00:00Z&to=not-a-time", "to"),
     ];
     for (path, field) in cases {
         let (status, body) = consumer.get(path).await;
-        assert_eq!(
-            (status, body["field"].as_str()),
-            (400, Some(field)),
-            "{path}: {body}"
-        );
-        assert!(
-            body["error"].as_str().is_some_and(|e| e.starts_with(field)),
-            "{path}: {body}"
-        );
+        assert_eq!((status, body["field"].as_str()), (400, Some(field)), "{path}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.starts_with(field)), "{path}: {body}");
     }
-    let long = format!(
-        "/v1/sales?bucket=hour&from={}&to=2026-11-22T00:00:00Z",
-        "9".repeat(1000)
-    );
+    let long = format!("/v1/sales?bucket=hour&from={}&to=2026-11-22T00:00:00Z", "9".repeat(1000));
     assert_eq!(consumer.get(&long).await.0, 400);
     // A whole year of days is fine, and an empty store answers an empty list.
     assert_eq!(
-        consumer
-            .get("/v1/sales?bucket=day&from=2025-11-22T00:00:00Z&to=2026-11-22T00:00:00Z")
-            .await,
+        consumer.get("/v1/sales?bucket=day&from=2025-11-22T00:00:00Z&to=2026-11-22T00:00:00Z").await,
         (200, json!({"buckets": []}))
     );
     consumer.shutdown().await;

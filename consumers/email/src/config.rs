@@ -10,11 +10,7 @@ use orderflow_runtime::RuntimeArgs;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8082";
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "email",
-    version,
-    about = "One order-confirmation email per order, from orders.v1, sent over SMTP"
-)]
+#[command(name = "email", version, about = "One order-confirmation email per order, from orders.v1, sent over SMTP")]
 pub struct Config {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -31,20 +27,11 @@ pub struct Config {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SenderArgs {
     /// SMTP server, `smtp://[user:password@]host:port` (credentials are never logged).
-    #[arg(
-        long,
-        env = "SMTP_URL",
-        default_value = "smtp://127.0.0.1:1025",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "SMTP_URL", default_value = "smtp://127.0.0.1:1025", hide_env_values = true)]
     pub smtp_url: RawSmtpUrl,
 
     /// Sender address of the confirmations.
-    #[arg(
-        long,
-        env = "EMAIL_FROM",
-        default_value = "orderflow <orders@orderflow.example>"
-    )]
+    #[arg(long, env = "EMAIL_FROM", default_value = "orderflow <orders@orderflow.example>")]
     pub email_from: String,
 
     /// Attempts before an email is marked `failed`.
@@ -81,10 +68,7 @@ impl SenderArgs {
     /// Delay before attempt `attempts + 1`, after `attempts` failed ones.
     pub fn backoff(&self, attempts: u32) -> Duration {
         let exponent = attempts.saturating_sub(1).min(30);
-        let ms = self
-            .email_retry_base_ms
-            .saturating_mul(1u64 << exponent)
-            .min(self.email_retry_max_ms);
+        let ms = self.email_retry_base_ms.saturating_mul(1u64 << exponent).min(self.email_retry_max_ms);
         Duration::from_millis(ms)
     }
 }
@@ -141,8 +125,7 @@ impl std::str::FromStr for SmtpUrl {
         const EXAMPLE: &str = "like smtp://127.0.0.1:1025 or smtp://user:password@mail.example:587";
         anyhow::ensure!(s.len() <= 2048, "SMTP_URL is longer than 2048 bytes");
         // The parse error never echoes the URL: it may hold a password.
-        let url = url::Url::parse(s)
-            .map_err(|e| anyhow::anyhow!("SMTP_URL is not a URL ({e}); {EXAMPLE}"))?;
+        let url = url::Url::parse(s).map_err(|e| anyhow::anyhow!("SMTP_URL is not a URL ({e}); {EXAMPLE}"))?;
         anyhow::ensure!(
             url.scheme() == "smtp",
             "SMTP_URL must use smtp:// (TLS is not built in; use a local relay), {EXAMPLE}"
@@ -151,22 +134,10 @@ impl std::str::FromStr for SmtpUrl {
             .host_str()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| anyhow::anyhow!("SMTP_URL names no host, {EXAMPLE}"))?;
-        let decode = |v: &str| {
-            percent_encoding::percent_decode_str(v)
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        let credentials = (!url.username().is_empty()).then(|| {
-            (
-                decode(url.username()),
-                decode(url.password().unwrap_or_default()),
-            )
-        });
-        Ok(SmtpUrl {
-            host: host.to_owned(),
-            port: url.port().unwrap_or(25),
-            credentials,
-        })
+        let decode = |v: &str| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned();
+        let credentials =
+            (!url.username().is_empty()).then(|| (decode(url.username()), decode(url.password().unwrap_or_default())));
+        Ok(SmtpUrl { host: host.to_owned(), port: url.port().unwrap_or(25), credentials })
     }
 }
 
@@ -189,16 +160,10 @@ mod tests {
     #[test]
     fn smtp_credentials_never_show_in_debug_output() {
         let url: SmtpUrl = "smtp://mailer:s3cret@mail.example:2525".parse().unwrap();
-        assert_eq!(
-            format!("{url:?} {url}"),
-            "smtp://mail.example:2525 smtp://mail.example:2525"
-        );
+        assert_eq!(format!("{url:?} {url}"), "smtp://mail.example:2525 smtp://mail.example:2525");
         let args = SenderArgs::new("smtp://mailer:s3cret@mail.example:2525").unwrap();
         assert_eq!(format!("{:?}", args.smtp_url), "smtp://mail.example:2525");
-        let invalid = SenderArgs {
-            smtp_url: "smtps://mailer:s3cret@mail.example".parse().unwrap(),
-            ..args
-        };
+        let invalid = SenderArgs { smtp_url: "smtps://mailer:s3cret@mail.example".parse().unwrap(), ..args };
         assert!(!format!("{invalid:?}").contains("s3cret"));
     }
 
@@ -206,16 +171,10 @@ mod tests {
     fn non_smtp_urls_are_rejected_with_an_example() {
         let error = "http://mail:25".parse::<SmtpUrl>().unwrap_err().to_string();
         assert!(error.contains("smtp://127.0.0.1:1025"), "{error}");
-        let error = "smtp://user:p@ss word@"
-            .parse::<SmtpUrl>()
-            .unwrap_err()
-            .to_string();
+        let error = "smtp://user:p@ss word@".parse::<SmtpUrl>().unwrap_err().to_string();
         assert!(!error.contains("p@ss"), "{error}");
         let url: SmtpUrl = "smtp://us%40er:p%3Ass@mail.example".parse().unwrap();
-        assert_eq!(
-            (url.port, url.credentials()),
-            (25, Some(("us@er".into(), "p:ss".into())))
-        );
+        assert_eq!((url.port, url.credentials()), (25, Some(("us@er".into(), "p:ss".into()))));
     }
 
     #[test]
@@ -223,9 +182,7 @@ mod tests {
         let mut args = SenderArgs::new("smtp://x:1").unwrap();
         args.email_retry_base_ms = 100;
         args.email_retry_max_ms = 1000;
-        let delays: Vec<u64> = (1..=6)
-            .map(|a| args.backoff(a).as_millis() as u64)
-            .collect();
+        let delays: Vec<u64> = (1..=6).map(|a| args.backoff(a).as_millis() as u64).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
     }
 }

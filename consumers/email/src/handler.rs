@@ -34,12 +34,7 @@ impl Handler for Email {
         Some(&MIGRATOR)
     }
 
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Envelope],
-        ctx: &BatchContext,
-    ) -> Result<(), HandlerError> {
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], ctx: &BatchContext) -> Result<(), HandlerError> {
         let mut emails = BTreeMap::new();
         for envelope in batch {
             if let Event::OrderPlaced(order) = &envelope.event {

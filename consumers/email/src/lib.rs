@@ -32,14 +32,8 @@ use orderflow_consumer_kit::Consumer;
 use orderflow_runtime::RuntimeArgs;
 
 /// Consume, send and serve on `config.listen` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    connect(config.runtime, config.sender)
-        .await?
-        .run(config.listen, shutdown)
-        .await
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    connect(config.runtime, config.sender).await?.run(config.listen, shutdown).await
 }
 
 /// Connect the store (schema, migrations), build the read API and the sender, without

@@ -36,26 +36,18 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(pool: PgPool, args: SenderArgs) -> anyhow::Result<Self> {
-        let from: Mailbox = args
-            .email_from
-            .parse()
-            .with_context(|| format!("Invalid EMAIL_FROM {:?}", args.email_from))?;
+        let from: Mailbox =
+            args.email_from.parse().with_context(|| format!("Invalid EMAIL_FROM {:?}", args.email_from))?;
         let smtp = args.smtp_url.parse()?;
         // Plain SMTP (the brief's local relay); TLS would be a lettre feature and a scheme.
-        let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
-                .port(smtp.port)
-                .timeout(Some(SMTP_TIMEOUT));
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
+            .port(smtp.port)
+            .timeout(Some(SMTP_TIMEOUT));
         if let Some((user, password)) = smtp.credentials() {
             builder = builder.credentials(Credentials::new(user, password));
         }
         let transport = builder.build();
-        Ok(Sender {
-            pool,
-            args,
-            from,
-            transport,
-        })
+        Ok(Sender { pool, args, from, transport })
     }
 
     /// Deliver due emails until `stop` turns true (a send in flight finishes first).
@@ -66,10 +58,7 @@ impl Sender {
             let sent_any = match self.round().await {
                 Ok(n) => n > 0,
                 Err(error) => {
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        "email sender round failed; retrying"
-                    );
+                    tracing::warn!(error = format!("{error:#}"), "email sender round failed; retrying");
                     false
                 }
             };
@@ -85,9 +74,7 @@ impl Sender {
 
     /// Claim and send one batch; returns how many were claimed.
     async fn round(&self) -> anyhow::Result<usize> {
-        let claimed = store::claim(&self.pool, CLAIM_BATCH, CLAIM_LEASE)
-            .await
-            .context("Failed to claim due emails")?;
+        let claimed = store::claim(&self.pool, CLAIM_BATCH, CLAIM_LEASE).await.context("Failed to claim due emails")?;
         for email in &claimed {
             self.deliver(email).await?;
         }
@@ -99,12 +86,9 @@ impl Sender {
         let outcome = match self.message(email) {
             // A message that cannot be built will not build next time either.
             Err(error) => Err((format!("{error:#}"), false)),
-            Ok(message) => self
-                .transport
-                .send(message)
-                .await
-                .map(|_| ())
-                .map_err(|e| (e.to_string(), !e.is_permanent())),
+            Ok(message) => {
+                self.transport.send(message).await.map(|_| ()).map_err(|e| (e.to_string(), !e.is_permanent()))
+            }
         };
         match outcome {
             Ok(()) => {
@@ -117,8 +101,8 @@ impl Sender {
                 store::mark_sent(&self.pool, &email.order_id).await?;
             }
             Err((error, retryable)) => {
-                let retry_in = (retryable && attempts < self.args.email_max_attempts)
-                    .then(|| self.args.backoff(attempts));
+                let retry_in =
+                    (retryable && attempts < self.args.email_max_attempts).then(|| self.args.backoff(attempts));
                 match retry_in {
                     Some(delay) => tracing::warn!(
                         order_id = email.order_id,
@@ -127,12 +111,9 @@ impl Sender {
                         retry_in_ms = delay.as_millis() as u64,
                         "sending email failed; will retry"
                     ),
-                    None => tracing::error!(
-                        order_id = email.order_id,
-                        attempts,
-                        error,
-                        "sending email failed for good"
-                    ),
+                    None => {
+                        tracing::error!(order_id = email.order_id, attempts, error, "sending email failed for good")
+                    }
                 }
                 store::mark_attempt_failed(&self.pool, &email.order_id, &error, retry_in).await?;
             }
@@ -141,19 +122,14 @@ impl Sender {
     }
 
     fn message(&self, email: &Claimed) -> anyhow::Result<Message> {
-        let to: Mailbox = email
-            .to_address
-            .parse()
-            .with_context(|| format!("Invalid recipient {:?}", email.to_address))?;
+        let to: Mailbox =
+            email.to_address.parse().with_context(|| format!("Invalid recipient {:?}", email.to_address))?;
         Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(email.subject.clone())
             .message_id(Some(email.message_id.clone()))
-            .multipart(MultiPart::alternative_plain_html(
-                email.body_text.clone(),
-                email.body_html.clone(),
-            ))
+            .multipart(MultiPart::alternative_plain_html(email.body_text.clone(), email.body_html.clone()))
             .context("Failed to build the email")
     }
 }

@@ -26,8 +26,7 @@ pub async fn queue(
     }
     let order_ids: Vec<&str> = emails.keys().map(String::as_str).collect();
     let event_ids: Vec<Uuid> = emails.values().map(|(id, _)| *id).collect();
-    let column =
-        |f: fn(&Rendered) -> &str| emails.values().map(|(_, r)| f(r)).collect::<Vec<&str>>();
+    let column = |f: fn(&Rendered) -> &str| emails.values().map(|(_, r)| f(r)).collect::<Vec<&str>>();
     sqlx::query(
         "INSERT INTO emails (order_id, event_id, to_address, subject, body_text, body_html, message_id, status)
          SELECT o, e, t, s, bt, bh, m, $8
@@ -63,11 +62,7 @@ pub struct Claimed {
 /// Claim up to `limit` due emails: count the attempt and push `next_attempt_at` forward by
 /// `lease`, so other senders skip them and a sender that dies mid-send leaves them to be
 /// retried once the lease runs out.
-pub async fn claim(
-    pool: &PgPool,
-    limit: i64,
-    lease: Duration,
-) -> Result<Vec<Claimed>, sqlx::Error> {
+pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE emails SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
          WHERE order_id IN (
@@ -126,10 +121,7 @@ pub struct EmailView {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
-pub async fn emails_for_order(
-    pool: &PgPool,
-    order_id: &str,
-) -> Result<Vec<EmailView>, sqlx::Error> {
+pub async fn emails_for_order(pool: &PgPool, order_id: &str) -> Result<Vec<EmailView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT order_id, to_address, subject, status, attempts, message_id, last_error, next_attempt_at, sent_at
          FROM emails WHERE order_id = $1",

@@ -29,14 +29,8 @@ pub fn money(minor: i64, currency: &Currency) -> String {
     }
     let scale = 10i64.pow(exponent);
     let sign = if minor < 0 { "-" } else { "" };
-    let (units, cents) = (
-        minor.unsigned_abs() / scale.unsigned_abs(),
-        minor.unsigned_abs() % scale.unsigned_abs(),
-    );
-    format!(
-        "{sign}{units}.{cents:0width$} {code}",
-        width = exponent as usize
-    )
+    let (units, cents) = (minor.unsigned_abs() / scale.unsigned_abs(), minor.unsigned_abs() % scale.unsigned_abs());
+    format!("{sign}{units}.{cents:0width$} {code}", width = exponent as usize)
 }
 
 fn escape(s: &str) -> String {
@@ -66,11 +60,7 @@ pub fn render(order: &OrderPlaced) -> Rendered {
     let mut rows = String::new();
     for line in &order.lines {
         let price = money(line.unit_price_minor.get(), currency);
-        text.push_str(&format!(
-            "  {} x {}  at {price}\n",
-            line.quantity.get(),
-            line.sku.as_str()
-        ));
+        text.push_str(&format!("  {} x {}  at {price}\n", line.quantity.get(), line.sku.as_str()));
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(line.sku.as_str()),
@@ -86,9 +76,7 @@ pub fn render(order: &OrderPlaced) -> Rendered {
         address.city.as_str(),
         address.country.as_str()
     );
-    text.push_str(&format!(
-        "\nTotal: {total}\nShipping to: {ship_to}\n\nWe will let you know when it ships.\n"
-    ));
+    text.push_str(&format!("\nTotal: {total}\nShipping to: {ship_to}\n\nWe will let you know when it ships.\n"));
     let html = format!(
         "<!DOCTYPE html><html><body><p>Hello {},</p><p>thank you for your order <strong>{}</strong>.</p>\
          <table><tr><th>SKU</th><th>Quantity</th><th>Unit price</th></tr>{rows}</table>\
@@ -121,9 +109,6 @@ mod tests {
 
     #[test]
     fn html_escapes_values_from_the_event() {
-        assert_eq!(
-            escape("<b>Ada & \"Bob\"</b>"),
-            "&lt;b&gt;Ada &amp; &quot;Bob&quot;&lt;/b&gt;"
-        );
+        assert_eq!(escape("<b>Ada & \"Bob\"</b>"), "&lt;b&gt;Ada &amp; &quot;Bob&quot;&lt;/b&gt;");
     }
 }

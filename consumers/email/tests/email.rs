@@ -20,11 +20,7 @@ struct SmtpSink {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl SmtpSink {
@@ -38,7 +34,12 @@ impl SmtpSink {
             .arg(dir.path())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {python} {}: {e} (set ORDERFLOW_PYTHON to a Python with tests/requirements.txt)", script.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {python} {}: {e} (set ORDERFLOW_PYTHON to a Python with tests/requirements.txt)",
+                    script.display()
+                )
+            });
         wait_until("the SMTP sink to accept connections", Duration::from_secs(30), || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("the SMTP sink exited with {status}; is aiosmtpd installed for {python}? (pip install -r tests/requirements.txt)");
@@ -56,10 +57,7 @@ impl SmtpSink {
             .filter(|p| p.extension().is_some_and(|e| e == "eml"))
             .collect();
         files.sort();
-        files
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap())
-            .collect()
+        files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
     }
 }
 
@@ -69,12 +67,7 @@ async fn start_email(prefix: &str, smtp_port: u16, replay: bool) -> (TestConsume
     start_email_with(prefix, smtp_port, replay, 100).await
 }
 
-async fn start_email_with(
-    prefix: &str,
-    smtp_port: u16,
-    replay: bool,
-    max_attempts: u32,
-) -> (TestConsumer, String) {
+async fn start_email_with(prefix: &str, smtp_port: u16, replay: bool, max_attempts: u32) -> (TestConsumer, String) {
     let orders = fresh_topic(&format!("{prefix}-orders"), 3).await;
     let mut args = isolated_args(prefix, std::slice::from_ref(&orders));
     args.replay = replay;
@@ -87,11 +80,7 @@ async fn start_email_with(
     (consumer, orders)
 }
 
-async fn email_of(
-    consumer: &TestConsumer,
-    order_id: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
+async fn email_of(consumer: &TestConsumer, order_id: &str, check: impl Fn(&Value) -> bool) -> Value {
     consumer
         .wait_for(
             &format!("the email of {order_id} to satisfy the check"),
@@ -130,34 +119,16 @@ async fn an_order_gets_exactly_one_confirmation_with_its_recipient_message_id_an
     let messages = sink.messages();
     assert_eq!(messages.len(), 1, "exactly one message: {messages:#?}");
     let message = &messages[0];
-    assert!(
-        message.contains("X-Envelope-To: ada@example.com"),
-        "{message}"
-    );
+    assert!(message.contains("X-Envelope-To: ada@example.com"), "{message}");
     assert!(message.contains("To: ada@example.com"), "{message}");
-    assert!(
-        message.contains(&format!("Message-ID: {message_id}")),
-        "{message}"
-    );
-    assert!(
-        message.contains("Subject: Your order o-1 is confirmed"),
-        "{message}"
-    );
+    assert!(message.contains(&format!("Message-ID: {message_id}")), "{message}");
+    assert!(message.contains("Subject: Your order o-1 is confirmed"), "{message}");
     assert!(message.contains("multipart/alternative"), "{message}");
-    assert!(
-        message.contains("text/plain") && message.contains("text/html"),
-        "{message}"
-    );
+    assert!(message.contains("text/plain") && message.contains("text/html"), "{message}");
     assert!(message.contains("Total: 7.50 EUR"), "{message}");
     // Undo quoted-printable soft line breaks and `=` escapes before looking into the HTML.
-    let unfolded = message
-        .replace("\r\n", "\n")
-        .replace("=\n", "")
-        .replace("=3D", "=");
-    assert!(
-        unfolded.contains("Hello Ada &lt;Countess&gt; &amp; Co,</p>"),
-        "the HTML part escapes values: {message}"
-    );
+    let unfolded = message.replace("\r\n", "\n").replace("=\n", "").replace("=3D", "=");
+    assert!(unfolded.contains("Hello Ada &lt;Countess&gt; &amp; Co,</p>"), "the HTML part escapes values: {message}");
 
     let (status, body) = consumer.get("/v1/emails?order_id=o-unknown").await;
     assert_eq!((status, body), (200, serde_json::json!({"emails": []})));
@@ -172,16 +143,8 @@ async fn an_email_is_retried_while_the_smtp_server_is_down_then_sent_once() {
     let (consumer, orders) = start_email("email-retry", port, false).await;
     publish(&producer(), &orders, &[order("o-1", &[("SKU-A", 1)])]).await;
 
-    let failing = email_of(&consumer, "o-1", |e| {
-        e["status"] == "queued" && e["attempts"].as_i64() >= Some(2)
-    })
-    .await;
-    assert!(
-        failing["last_error"]
-            .as_str()
-            .is_some_and(|e| !e.is_empty()),
-        "{failing}"
-    );
+    let failing = email_of(&consumer, "o-1", |e| e["status"] == "queued" && e["attempts"].as_i64() >= Some(2)).await;
+    assert!(failing["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{failing}");
 
     let sink = SmtpSink::start(port).await;
     let sent = email_of(&consumer, "o-1", |e| e["status"] == "sent").await;
@@ -195,12 +158,7 @@ async fn replay_records_emails_as_suppressed_and_sends_nothing() {
     let port = free_port();
     let sink = SmtpSink::start(port).await;
     let (consumer, orders) = start_email("email-replay", port, true).await;
-    publish(
-        &producer(),
-        &orders,
-        &[order("o-1", &[("SKU-A", 1)]), order("o-2", &[("SKU-A", 1)])],
-    )
-    .await;
+    publish(&producer(), &orders, &[order("o-1", &[("SKU-A", 1)]), order("o-2", &[("SKU-A", 1)])]).await;
 
     for order_id in ["o-1", "o-2"] {
         let email = email_of(&consumer, order_id, |e| e["status"] == "suppressed").await;
@@ -219,10 +177,7 @@ async fn an_email_is_marked_failed_after_its_last_attempt() {
 
     let failed = email_of(&consumer, "o-1", |e| e["status"] == "failed").await;
     assert_eq!(failed["attempts"], 3, "{failed}");
-    assert!(
-        failed["last_error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{failed}"
-    );
+    assert!(failed["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{failed}");
     // Nothing retries a failed email, even once a server is there.
     let sink = SmtpSink::start(port).await;
     consumer.shutdown().await;

@@ -38,12 +38,7 @@ impl Handler for Fulfillment {
         Some(&MIGRATOR)
     }
 
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Envelope],
-        _ctx: &BatchContext,
-    ) -> Result<(), HandlerError> {
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
         let mut orders = BTreeMap::new();
         let mut lines = Amounts::new();
         let mut shipped = Amounts::new();

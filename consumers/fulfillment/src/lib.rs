@@ -28,14 +28,8 @@ use orderflow_consumer_kit::Consumer;
 use orderflow_runtime::RuntimeArgs;
 
 /// Consume and serve on `config.listen` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    connect(config.runtime)
-        .await?
-        .run(config.listen, shutdown)
-        .await
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    connect(config.runtime).await?.run(config.listen, shutdown).await
 }
 
 /// Connect the store (schema, migrations) and build the read API, without consuming yet.

@@ -28,26 +28,12 @@ pub async fn insert_orders(
     .bind(&placed)
     .execute(&mut *tx)
     .await?;
-    upsert_amounts(
-        tx,
-        "fulfillment_lines",
-        ["order_id", "sku", "quantity"],
-        Merge::Replace,
-        lines,
-    )
-    .await
+    upsert_amounts(tx, "fulfillment_lines", ["order_id", "sku", "quantity"], Merge::Replace, lines).await
 }
 
 /// Add shipped units per (order id, sku).
 pub async fn add_shipped(tx: &mut PgConnection, shipped: &Amounts) -> Result<(), sqlx::Error> {
-    upsert_amounts(
-        tx,
-        "shipments",
-        ["order_id", "sku", "shipped"],
-        Merge::Add,
-        shipped,
-    )
-    .await
+    upsert_amounts(tx, "shipments", ["order_id", "sku", "shipped"], Merge::Add, shipped).await
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -89,16 +75,12 @@ pub struct Fulfillment {
 
 /// One order's fulfillment, or `None` when the order is unknown (even if shipments of it
 /// were seen: they count once it arrives).
-pub async fn fulfillment(
-    pool: &PgPool,
-    order_id: &str,
-) -> Result<Option<Fulfillment>, sqlx::Error> {
-    let Some(placed_at) = sqlx::query_scalar::<_, DateTime<Utc>>(
-        "SELECT placed_at FROM fulfillments WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(pool)
-    .await?
+pub async fn fulfillment(pool: &PgPool, order_id: &str) -> Result<Option<Fulfillment>, sqlx::Error> {
+    let Some(placed_at) =
+        sqlx::query_scalar::<_, DateTime<Utc>>("SELECT placed_at FROM fulfillments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(pool)
+            .await?
     else {
         return Ok(None);
     };
@@ -110,12 +92,7 @@ pub async fn fulfillment(
     .bind(order_id)
     .fetch_all(pool)
     .await?;
-    Ok(Some(Fulfillment {
-        order_id: order_id.to_owned(),
-        status: Status::of(&lines),
-        placed_at,
-        lines,
-    }))
+    Ok(Some(Fulfillment { order_id: order_id.to_owned(), status: Status::of(&lines), placed_at, lines }))
 }
 
 #[cfg(test)]
@@ -123,24 +100,14 @@ mod tests {
     use super::*;
 
     fn line(quantity: i64, shipped: i64) -> Line {
-        Line {
-            sku: "S".into(),
-            quantity,
-            shipped,
-        }
+        Line { sku: "S".into(), quantity, shipped }
     }
 
     #[test]
     fn status_follows_how_much_of_each_line_shipped() {
         assert_eq!(Status::of(&[line(2, 0), line(1, 0)]), Status::Pending);
-        assert_eq!(
-            Status::of(&[line(2, 1), line(1, 0)]),
-            Status::PartiallyShipped
-        );
-        assert_eq!(
-            Status::of(&[line(2, 2), line(1, 0)]),
-            Status::PartiallyShipped
-        );
+        assert_eq!(Status::of(&[line(2, 1), line(1, 0)]), Status::PartiallyShipped);
+        assert_eq!(Status::of(&[line(2, 2), line(1, 0)]), Status::PartiallyShipped);
         assert_eq!(Status::of(&[line(2, 2), line(1, 3)]), Status::Shipped);
         assert_eq!(Status::of(&[]), Status::Pending);
     }

@@ -19,15 +19,11 @@ async fn start_fulfillment(prefix: &str) -> (TestConsumer, String, String) {
 async fn wait_for_fulfillment(consumer: &TestConsumer, order_id: &str, expected: Value) {
     let what = format!("fulfillment {order_id} to be {expected}");
     consumer
-        .wait_for(
-            &what,
-            &format!("/v1/fulfillments/{order_id}"),
-            |status, body| {
-                let mut body = body.clone();
-                body.as_object_mut()?.remove("placed_at")?;
-                (status == 200 && body == expected).then_some(())
-            },
-        )
+        .wait_for(&what, &format!("/v1/fulfillments/{order_id}"), |status, body| {
+            let mut body = body.clone();
+            body.as_object_mut()?.remove("placed_at")?;
+            (status == 200 && body == expected).then_some(())
+        })
         .await
 }
 
@@ -42,39 +38,23 @@ fn fulfillment(status: &str, a_shipped: i64, b_shipped: i64) -> Value {
 async fn status_goes_from_pending_to_partially_shipped_to_shipped_as_shipments_cover_lines() {
     let (consumer, orders, inventory) = start_fulfillment("ful-inorder").await;
     let producer = producer();
-    publish(
-        &producer,
-        &orders,
-        &[order("o-1", &[("SKU-A", 2), ("SKU-B", 1)])],
-    )
-    .await;
+    publish(&producer, &orders, &[order("o-1", &[("SKU-A", 2), ("SKU-B", 1)])]).await;
     wait_for_fulfillment(&consumer, "o-1", fulfillment("pending", 0, 0)).await;
 
     // Stock changes that are not shipments of this order change nothing.
     publish(
         &producer,
         &inventory,
-        &[
-            stock_change("SKU-A", 50, "received", None),
-            stock_change("SKU-A", -1, "shipped", Some("o-other")),
-        ],
+        &[stock_change("SKU-A", 50, "received", None), stock_change("SKU-A", -1, "shipped", Some("o-other"))],
     )
     .await;
-    publish(
-        &producer,
-        &inventory,
-        &[stock_change("SKU-A", -1, "shipped", Some("o-1"))],
-    )
-    .await;
+    publish(&producer, &inventory, &[stock_change("SKU-A", -1, "shipped", Some("o-1"))]).await;
     wait_for_fulfillment(&consumer, "o-1", fulfillment("partially_shipped", 1, 0)).await;
 
     publish(
         &producer,
         &inventory,
-        &[
-            stock_change("SKU-A", -1, "shipped", Some("o-1")),
-            stock_change("SKU-B", -1, "shipped", Some("o-1")),
-        ],
+        &[stock_change("SKU-A", -1, "shipped", Some("o-1")), stock_change("SKU-B", -1, "shipped", Some("o-1"))],
     )
     .await;
     wait_for_fulfillment(&consumer, "o-1", fulfillment("shipped", 2, 1)).await;
@@ -84,51 +64,31 @@ async fn status_goes_from_pending_to_partially_shipped_to_shipped_as_shipments_c
 #[tokio::test]
 async fn shipments_applied_before_their_order_count_once_it_arrives() {
     let (orders, inventory) = fresh_topics("ful-reordered").await;
-    let connected = connect(isolated_args(
-        "ful-reordered",
-        &[orders.clone(), inventory.clone()],
-    ))
-    .await
-    .expect("store connects");
+    let connected =
+        connect(isolated_args("ful-reordered", &[orders.clone(), inventory.clone()])).await.expect("store connects");
     let pool = connected.pool().clone();
     let consumer = start(connected).await;
     let producer = producer();
     publish(
         &producer,
         &inventory,
-        &[
-            stock_change("SKU-A", -2, "shipped", Some("o-1")),
-            stock_change("SKU-B", -1, "shipped", Some("o-1")),
-        ],
+        &[stock_change("SKU-A", -2, "shipped", Some("o-1")), stock_change("SKU-B", -1, "shipped", Some("o-1"))],
     )
     .await;
     // Both shipments are in the store while the order is still unknown.
-    wait_until(
-        "the shipments to be applied",
-        Duration::from_secs(60),
-        || async {
-            let units: Option<i64> = sqlx::query_scalar(
-                "SELECT sum(shipped)::bigint FROM shipments WHERE order_id = 'o-1'",
-            )
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-            (units == Some(3)).then_some(())
-        },
-    )
+    wait_until("the shipments to be applied", Duration::from_secs(60), || async {
+        let units: Option<i64> =
+            sqlx::query_scalar("SELECT sum(shipped)::bigint FROM shipments WHERE order_id = 'o-1'")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+        (units == Some(3)).then_some(())
+    })
     .await;
     let (status, _) = consumer.get("/v1/fulfillments/o-1").await;
-    assert_eq!(
-        status, 404,
-        "an order known only from its shipments is not a fulfillment yet"
-    );
+    assert_eq!(status, 404, "an order known only from its shipments is not a fulfillment yet");
 
-    publish(
-        &producer,
-        &orders,
-        &[order("o-1", &[("SKU-A", 2), ("SKU-B", 1)])],
-    )
-    .await;
+    publish(&producer, &orders, &[order("o-1", &[("SKU-A", 2), ("SKU-B", 1)])]).await;
     wait_for_fulfillment(&consumer, "o-1", fulfillment("shipped", 2, 1)).await;
     consumer.shutdown().await;
 }
@@ -138,17 +98,8 @@ async fn unknown_orders_answer_404_and_malformed_ids_400_with_json() {
     let (consumer, _orders, _inventory) = start_fulfillment("ful-errors").await;
     let (status, body) = consumer.get("/v1/fulfillments/o-never").await;
     assert_eq!(status, 404, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("o-never"),
-        "{body}"
-    );
-    let (status, body) = consumer
-        .get(&format!("/v1/fulfillments/{}", "x".repeat(300)))
-        .await;
-    assert_eq!(
-        (status, body["field"].as_str()),
-        (400, Some("order_id")),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("o-never"), "{body}");
+    let (status, body) = consumer.get(&format!("/v1/fulfillments/{}", "x".repeat(300))).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("order_id")), "{body}");
     consumer.shutdown().await;
 }

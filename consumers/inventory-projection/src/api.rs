@@ -10,15 +10,10 @@ use sqlx::PgPool;
 use crate::store::{self, SkuInventory};
 
 pub fn router(pool: PgPool) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/inventory/{sku}", get(inventory))
-        .with_state(pool)
+    axum::Router::new().route("/v1/inventory/{sku}", get(inventory)).with_state(pool)
 }
 
-async fn inventory(
-    State(pool): State<PgPool>,
-    Path(sku): Path<String>,
-) -> Result<Json<SkuInventory>, ApiError> {
+async fn inventory(State(pool): State<PgPool>, Path(sku): Path<String>) -> Result<Json<SkuInventory>, ApiError> {
     let sku = Sku::parse(bounded("sku", &sku)?).map_err(|e| ApiError::bad("sku", e.to_string()))?;
     match store::sku_inventory(&pool, sku.as_str()).await? {
         Some(found) => Ok(Json(found)),

@@ -29,12 +29,7 @@ impl Handler for InventoryProjection {
         Some(&MIGRATOR)
     }
 
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Envelope],
-        _ctx: &BatchContext,
-    ) -> Result<(), HandlerError> {
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
         apply_batch(tx, batch).await
     }
 }
@@ -53,12 +48,8 @@ async fn apply_batch(tx: &mut PgConnection, batch: &[Envelope]) -> Result<(), Ha
                 }
             }
             Event::InventoryChanged(change) => {
-                *on_hand
-                    .entry((
-                        change.sku.as_str().to_owned(),
-                        change.warehouse.as_str().to_owned(),
-                    ))
-                    .or_default() += change.delta.get();
+                *on_hand.entry((change.sku.as_str().to_owned(), change.warehouse.as_str().to_owned())).or_default() +=
+                    change.delta.get();
                 if let Some((key, units)) = shipment(change) {
                     *shipped.entry(key).or_default() += units;
                 }

@@ -10,39 +10,18 @@ use sqlx::{PgConnection, PgPool};
 
 /// Add stock deltas per (sku, warehouse).
 pub async fn add_on_hand(tx: &mut PgConnection, deltas: &Amounts) -> Result<(), sqlx::Error> {
-    upsert_amounts(
-        tx,
-        "stock",
-        ["sku", "warehouse", "on_hand"],
-        Merge::Add,
-        deltas,
-    )
-    .await
+    upsert_amounts(tx, "stock", ["sku", "warehouse", "on_hand"], Merge::Add, deltas).await
 }
 
 /// Record what orders asked for per (order id, sku). An order is a fact: a second
 /// OrderPlaced of the same order overwrites rather than adds.
 pub async fn set_ordered(tx: &mut PgConnection, ordered: &Amounts) -> Result<(), sqlx::Error> {
-    upsert_amounts(
-        tx,
-        "order_skus",
-        ["order_id", "sku", "ordered"],
-        Merge::Replace,
-        ordered,
-    )
-    .await
+    upsert_amounts(tx, "order_skus", ["order_id", "sku", "ordered"], Merge::Replace, ordered).await
 }
 
 /// Add shipped units per (order id, sku), whether or not the order is known yet.
 pub async fn add_shipped(tx: &mut PgConnection, shipped: &Amounts) -> Result<(), sqlx::Error> {
-    upsert_amounts(
-        tx,
-        "order_skus",
-        ["order_id", "sku", "shipped"],
-        Merge::Add,
-        shipped,
-    )
-    .await
+    upsert_amounts(tx, "order_skus", ["order_id", "sku", "shipped"], Merge::Add, shipped).await
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -78,11 +57,5 @@ pub async fn sku_inventory(pool: &PgPool, sku: &str) -> Result<Option<SkuInvento
         return Ok(None);
     }
     let on_hand = warehouses.iter().map(|w| w.on_hand).sum();
-    Ok(Some(SkuInventory {
-        sku: sku.to_owned(),
-        warehouses,
-        on_hand,
-        reserved,
-        available: on_hand - reserved,
-    }))
+    Ok(Some(SkuInventory { sku: sku.to_owned(), warehouses, on_hand, reserved, available: on_hand - reserved }))
 }

@@ -31,21 +31,14 @@ fn sku_a(w1: i64, w2: i64, reserved: i64) -> serde_json::Value {
 
 /// Publish 10 units of SKU-A received in w1 and 5 in w2.
 async fn receive_stock(producer: &FutureProducer, inventory: &str) {
-    let changes = [
-        stock_change("SKU-A", 10, "received", None),
-        in_warehouse(stock_change("SKU-A", 5, "received", None), "w2"),
-    ];
+    let changes =
+        [stock_change("SKU-A", 10, "received", None), in_warehouse(stock_change("SKU-A", 5, "received", None), "w2")];
     publish(producer, inventory, &changes).await;
 }
 
 /// Publish a shipment of `units` of SKU-A for order o-1 from w1.
 async fn ship(producer: &FutureProducer, inventory: &str, units: i64) {
-    publish(
-        producer,
-        inventory,
-        &[stock_change("SKU-A", -units, "shipped", Some("o-1"))],
-    )
-    .await;
+    publish(producer, inventory, &[stock_change("SKU-A", -units, "shipped", Some("o-1"))]).await;
 }
 
 const PATH: &str = "/v1/inventory/SKU-A";
@@ -87,30 +80,19 @@ async fn orders_and_shipments_applied_concurrently_from_both_topics_lose_no_upda
     let (consumer, orders, inventory) = start_projection("inv-concurrent").await;
     let producer = producer();
     let skus = ["SKU-0", "SKU-1", "SKU-2", "SKU-3", "SKU-4"];
-    let received: Vec<_> = skus
-        .iter()
-        .map(|sku| stock_change(sku, 100, "received", None))
-        .collect();
+    let received: Vec<_> = skus.iter().map(|sku| stock_change(sku, 100, "received", None)).collect();
     publish(&producer, &inventory, &received).await;
     // 100 orders of 3 units and a shipment of 2 units for each, published at the same time
     // on both topics, so order rows and shipment rows of one (order, sku) race.
-    let order_events: Vec<_> = (0..100)
-        .map(|i| order(&format!("o-{i}"), &[(skus[i % 5], 3)]))
-        .collect();
-    let shipments: Vec<_> = (0..100)
-        .map(|i| stock_change(skus[i % 5], -2, "shipped", Some(&format!("o-{i}"))))
-        .collect();
-    tokio::join!(
-        publish(&producer, &orders, &order_events),
-        publish(&producer, &inventory, &shipments)
-    );
+    let order_events: Vec<_> = (0..100).map(|i| order(&format!("o-{i}"), &[(skus[i % 5], 3)])).collect();
+    let shipments: Vec<_> =
+        (0..100).map(|i| stock_change(skus[i % 5], -2, "shipped", Some(&format!("o-{i}")))).collect();
+    tokio::join!(publish(&producer, &orders, &order_events), publish(&producer, &inventory, &shipments));
 
     // Per sku: 20 orders × 3 ordered, 20 × 2 shipped → on hand 60, reserved 20.
     for sku in skus {
         let expected = json!({"sku": sku, "warehouses": [{"warehouse": "w1", "on_hand": 60}], "on_hand": 60, "reserved": 20, "available": 40});
-        consumer
-            .wait_for_json(&format!("/v1/inventory/{sku}"), &expected)
-            .await;
+        consumer.wait_for_json(&format!("/v1/inventory/{sku}"), &expected).await;
     }
     consumer.shutdown().await;
 }
@@ -120,10 +102,7 @@ async fn unknown_skus_answer_404_and_malformed_skus_400_with_json() {
     let (consumer, _orders, _inventory) = start_projection("inv-errors").await;
     let (status, body) = consumer.get("/v1/inventory/NEVER-SEEN").await;
     assert_eq!(status, 404, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("NEVER-SEEN"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("NEVER-SEEN"), "{body}");
 
     let long = "X".repeat(300);
     let (status, body) = consumer.get(&format!("/v1/inventory/{long}")).await;

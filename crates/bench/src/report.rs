@@ -124,7 +124,12 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
     let mut md = String::new();
     let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
     let _ = writeln!(md, "## Pipeline against the machine's ceilings\n");
-    let _ = writeln!(md, "Generated {now} by `{}`{}.\n", settings.command_line, if settings.quick { " (quick smoke mode: tiny sizes, not a measurement)" } else { "" });
+    let _ = writeln!(
+        md,
+        "Generated {now} by `{}`{}.\n",
+        settings.command_line,
+        if settings.quick { " (quick smoke mode: tiny sizes, not a measurement)" } else { "" }
+    );
     let _ = writeln!(
         md,
         "Machine: {} cores ({}), {} memory; {}; rustc `{}`; broker Tansu 0.6.0 (sqlite storage) at `{}`; PostgreSQL {}.",
@@ -139,14 +144,22 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
     let _ = writeln!(
         md,
         "\nEach figure is the median of {} run(s), with the lowest and highest in parentheses; every run measures its ceilings and the pipeline back to back. Records: {} distinct `OrderPlaced` events (3 lines, {}-byte single-object Avro value plus CloudEvents headers), {} partitions, consumer batch size {}.\n",
-        settings.runs, settings.records, f.record_bytes, crate::ceilings::PARTITIONS, settings.batch_size
+        settings.runs,
+        settings.records,
+        f.record_bytes,
+        crate::ceilings::PARTITIONS,
+        settings.batch_size
     );
 
     let _ = writeln!(md, "### Ceilings (same broker, same database, same run)\n");
     let _ = writeln!(md, "| ceiling | rate |\n|---|---|");
     let _ = writeln!(md, "| raw produce, rdkafka, acks=all + idempotence + lz4 (records/s) | {} |", cell(f, "produce"));
     let _ = writeln!(md, "| raw consume, rdkafka, all partitions assigned (records/s) | {} |", cell(f, "consume"));
-    let _ = writeln!(md, "| raw batched upsert: offset lock + ledger + `UNNEST ... ON CONFLICT` + offset, per batch transaction (events/s) | {} |", cell(f, "upsert"));
+    let _ = writeln!(
+        md,
+        "| raw batched upsert: offset lock + ledger + `UNNEST ... ON CONFLICT` + offset, per batch transaction (events/s) | {} |",
+        cell(f, "upsert")
+    );
     let _ = writeln!(md, "| binary COPY (rows/s; 3 rows per event) | {} |", cell(f, "copy_rows"));
     let _ = writeln!(md, "| one-row commits, 1 connection (commits/s) | {} |", cell(f, "commits_1"));
     let _ = writeln!(md, "| one-row commits, 8 connections (commits/s) | {} |", cell(f, "commits_8"));
@@ -160,13 +173,19 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
     let _ = writeln!(
         md,
         "| consumer apply rate, effectively-once on (events/s) | {} | min(consume, upsert) = {} | {:.0}% | ≥ 80% | {} |",
-        cell(f, "apply"), fmt_num(smaller), ratio(apply) * 100.0, mark(ratio(apply) >= 0.8)
+        cell(f, "apply"),
+        fmt_num(smaller),
+        ratio(apply) * 100.0,
+        mark(ratio(apply) >= 0.8)
     );
     let replay = f.median("replay");
     let _ = writeln!(
         md,
         "| replay rate, `--replay` into a fresh schema (events/s) | {} | {} | {:.0}% | ≥ 80% | {} |",
-        cell(f, "replay"), fmt_num(smaller), ratio(replay) * 100.0, mark(ratio(replay) >= 0.8)
+        cell(f, "replay"),
+        fmt_num(smaller),
+        ratio(replay) * 100.0,
+        mark(ratio(replay) >= 0.8)
     );
     let _ = writeln!(md, "| consumer CPU per 1000 events (ms) | {} | | | | |", cell(f, "apply_cpu"));
     if f.backlog_events > 0 {
@@ -174,9 +193,17 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
         let _ = writeln!(
             md,
             "| consumer peak RSS draining a {}-event backlog (MB) | {} | | | < 150 MB | {} |",
-            fmt_num(f.backlog_events as f64), cell(f, "backlog_rss"), mark(rss < 150.0)
+            fmt_num(f.backlog_events as f64),
+            cell(f, "backlog_rss"),
+            mark(rss < 150.0)
         );
-        let _ = writeln!(md, "| consumer apply rate over that backlog (events/s) | {} | {} | {:.0}% | | |", cell(f, "backlog_apply"), fmt_num(smaller), ratio(f.median("backlog_apply")) * 100.0);
+        let _ = writeln!(
+            md,
+            "| consumer apply rate over that backlog (events/s) | {} | {} | {:.0}% | | |",
+            cell(f, "backlog_apply"),
+            fmt_num(smaller),
+            ratio(f.median("backlog_apply")) * 100.0
+        );
     }
     for (name, label, target) in [
         ("enc_order", "codec: encode OrderPlaced, single-object (ns)", 2000.0),
@@ -199,7 +226,9 @@ pub fn write_between_markers(path: &Path, generated: &str) -> anyhow::Result<()>
     let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
     let block = format!("{BEGIN}\n{generated}\n{END}");
     let updated = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(start), Some(end)) if end > start => format!("{}{}{}", &existing[..start], block, &existing[end + END.len()..]),
+        (Some(start), Some(end)) if end > start => {
+            format!("{}{}{}", &existing[..start], block, &existing[end + END.len()..])
+        }
         _ => format!("{}\n{}\n", existing.trim_end(), block),
     };
     std::fs::write(path, updated)?;

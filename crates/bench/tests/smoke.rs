@@ -4,7 +4,10 @@
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quick_mode_measures_every_figure_and_renders_the_report() {
     orderflow_testkit::init_test_logs();
-    let env = orderflow_bench::Env { kafka: orderflow_testkit::kafka_args(), database_url: orderflow_testkit::database_url() };
+    let env = orderflow_bench::Env {
+        kafka: orderflow_testkit::kafka_args(),
+        database_url: orderflow_testkit::database_url(),
+    };
     // The child consumer is this crate's binary; run the harness through it so
     // `current_exe()` is the harness, as in a real run.
     let exe = orderflow_testkit::process::bin_path("orderflow-bench").unwrap();
@@ -16,7 +19,17 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
         .unwrap();
     assert!(status.success());
     let report = std::fs::read_to_string(&out).unwrap();
-    for figure in ["raw produce", "raw consume", "raw batched upsert", "binary COPY", "one-row commits", "consumer apply rate", "replay rate", "peak RSS", "codec: decode OrderPlaced"] {
+    for figure in [
+        "raw produce",
+        "raw consume",
+        "raw batched upsert",
+        "binary COPY",
+        "one-row commits",
+        "consumer apply rate",
+        "replay rate",
+        "peak RSS",
+        "codec: decode OrderPlaced",
+    ] {
         let line = report.lines().find(|l| l.contains(figure)).unwrap_or_else(|| panic!("no `{figure}` in:\n{report}"));
         assert!(!line.contains("n/a"), "{figure} was not measured: {line}");
     }

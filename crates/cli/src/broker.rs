@@ -44,7 +44,9 @@ pub async fn run(kafka: &KafkaArgs, command: BrokerCommand) -> anyhow::Result<()
             println!("brokers {} answer; {} topics", info.brokers.join(","), info.topics.len());
             Ok(())
         }
-        BrokerCommand::Check { records, topic, timeout } => check(kafka, &topic, records, Duration::from_secs(timeout)).await,
+        BrokerCommand::Check { records, topic, timeout } => {
+            check(kafka, &topic, records, Duration::from_secs(timeout)).await
+        }
     }
 }
 

@@ -49,9 +49,7 @@ pub struct DlqTopicArgs {
 
 impl DlqTopicArgs {
     pub fn topic(&self) -> String {
-        self.dlq_topic
-            .clone()
-            .unwrap_or_else(|| format!("{}.dlq", self.consumer))
+        self.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.consumer))
     }
 }
 
@@ -113,13 +111,7 @@ Dead letters already redriven are skipped unless --again.")]
 
 fn parse_offsets(value: &str) -> Result<RangeInclusive<i64>, String> {
     let bad = || format!("`{value}` is not N, A..B or A..=B (offsets ≥ 0)");
-    let number = |s: &str| {
-        s.trim()
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .ok_or_else(bad)
-    };
+    let number = |s: &str| s.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(bad);
     if let Some((a, b)) = value.split_once("..=") {
         Ok(number(a)?..=number(b)?)
     } else if let Some((a, b)) = value.split_once("..") {
@@ -166,12 +158,7 @@ pub async fn dead_letters(
         if let Some(of) = headers.get(headers::REDRIVE_OF)
             && !headers.contains_key(dlq::ORIGINAL_TOPIC)
         {
-            audits.entry(of.clone()).or_default().push(
-                headers
-                    .get(headers::REDRIVEN_TO)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
+            audits.entry(of.clone()).or_default().push(headers.get(headers::REDRIVEN_TO).cloned().unwrap_or_default());
             continue;
         }
         let Some(original_topic) = headers.get(dlq::ORIGINAL_TOPIC) else {
@@ -188,12 +175,8 @@ pub async fn dead_letters(
             offset: message.offset(),
             key: records::key_string(&message),
             original_topic: original_topic.clone(),
-            original_partition: headers
-                .get(dlq::ORIGINAL_PARTITION)
-                .and_then(|p| p.parse().ok()),
-            original_offset: headers
-                .get(dlq::ORIGINAL_OFFSET)
-                .and_then(|o| o.parse().ok()),
+            original_partition: headers.get(dlq::ORIGINAL_PARTITION).and_then(|p| p.parse().ok()),
+            original_offset: headers.get(dlq::ORIGINAL_OFFSET).and_then(|o| o.parse().ok()),
             error_class: headers.get(dlq::ERROR_CLASS).cloned().unwrap_or_default(),
             error_message: headers.get(dlq::ERROR_MESSAGE).cloned().unwrap_or_default(),
             dead_lettered_at: headers.get(dlq::TIME).cloned(),
@@ -220,14 +203,9 @@ pub struct Selection {
 
 impl Selection {
     fn matches(&self, letter: &DeadLetter) -> bool {
-        self.offsets
-            .as_ref()
-            .is_none_or(|r| r.contains(&letter.offset))
+        self.offsets.as_ref().is_none_or(|r| r.contains(&letter.offset))
             && self.class.as_ref().is_none_or(|c| c == &letter.error_class)
-            && self
-                .key
-                .as_ref()
-                .is_none_or(|k| Some(k) == letter.key.as_ref())
+            && self.key.as_ref().is_none_or(|k| Some(k) == letter.key.as_ref())
             && (self.again || letter.redriven_to.is_empty())
     }
 }
@@ -251,22 +229,14 @@ pub async fn redrive(
     dry_run: bool,
 ) -> anyhow::Result<Vec<Redriven>> {
     let (letters, messages) = dead_letters(kafka, dlq_topic, max_records).await?;
-    let producer: FutureProducer = kafka
-        .producer_config()
-        .create()
-        .context("Failed to create the producer")?;
+    let producer: FutureProducer = kafka.producer_config().create().context("Failed to create the producer")?;
     let by = format!(
         "{}@{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into())
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
     );
-    let selected: Vec<(&DeadLetter, &OwnedMessage)> = letters
-        .iter()
-        .zip(&messages)
-        .filter(|(l, _)| selection.matches(l))
-        .collect();
+    let selected: Vec<(&DeadLetter, &OwnedMessage)> =
+        letters.iter().zip(&messages).filter(|(l, _)| selection.matches(l)).collect();
     let bar = records::progress(Some(selected.len() as u64), "redriving");
     let mut out = Vec::new();
     for (letter, message) in selected {
@@ -290,20 +260,13 @@ pub async fn redrive(
         let mut republished = OwnedHeaders::new();
         for (name, value) in records::headers_map(message) {
             if !name.starts_with("dlq_") && !audit_pairs.iter().any(|(n, _)| *n == name) {
-                republished = republished.insert(Header {
-                    key: &name,
-                    value: Some(value.as_bytes()),
-                });
+                republished = republished.insert(Header { key: &name, value: Some(value.as_bytes()) });
             }
         }
         for (key, value) in audit_pairs {
-            republished = republished.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
+            republished = republished.insert(Header { key, value: Some(value.as_bytes()) });
         }
-        let mut record =
-            FutureRecord::<[u8], [u8]>::to(&letter.original_topic).headers(republished);
+        let mut record = FutureRecord::<[u8], [u8]>::to(&letter.original_topic).headers(republished);
         if let Some(key) = message.key() {
             record = record.key(key);
         }
@@ -314,25 +277,11 @@ pub async fn redrive(
             .send(record, Duration::from_secs(30))
             .await
             .map_err(|(error, _)| error)
-            .with_context(|| {
-                format!(
-                    "Failed to redrive {dlq_topic}[{of}] to {}",
-                    letter.original_topic
-                )
-            })?;
-        let to = format!(
-            "{}[{}]@{}",
-            letter.original_topic, delivered.partition, delivered.offset
-        );
+            .with_context(|| format!("Failed to redrive {dlq_topic}[{of}] to {}", letter.original_topic))?;
+        let to = format!("{}[{}]@{}", letter.original_topic, delivered.partition, delivered.offset);
         let mut audit = OwnedHeaders::new();
-        for (key, value) in audit_pairs
-            .into_iter()
-            .chain([(headers::REDRIVEN_TO, to.as_str())])
-        {
-            audit = audit.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
+        for (key, value) in audit_pairs.into_iter().chain([(headers::REDRIVEN_TO, to.as_str())]) {
+            audit = audit.insert(Header { key, value: Some(value.as_bytes()) });
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(dlq_topic).headers(audit);
         if let Some(key) = message.key() {
@@ -342,9 +291,7 @@ pub async fn redrive(
             .send(record, Duration::from_secs(30))
             .await
             .map_err(|(error, _)| error)
-            .with_context(|| {
-                format!("redrove {dlq_topic}[{of}] to {to} but failed to append its audit record")
-            })?;
+            .with_context(|| format!("redrove {dlq_topic}[{of}] to {to} but failed to append its audit record"))?;
         done.to = Some((delivered.partition, delivered.offset));
         out.push(done);
         bar.inc(1);
@@ -362,17 +309,9 @@ pub async fn run(kafka: &KafkaArgs, command: DlqCommand) -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::to_string(l)?);
                 } else {
-                    let from = format!(
-                        "{}[{}]@{}",
-                        l.original_topic,
-                        opt(l.original_partition),
-                        opt(l.original_offset)
-                    );
-                    let redriven = if l.redriven_to.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        l.redriven_to.join(",")
-                    };
+                    let from =
+                        format!("{}[{}]@{}", l.original_topic, opt(l.original_partition), opt(l.original_offset));
+                    let redriven = if l.redriven_to.is_empty() { "-".to_owned() } else { l.redriven_to.join(",") };
                     println!(
                         "{}:{}\t{from}\t{}\t{}\t{}\tredriven:{redriven}",
                         l.partition,
@@ -391,51 +330,26 @@ pub async fn run(kafka: &KafkaArgs, command: DlqCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        DlqCommand::Show {
-            dlq,
-            offset,
-            partition,
-        } => {
+        DlqCommand::Show { dlq, offset, partition } => {
             let topic = dlq.topic();
             let reader = records::reader(kafka)?;
             records::partitions(&reader, &topic)?;
-            let message =
-                records::read_one(&reader, &topic, partition, offset, records::REQUEST_TIMEOUT)
-                    .await?
-                    .filter(|m| m.offset() == offset)
-                    .with_context(|| {
-                        format!("{topic}[{partition}] has no record at offset {offset}")
-                    })?;
+            let message = records::read_one(&reader, &topic, partition, offset, records::REQUEST_TIMEOUT)
+                .await?
+                .filter(|m| m.offset() == offset)
+                .with_context(|| format!("{topic}[{partition}] has no record at offset {offset}"))?;
             let json = records::to_json(&Codec::new(), &message).await;
             println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())
         }
-        DlqCommand::Redrive {
-            dlq,
-            offsets,
-            class,
-            key,
-            again,
-            dry_run,
-        } => {
+        DlqCommand::Redrive { dlq, offsets, class, key, again, dry_run } => {
             let topic = dlq.topic();
-            let selection = Selection {
-                offsets,
-                class,
-                key,
-                again,
-            };
+            let selection = Selection { offsets, class, key, again };
             let done = redrive(kafka, &topic, &selection, dlq.max_records, dry_run).await?;
             for r in &done {
                 match r.to {
-                    Some((p, o)) => println!(
-                        "{}:{}\t-> {}[{p}]@{o}",
-                        r.dlq_partition, r.dlq_offset, r.topic
-                    ),
-                    None => println!(
-                        "{}:{}\t-> {} (dry run)",
-                        r.dlq_partition, r.dlq_offset, r.topic
-                    ),
+                    Some((p, o)) => println!("{}:{}\t-> {}[{p}]@{o}", r.dlq_partition, r.dlq_offset, r.topic),
+                    None => println!("{}:{}\t-> {} (dry run)", r.dlq_partition, r.dlq_offset, r.topic),
                 }
             }
             let verb = if dry_run { "would redrive" } else { "redrove" };

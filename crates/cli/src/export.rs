@@ -111,9 +111,7 @@ pub struct ExportState {
 
 impl ExportState {
     pub fn done(&self) -> bool {
-        self.next
-            .iter()
-            .all(|(p, next)| *next >= self.ends.get(p).copied().unwrap_or(0))
+        self.next.iter().all(|(p, next)| *next >= self.ends.get(p).copied().unwrap_or(0))
     }
 }
 
@@ -141,11 +139,7 @@ pub async fn run(kafka: &KafkaArgs, args: ExportArgs) -> anyhow::Result<()> {
         args.topic,
         args.output.display(),
         summary.written_now,
-        if summary.resumed {
-            " after resuming"
-        } else {
-            ""
-        },
+        if summary.resumed { " after resuming" } else { "" },
         summary.written_total,
         summary.skipped_total
     );
@@ -160,8 +154,7 @@ pub async fn export(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExportSummary> {
     let topic = args.topic.as_str();
-    let codec = Codec::from_config(args.schema_registry_url.as_deref())
-        .context("Invalid SCHEMA_REGISTRY_URL")?;
+    let codec = Codec::from_config(args.schema_registry_url.as_deref()).context("Invalid SCHEMA_REGISTRY_URL")?;
     let consumer = records::reader(kafka)?;
     let state_file = state_path(&args.output);
     let (mut state, resumed) = match read_state(&state_file)? {
@@ -206,20 +199,12 @@ pub async fn export(
         args.output.display(),
         state.bytes
     );
-    file.set_len(state.bytes).with_context(|| {
-        format!(
-            "Failed to cut {} back to its last complete chunk",
-            args.output.display()
-        )
-    })?;
+    file.set_len(state.bytes)
+        .with_context(|| format!("Failed to cut {} back to its last complete chunk", args.output.display()))?;
     let mut sink = Sink::open(args.format, file, &state)?;
 
-    let starts: Vec<(i32, i64)> = state
-        .next
-        .iter()
-        .filter(|(p, n)| **n < state.ends[*p])
-        .map(|(p, n)| (*p, *n))
-        .collect();
+    let starts: Vec<(i32, i64)> =
+        state.next.iter().filter(|(p, n)| **n < state.ends[*p]).map(|(p, n)| (*p, *n)).collect();
     let remaining: i64 = starts.iter().map(|(p, n)| state.ends[p] - n).sum();
     let bar = records::progress(Some(remaining as u64), topic);
     records::assign(&consumer, topic, &starts)?;
@@ -235,10 +220,7 @@ pub async fn export(
                 .with_context(|| format!("Failed to read {topic}"))?,
         };
         let partition = message.partition();
-        let (Some(next), Some(&end)) = (
-            state.next.get(&partition).copied(),
-            state.ends.get(&partition),
-        ) else {
+        let (Some(next), Some(&end)) = (state.next.get(&partition).copied(), state.ends.get(&partition)) else {
             continue;
         };
         if message.offset() < next || next >= end {
@@ -255,9 +237,7 @@ pub async fn export(
             bar.inc(1);
             in_chunk += 1;
         }
-        state
-            .next
-            .insert(partition, (message.offset() + 1).min(end));
+        state.next.insert(partition, (message.offset() + 1).min(end));
         if in_chunk >= args.chunk {
             sink.flush(&args.output, &state_file, &mut state)?;
             in_chunk = 0;
@@ -265,19 +245,11 @@ pub async fn export(
     }
     sink.flush(&args.output, &state_file, &mut state)?;
     bar.finish_and_clear();
-    Ok(ExportSummary {
-        written_now,
-        written_total: state.written,
-        skipped_total: state.skipped,
-        resumed,
-    })
+    Ok(ExportSummary { written_now, written_total: state.written, skipped_total: state.skipped, resumed })
 }
 
 /// The range of a new export.
-async fn plan(
-    consumer: &rdkafka::consumer::StreamConsumer,
-    args: &ExportArgs,
-) -> anyhow::Result<ExportState> {
+async fn plan(consumer: &rdkafka::consumer::StreamConsumer, args: &ExportArgs) -> anyhow::Result<ExportState> {
     let topic = args.topic.as_str();
     let mut next = BTreeMap::new();
     let mut ends = BTreeMap::new();
@@ -285,16 +257,12 @@ async fn plan(
         let (low, high) = records::watermarks(consumer, topic, partition)?;
         let start = match (args.from_offset, args.since) {
             (Some(offset), _) => offset.clamp(low, high),
-            (None, Some(since)) => {
-                records::offset_for_time(consumer, topic, partition, since, (low, high)).await?
-            }
+            (None, Some(since)) => records::offset_for_time(consumer, topic, partition, since, (low, high)).await?,
             (None, None) => low,
         };
         let end = match (args.to_offset, args.until) {
             (Some(offset), _) => offset.clamp(low, high),
-            (None, Some(until)) => {
-                records::offset_for_time(consumer, topic, partition, until, (low, high)).await?
-            }
+            (None, Some(until)) => records::offset_for_time(consumer, topic, partition, until, (low, high)).await?,
             (None, None) => high,
         };
         next.insert(partition, start);
@@ -336,11 +304,7 @@ fn write_state(path: &Path, state: &ExportState) -> anyhow::Result<()> {
 enum Sink {
     Jsonl(BufWriter<File>),
     Csv(csv::Writer<File>, Option<EventKind>),
-    Avro(
-        Option<apache_avro::Writer<'static, File>>,
-        Option<File>,
-        [u8; 16],
-    ),
+    Avro(Option<apache_avro::Writer<'static, File>>, Option<File>, [u8; 16]),
 }
 
 const ORDER_COLUMNS: &[&str] = &[
@@ -398,12 +362,7 @@ impl Sink {
         let kind = state.kind.as_deref().map(parse_kind).transpose()?;
         Ok(match format {
             Format::Jsonl => Sink::Jsonl(BufWriter::new(file)),
-            Format::Csv => Sink::Csv(
-                csv::WriterBuilder::new()
-                    .has_headers(false)
-                    .from_writer(file),
-                kind,
-            ),
+            Format::Csv => Sink::Csv(csv::WriterBuilder::new().has_headers(false).from_writer(file), kind),
             Format::Avro => {
                 let marker = match &state.avro_marker {
                     Some(hex) => decode_marker(hex)?,
@@ -412,11 +371,7 @@ impl Sink {
                 match kind {
                     // Continue the container: same schema and sync marker, no new header.
                     Some(kind) => Sink::Avro(
-                        Some(apache_avro::Writer::append_to(
-                            &shipped().current(kind).schema,
-                            file,
-                            marker,
-                        )),
+                        Some(apache_avro::Writer::append_to(&shipped().current(kind).schema, file, marker)),
                         None,
                         marker,
                     ),
@@ -427,12 +382,7 @@ impl Sink {
     }
 
     /// Write one record; `false` when it was skipped.
-    async fn write(
-        &mut self,
-        codec: &Codec,
-        message: &OwnedMessage,
-        state: &mut ExportState,
-    ) -> anyhow::Result<bool> {
+    async fn write(&mut self, codec: &Codec, message: &OwnedMessage, state: &mut ExportState) -> anyhow::Result<bool> {
         if let Sink::Jsonl(out) = self {
             let json = records::to_json(codec, message).await;
             serde_json::to_writer(&mut *out, &json)?;
@@ -454,11 +404,7 @@ impl Sink {
                     return Ok(false);
                 }
                 if state.bytes == 0 && state.written == 0 {
-                    out.write_record(if kind == EventKind::OrderPlaced {
-                        ORDER_COLUMNS
-                    } else {
-                        INVENTORY_COLUMNS
-                    })?;
+                    out.write_record(if kind == EventKind::OrderPlaced { ORDER_COLUMNS } else { INVENTORY_COLUMNS })?;
                 }
                 for row in csv_rows(message, &event) {
                     out.write_record(&row)?;
@@ -491,12 +437,7 @@ impl Sink {
     }
 
     /// Flush what was written, then record the state (with the output's length).
-    fn flush(
-        &mut self,
-        output: &Path,
-        state_file: &Path,
-        state: &mut ExportState,
-    ) -> anyhow::Result<()> {
+    fn flush(&mut self, output: &Path, state_file: &Path, state: &mut ExportState) -> anyhow::Result<()> {
         match self {
             Sink::Jsonl(out) => {
                 out.flush()?;
@@ -512,9 +453,7 @@ impl Sink {
             }
             Sink::Avro(None, _, _) => {}
         }
-        state.bytes = std::fs::metadata(output)
-            .with_context(|| format!("Failed to stat {}", output.display()))?
-            .len();
+        state.bytes = std::fs::metadata(output).with_context(|| format!("Failed to stat {}", output.display()))?.len();
         write_state(state_file, state)
     }
 }
@@ -524,9 +463,7 @@ fn csv_rows(message: &OwnedMessage, event: &Event) -> Vec<Vec<String>> {
         message.topic().to_owned(),
         message.partition().to_string(),
         message.offset().to_string(),
-        records::timestamp_ms(message)
-            .and_then(records::format_millis)
-            .unwrap_or_default(),
+        records::timestamp_ms(message).and_then(records::format_millis).unwrap_or_default(),
     ];
     let json = serde_json::to_value(event).unwrap_or_default();
     let text = |v: &serde_json::Value| match v {
@@ -552,8 +489,7 @@ fn csv_rows(message: &OwnedMessage, event: &Event) -> Vec<Vec<String>> {
                 .iter()
                 .enumerate()
                 .map(|(i, line)| {
-                    let mut row: Vec<String> =
-                        position.iter().chain(head.iter()).cloned().collect();
+                    let mut row: Vec<String> = position.iter().chain(head.iter()).cloned().collect();
                     row.extend([
                         i.to_string(),
                         text(&line["sku"]),
@@ -585,8 +521,8 @@ fn decode_marker(hex: &str) -> anyhow::Result<[u8; 16]> {
         bail!("bad Avro sync marker `{hex}` in the state file");
     }
     for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .with_context(|| format!("bad Avro sync marker `{hex}`"))?;
+        *byte =
+            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).with_context(|| format!("bad Avro sync marker `{hex}`"))?;
     }
     Ok(out)
 }

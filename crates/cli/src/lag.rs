@@ -97,11 +97,7 @@ pub async fn run(kafka: &KafkaArgs, args: LagArgs) -> anyhow::Result<()> {
     }
     let mut over = Vec::new();
     for name in &names {
-        let total: i64 = rows
-            .iter()
-            .filter(|r| &r.consumer == name)
-            .map(|r| r.lag_messages)
-            .sum();
+        let total: i64 = rows.iter().filter(|r| &r.consumer == name).map(|r| r.lag_messages).sum();
         eprintln!("{name}: {total} messages behind");
         if args.max_lag.is_some_and(|max| total > max) {
             over.push((name.clone(), total));
@@ -130,23 +126,12 @@ pub async fn measure(
         let lag_seconds = if lag_messages == 0 {
             Some(0.0)
         } else {
-            records::read_one(
-                &reader,
-                &position.topic,
-                position.partition,
-                next,
-                Duration::from_secs(10),
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "consumer {}: reading the oldest unapplied record",
-                    consumer.name
-                )
-            })?
-            .as_ref()
-            .and_then(records::timestamp_ms)
-            .map(|ts| ((now_ms - ts).max(0)) as f64 / 1000.0)
+            records::read_one(&reader, &position.topic, position.partition, next, Duration::from_secs(10))
+                .await
+                .with_context(|| format!("consumer {}: reading the oldest unapplied record", consumer.name))?
+                .as_ref()
+                .and_then(records::timestamp_ms)
+                .map(|ts| ((now_ms - ts).max(0)) as f64 / 1000.0)
         };
         out.push(PartitionLag {
             consumer: consumer.name.clone(),
@@ -163,9 +148,7 @@ pub async fn measure(
 }
 
 fn print_table(rows: &[PartitionLag]) {
-    let width = |f: &dyn Fn(&PartitionLag) -> usize, min: usize| {
-        rows.iter().map(f).max().unwrap_or(0).max(min)
-    };
+    let width = |f: &dyn Fn(&PartitionLag) -> usize, min: usize| rows.iter().map(f).max().unwrap_or(0).max(min);
     let cw = width(&|r| r.consumer.len(), 8);
     let tw = width(&|r| r.topic.len(), 5);
     println!(
@@ -173,20 +156,10 @@ fn print_table(rows: &[PartitionLag]) {
         "CONSUMER", "TOPIC", "PARTITION", "NEXT", "HIGH", "LAG", "LAG_SECONDS"
     );
     for r in rows {
-        let seconds = r
-            .lag_seconds
-            .map(|s| format!("{s:.1}"))
-            .unwrap_or_else(|| "?".into());
+        let seconds = r.lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "?".into());
         println!(
             "{:cw$}  {:tw$}  {:>9}  {:>12}  {:>12}  {:>12}  {:>11}  {}",
-            r.consumer,
-            r.topic,
-            r.partition,
-            r.next_offset,
-            r.high_watermark,
-            r.lag_messages,
-            seconds,
-            r.source
+            r.consumer, r.topic, r.partition, r.next_offset, r.high_watermark, r.lag_messages, seconds, r.source
         );
     }
 }

@@ -23,11 +23,11 @@ pub mod export;
 pub mod lag;
 pub mod offsets;
 pub mod position;
+pub mod publish;
 pub mod records;
 pub mod replay;
-pub mod tail;
-pub mod publish;
 pub mod simulate;
+pub mod tail;
 pub mod topics;
 
 use clap::{Parser, Subcommand};
@@ -89,9 +89,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The process exit code for an error: 2 when a threshold was exceeded (`lag --max-lag`),
 /// 1 otherwise.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.downcast_ref::<lag::LagExceeded>().is_some() {
-        2
-    } else {
-        1
-    }
+    if error.downcast_ref::<lag::LagExceeded>().is_some() { 2 } else { 1 }
 }

@@ -88,9 +88,7 @@ impl FromStr for ResetTo {
                 } else if let Some(t) = s.strip_prefix("time:") {
                     records::parse_time(t).map(ResetTo::Time)
                 } else {
-                    Err(format!(
-                        "`{s}` is not earliest, latest, offset:N or time:RFC3339"
-                    ))
+                    Err(format!("`{s}` is not earliest, latest, offset:N or time:RFC3339"))
                 }
             }
         }
@@ -108,11 +106,7 @@ pub struct Move {
 
 pub async fn run(kafka: &KafkaArgs, command: OffsetsCommand) -> anyhow::Result<()> {
     match command {
-        OffsetsCommand::Show {
-            consumer,
-            topics,
-            json,
-        } => {
+        OffsetsCommand::Show { consumer, topics, json } => {
             let target = consumer.consumer_ref()?;
             let pool = consumer.db.connect().await?;
             let positions = position::positions(kafka, &pool, &target, &topics).await?;
@@ -123,25 +117,10 @@ pub async fn run(kafka: &KafkaArgs, command: OffsetsCommand) -> anyhow::Result<(
             }
             Ok(())
         }
-        OffsetsCommand::Reset {
-            consumer,
-            to,
-            topic,
-            partition,
-            dry_run,
-        } => {
+        OffsetsCommand::Reset { consumer, to, topic, partition, dry_run } => {
             let target = consumer.consumer_ref()?;
             let pool = consumer.db.connect().await?;
-            let moves = reset(
-                kafka,
-                &pool,
-                &target,
-                &to,
-                topic.as_deref(),
-                partition,
-                dry_run,
-            )
-            .await?;
+            let moves = reset(kafka, &pool, &target, &to, topic.as_deref(), partition, dry_run).await?;
             for m in &moves {
                 println!("{}\t{}\t{} -> {}", m.topic, m.partition, m.from, m.to);
             }
@@ -185,10 +164,7 @@ pub async fn reset(
     let reader = records::reader(kafka)?;
     let bar = records::progress(Some(positions.len() as u64), "resolving offsets");
     let mut moves = Vec::new();
-    for pos in positions
-        .iter()
-        .filter(|pos| partition.is_none_or(|p| p == pos.partition))
-    {
+    for pos in positions.iter().filter(|pos| partition.is_none_or(|p| p == pos.partition)) {
         let target = match to {
             ResetTo::Earliest => pos.low,
             ResetTo::Latest => pos.high,
@@ -204,22 +180,10 @@ pub async fn reset(
                 *n
             }
             ResetTo::Time(time) => {
-                records::offset_for_time(
-                    &reader,
-                    &pos.topic,
-                    pos.partition,
-                    *time,
-                    (pos.low, pos.high),
-                )
-                .await?
+                records::offset_for_time(&reader, &pos.topic, pos.partition, *time, (pos.low, pos.high)).await?
             }
         };
-        moves.push(Move {
-            topic: pos.topic.clone(),
-            partition: pos.partition,
-            from: pos.next(),
-            to: target,
-        });
+        moves.push(Move { topic: pos.topic.clone(), partition: pos.partition, from: pos.next(), to: target });
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -228,10 +192,7 @@ pub async fn reset(
     }
 
     let schema = &consumer.schema;
-    let mut tx = pool
-        .begin()
-        .await
-        .context("Failed to begin the offsets transaction")?;
+    let mut tx = pool.begin().await.context("Failed to begin the offsets transaction")?;
     for m in &moves {
         // The schema name is validated in ConsumerRef::new; values are bound.
         sqlx::query(&format!(
@@ -245,12 +206,7 @@ pub async fn reset(
         .await
         .with_context(|| format!("Failed to write {schema}.orderflow_offsets for {}[{}]", m.topic, m.partition))?;
     }
-    tx.commit().await.with_context(|| {
-        format!(
-            "Failed to commit the new offsets of consumer {}",
-            consumer.name
-        )
-    })?;
+    tx.commit().await.with_context(|| format!("Failed to commit the new offsets of consumer {}", consumer.name))?;
 
     let mut tpl = TopicPartitionList::new();
     for m in &moves {
@@ -268,12 +224,7 @@ pub async fn reset(
 }
 
 fn print_positions(positions: &[PartitionPosition]) {
-    let tw = positions
-        .iter()
-        .map(|p| p.topic.len())
-        .max()
-        .unwrap_or(0)
-        .max(5);
+    let tw = positions.iter().map(|p| p.topic.len()).max().unwrap_or(0).max(5);
     let opt = |o: Option<i64>| o.map(|o| o.to_string()).unwrap_or_else(|| "-".into());
     println!(
         "{:tw$}  {:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>12}",

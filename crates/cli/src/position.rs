@@ -31,12 +31,7 @@ impl DbArgs {
             .acquire_timeout(Duration::from_secs(10))
             .connect(&self.database_url)
             .await
-            .with_context(|| {
-                format!(
-                    "Failed to connect to Postgres at {}",
-                    redact_url(&self.database_url)
-                )
-            })
+            .with_context(|| format!("Failed to connect to Postgres at {}", redact_url(&self.database_url)))
     }
 }
 
@@ -51,15 +46,9 @@ pub struct ConsumerRef {
 impl ConsumerRef {
     /// The runtime's defaults: schema = name with `-` → `_`, group = name.
     pub fn new(name: &str, schema: Option<&str>, group: Option<&str>) -> anyhow::Result<Self> {
-        let schema = schema
-            .map(str::to_owned)
-            .unwrap_or_else(|| name.replace('-', "_"));
+        let schema = schema.map(str::to_owned).unwrap_or_else(|| name.replace('-', "_"));
         validate_schema_name(&schema).with_context(|| format!("consumer {name}"))?;
-        Ok(ConsumerRef {
-            name: name.to_owned(),
-            schema,
-            group: group.unwrap_or(name).to_owned(),
-        })
+        Ok(ConsumerRef { name: name.to_owned(), schema, group: group.unwrap_or(name).to_owned() })
     }
 }
 
@@ -80,11 +69,7 @@ pub struct ConsumerArgs {
 
 impl ConsumerArgs {
     pub fn consumer_ref(&self) -> anyhow::Result<ConsumerRef> {
-        ConsumerRef::new(
-            &self.consumer,
-            self.schema.as_deref(),
-            self.group.as_deref(),
-        )
+        ConsumerRef::new(&self.consumer, self.schema.as_deref(), self.group.as_deref())
     }
 }
 
@@ -107,10 +92,7 @@ impl PartitionPosition {
     /// Where the consumer continues: the stored offset, else the group's committed offset,
     /// else the beginning (the runtime's `auto.offset.reset=earliest`).
     pub fn next(&self) -> i64 {
-        self.stored
-            .or(self.committed)
-            .unwrap_or(self.low)
-            .max(self.low)
+        self.stored.or(self.committed).unwrap_or(self.low).max(self.low)
     }
 
     pub fn source(&self) -> &'static str {
@@ -151,32 +133,19 @@ pub async fn stored_offsets(
         return Ok(None);
     }
     // The schema name is validated ([a-z0-9_]) in ConsumerRef::new; values are bound.
-    let rows: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
-        "SELECT topic, partition, next_offset FROM {schema}.orderflow_offsets ORDER BY 1, 2"
-    ))
-    .fetch_all(pool)
-    .await
-    .with_context(|| {
-        format!(
-            "Failed to read {schema}.orderflow_offsets of consumer {}",
-            consumer.name
-        )
-    })?;
-    Ok(Some(
-        rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
-    ))
+    let rows: Vec<(String, i32, i64)> =
+        sqlx::query_as(&format!("SELECT topic, partition, next_offset FROM {schema}.orderflow_offsets ORDER BY 1, 2"))
+            .fetch_all(pool)
+            .await
+            .with_context(|| format!("Failed to read {schema}.orderflow_offsets of consumer {}", consumer.name))?;
+    Ok(Some(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect()))
 }
 
 /// A client acting for `group` without joining it (reads and commits offsets only).
 pub fn group_client(kafka: &KafkaArgs, group: &str) -> anyhow::Result<BaseConsumer> {
     let mut config = kafka.client_config();
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("log_level", "3");
-    config
-        .create()
-        .with_context(|| format!("Failed to create a Kafka client for group {group}"))
+    config.set("group.id", group).set("enable.auto.commit", "false").set("log_level", "3");
+    config.create().with_context(|| format!("Failed to create a Kafka client for group {group}"))
 }
 
 /// The group's committed offsets for these partitions of `topic` (absent: never committed).
@@ -192,9 +161,7 @@ pub fn committed_offsets(
     }
     let answer = client
         .committed_offsets(tpl, REQUEST_TIMEOUT)
-        .with_context(|| {
-            format!("Failed to fetch the committed offsets of group {group} on {topic}")
-        })?;
+        .with_context(|| format!("Failed to fetch the committed offsets of group {group} on {topic}"))?;
     Ok(answer
         .elements()
         .iter()
@@ -214,11 +181,7 @@ pub fn active_members(client: &BaseConsumer, group: &str) -> anyhow::Result<Vec<
         .groups()
         .iter()
         .filter(|g| g.name() == group)
-        .flat_map(|g| {
-            g.members()
-                .iter()
-                .map(|m| format!("{}@{}", m.client_id(), m.client_host()))
-        })
+        .flat_map(|g| g.members().iter().map(|m| format!("{}@{}", m.client_id(), m.client_host())))
         .collect())
 }
 
@@ -234,14 +197,9 @@ pub async fn running_instances(
 ) -> anyhow::Result<Vec<String>> {
     let client = group_client(kafka, &consumer.group)?;
     let mut found: Vec<String> = match active_members(&client, &consumer.group) {
-        Ok(members) => members
-            .into_iter()
-            .map(|m| format!("group member {m}"))
-            .collect(),
+        Ok(members) => members.into_iter().map(|m| format!("group member {m}")).collect(),
         Err(error) => {
-            eprintln!(
-                "warning: {error:#}; falling back to the consumer's Postgres sessions to tell whether it runs"
-            );
+            eprintln!("warning: {error:#}; falling back to the consumer's Postgres sessions to tell whether it runs");
             Vec::new()
         }
     };
@@ -253,10 +211,7 @@ pub async fn running_instances(
     .await
     .with_context(|| format!("Failed to list the Postgres sessions of consumer {}", consumer.name))?;
     found.extend(sessions.into_iter().map(|(pid, addr)| {
-        format!(
-            "postgres session pid {pid} from {}",
-            addr.unwrap_or_else(|| "local socket".into())
-        )
+        format!("postgres session pid {pid} from {}", addr.unwrap_or_else(|| "local socket".into()))
     }));
     Ok(found)
 }
@@ -288,8 +243,7 @@ pub async fn positions(
     let group = group_client(kafka, &consumer.group)?;
     let mut out = Vec::new();
     for topic in &topics {
-        let partitions = records::partitions(&reader, topic)
-            .with_context(|| format!("consumer {}", consumer.name))?;
+        let partitions = records::partitions(&reader, topic).with_context(|| format!("consumer {}", consumer.name))?;
         let committed = committed_offsets(&group, &consumer.group, topic, &partitions)?;
         for partition in partitions {
             let (low, high) = records::watermarks(&reader, topic, partition)?;
@@ -298,9 +252,7 @@ pub async fn positions(
                 partition,
                 low,
                 high,
-                stored: stored
-                    .as_ref()
-                    .and_then(|s| s.get(&(topic.clone(), partition)).copied()),
+                stored: stored.as_ref().and_then(|s| s.get(&(topic.clone(), partition)).copied()),
                 committed: committed.get(&partition).copied(),
             });
         }

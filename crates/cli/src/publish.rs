@@ -21,9 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use orderflow_events::{
-    Codec, Event, FieldError, InventoryChangeRequest, OrderRequest, idempotent_event_id,
-};
+use orderflow_events::{Codec, Event, FieldError, InventoryChangeRequest, OrderRequest, idempotent_event_id};
 use orderflow_kafka::{INVENTORY_TOPIC, KafkaArgs, ORDERS_TOPIC};
 use orderflow_publisher::Publisher;
 use serde_json::Value;
@@ -82,21 +80,14 @@ pub async fn run(kafka: &KafkaArgs, args: PublishArgs) -> anyhow::Result<()> {
     );
     for rejected in &summary.rejected {
         for error in &rejected.errors {
-            eprintln!(
-                "  line {}: {}: {}",
-                rejected.line, error.field, error.problem
-            );
+            eprintln!("  line {}: {}: {}", rejected.line, error.field, error.problem);
         }
     }
     for (line, error) in &summary.failed {
         eprintln!("  line {line}: not published: {error}");
     }
     if !summary.rejected.is_empty() || !summary.failed.is_empty() {
-        bail!(
-            "{} line(s) rejected, {} not published",
-            summary.rejected.len(),
-            summary.failed.len()
-        );
+        bail!("{} line(s) rejected, {} not published", summary.rejected.len(), summary.failed.len());
     }
     Ok(())
 }
@@ -104,11 +95,11 @@ pub async fn run(kafka: &KafkaArgs, args: PublishArgs) -> anyhow::Result<()> {
 /// Publish every valid line of `args.file`; report the others.
 pub async fn publish_file(kafka: &KafkaArgs, args: &PublishArgs) -> anyhow::Result<Summary> {
     let text = read_input(&args.file)?;
-    let scope_key = args.idempotency_key.clone().unwrap_or_else(|| {
-        uuid::Uuid::new_v5(&orderflow_events::EVENT_ID_NAMESPACE, text.as_bytes()).to_string()
-    });
-    let codec =
-        Codec::from_config(args.schema_registry_url.as_deref()).context("configuring the codec")?;
+    let scope_key = args
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v5(&orderflow_events::EVENT_ID_NAMESPACE, text.as_bytes()).to_string());
+    let codec = Codec::from_config(args.schema_registry_url.as_deref()).context("configuring the codec")?;
     let publisher = Publisher::new(kafka, codec, "orderflow/cli-publish")
         .context("creating the Kafka producer")?
         .with_topics(&args.orders_topic, &args.inventory_topic);
@@ -121,15 +112,9 @@ pub async fn publish_file(kafka: &KafkaArgs, args: &PublishArgs) -> anyhow::Resu
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        match parse_line(
-            trimmed,
-            idempotent_event_id("orderflow-publish", &scope_key, number),
-        ) {
+        match parse_line(trimmed, idempotent_event_id("orderflow-publish", &scope_key, number)) {
             Ok(event) => valid.push((number, event)),
-            Err(errors) => summary.rejected.push(Rejected {
-                line: number,
-                errors,
-            }),
+            Err(errors) => summary.rejected.push(Rejected { line: number, errors }),
         }
     }
 
@@ -137,10 +122,8 @@ pub async fn publish_file(kafka: &KafkaArgs, args: &PublishArgs) -> anyhow::Resu
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new(valid.len() as u64).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} events {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         )
     };
     for chunk in valid.chunks(CHUNK) {
@@ -170,48 +153,30 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
         .read_to_string(&mut text)
         .with_context(|| format!("reading {} (must be UTF-8 text)", path.display()))?;
     if text.len() as u64 > MAX_FILE_BYTES {
-        bail!(
-            "{} is larger than {MAX_FILE_BYTES} bytes; split it",
-            path.display()
-        );
+        bail!("{} is larger than {MAX_FILE_BYTES} bytes; split it", path.display());
     }
     Ok(text)
 }
 
 /// One line → one event, or every problem with it.
 pub fn parse_line(line: &str, event_id: uuid::Uuid) -> Result<Event, Vec<FieldError>> {
-    let problem = |field: &str, problem: String| {
-        vec![FieldError {
-            field: field.to_owned(),
-            problem,
-        }]
-    };
+    let problem = |field: &str, problem: String| vec![FieldError { field: field.to_owned(), problem }];
     if line.len() > MAX_LINE_BYTES {
-        return Err(problem(
-            "line",
-            format!("longer than {MAX_LINE_BYTES} bytes"),
-        ));
+        return Err(problem("line", format!("longer than {MAX_LINE_BYTES} bytes")));
     }
-    let mut value: Value =
-        serde_json::from_str(line).map_err(|e| problem("line", format!("malformed JSON: {e}")))?;
+    let mut value: Value = serde_json::from_str(line).map_err(|e| problem("line", format!("malformed JSON: {e}")))?;
     let Some(object) = value.as_object_mut() else {
         return Err(problem("line", "must be a JSON object".to_owned()));
     };
     let kind = match object.remove("type") {
         Some(Value::String(kind)) => kind,
         Some(_) => {
-            return Err(problem(
-                "type",
-                "must be \"order\" or \"inventory_change\"".to_owned(),
-            ));
+            return Err(problem("type", "must be \"order\" or \"inventory_change\"".to_owned()));
         }
         None if object.contains_key("lines") => "order".to_owned(),
         None if object.contains_key("delta") => "inventory_change".to_owned(),
         None => {
-            return Err(problem(
-                "type",
-                "missing, and the line has neither `lines` nor `delta`".to_owned(),
-            ));
+            return Err(problem("type", "missing, and the line has neither `lines` nor `delta`".to_owned()));
         }
     };
     let now = chrono::Utc::now();
@@ -222,14 +187,9 @@ pub fn parse_line(line: &str, event_id: uuid::Uuid) -> Result<Event, Vec<FieldEr
         }
         "inventory_change" => {
             let request: InventoryChangeRequest = from_value(value)?;
-            request
-                .into_event_at("", event_id, now)
-                .map(Event::InventoryChanged)
+            request.into_event_at("", event_id, now).map(Event::InventoryChanged)
         }
-        other => Err(problem(
-            "type",
-            format!("unknown type {other:?}; expected \"order\" or \"inventory_change\""),
-        )),
+        other => Err(problem("type", format!("unknown type {other:?}; expected \"order\" or \"inventory_change\""))),
     }
 }
 
@@ -251,15 +211,9 @@ mod tests {
     fn lines_are_typed_explicitly_or_by_their_fields() {
         let id = uuid::Uuid::new_v4();
         let change = r#"{"sku": "a", "warehouse": "w", "delta": 3, "reason": "received"}"#;
-        assert!(matches!(
-            parse_line(change, id),
-            Ok(Event::InventoryChanged(_))
-        ));
+        assert!(matches!(parse_line(change, id), Ok(Event::InventoryChanged(_))));
         let typed = r#"{"type": "inventory_change", "sku": "a", "warehouse": "w", "delta": 3, "reason": "received"}"#;
-        assert!(matches!(
-            parse_line(typed, id),
-            Ok(Event::InventoryChanged(_))
-        ));
+        assert!(matches!(parse_line(typed, id), Ok(Event::InventoryChanged(_))));
         let errors = parse_line(r#"{"type": "refund"}"#, id).unwrap_err();
         assert_eq!(errors[0].field, "type");
         let errors = parse_line(r#"{"sku": "a"}"#, id).unwrap_err();
@@ -269,20 +223,12 @@ mod tests {
     #[test]
     fn every_problem_of_a_line_names_its_field() {
         let id = uuid::Uuid::new_v4();
-        let errors =
-            parse_line(r#"{"sku": "a b", "delta": 3, "reason": "stolen"}"#, id).unwrap_err();
+        let errors = parse_line(r#"{"sku": "a b", "delta": 3, "reason": "stolen"}"#, id).unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert!(
-            fields.contains(&"sku") && fields.contains(&"reason") && fields.contains(&"warehouse"),
-            "{errors:?}"
-        );
+        assert!(fields.contains(&"sku") && fields.contains(&"reason") && fields.contains(&"warehouse"), "{errors:?}");
         let errors = parse_line(r#"{"delta": "three"}"#, id).unwrap_err();
         assert_eq!(errors[0].field, "delta");
         assert_eq!(parse_line("[1]", id).unwrap_err()[0].field, "line");
-        assert!(
-            parse_line("{", id).unwrap_err()[0]
-                .problem
-                .contains("malformed")
-        );
+        assert!(parse_line("{", id).unwrap_err()[0].problem.contains("malformed"));
     }
 }

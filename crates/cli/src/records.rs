@@ -26,9 +26,7 @@ pub fn reader(kafka: &KafkaArgs) -> anyhow::Result<StreamConsumer> {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("log_level", "3");
-    config
-        .create()
-        .context("Failed to create a Kafka client (check the --kafka-option values)")
+    config.create().context("Failed to create a Kafka client (check the --kafka-option values)")
 }
 
 /// The partitions of `topic`, sorted; an error naming the topic when the broker does not know it.
@@ -49,11 +47,7 @@ pub fn partitions(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<Vec<
 
 /// `(low, high)` watermarks: the first offset still on the partition and the next offset
 /// to be written.
-pub fn watermarks(
-    consumer: &StreamConsumer,
-    topic: &str,
-    partition: i32,
-) -> anyhow::Result<(i64, i64)> {
+pub fn watermarks(consumer: &StreamConsumer, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
     consumer
         .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
         .with_context(|| format!("Failed to fetch the watermarks of {topic}[{partition}]"))
@@ -66,9 +60,7 @@ pub fn assign(consumer: &StreamConsumer, topic: &str, starts: &[(i32, i64)]) -> 
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
             .with_context(|| format!("bad start offset {offset} for {topic}[{partition}]"))?;
     }
-    consumer
-        .assign(&tpl)
-        .with_context(|| format!("Failed to assign partitions of {topic}"))
+    consumer.assign(&tpl).with_context(|| format!("Failed to assign partitions of {topic}"))
 }
 
 /// The record at `offset` of `topic[partition]`, or `None` when the partition has nothing
@@ -85,14 +77,9 @@ pub async fn read_one(
     loop {
         let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Err(_) => return Ok(None),
-            Ok(message) => {
-                message.with_context(|| format!("Failed to read {topic}[{partition}]@{offset}"))?
-            }
+            Ok(message) => message.with_context(|| format!("Failed to read {topic}[{partition}]@{offset}"))?,
         };
-        if message.topic() == topic
-            && message.partition() == partition
-            && message.offset() >= offset
-        {
+        if message.topic() == topic && message.partition() == partition && message.offset() >= offset {
             return Ok(Some(message.detach()));
         }
     }
@@ -104,9 +91,7 @@ pub fn timestamp_ms(message: &impl Message) -> Option<i64> {
 }
 
 pub fn format_millis(millis: i64) -> Option<String> {
-    Utc.timestamp_millis_opt(millis)
-        .single()
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    Utc.timestamp_millis_opt(millis).single().map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
 /// The first offset of `topic[partition]` whose record has a timestamp at or after `since`
@@ -128,16 +113,10 @@ pub async fn offset_for_time(
         return Ok(high);
     }
     let since_ms = since.timestamp_millis();
-    let mut start = broker_offset_for_time(consumer, topic, partition, since_ms)
-        .unwrap_or(low)
-        .clamp(low, high);
+    let mut start = broker_offset_for_time(consumer, topic, partition, since_ms).unwrap_or(low).clamp(low, high);
     if start > low {
         let before = read_one(consumer, topic, partition, start - 1, REQUEST_TIMEOUT).await?;
-        if before
-            .as_ref()
-            .and_then(timestamp_ms)
-            .is_none_or(|t| t >= since_ms)
-        {
+        if before.as_ref().and_then(timestamp_ms).is_none_or(|t| t >= since_ms) {
             tracing::debug!(
                 topic,
                 partition,
@@ -165,15 +144,9 @@ pub async fn offset_for_time(
     Ok(high)
 }
 
-fn broker_offset_for_time(
-    consumer: &StreamConsumer,
-    topic: &str,
-    partition: i32,
-    since_ms: i64,
-) -> Option<i64> {
+fn broker_offset_for_time(consumer: &StreamConsumer, topic: &str, partition: i32, since_ms: i64) -> Option<i64> {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(since_ms))
-        .ok()?;
+    tpl.add_partition_offset(topic, partition, Offset::Offset(since_ms)).ok()?;
     let answer = consumer.offsets_for_times(tpl, REQUEST_TIMEOUT).ok()?;
     let element = answer.find_partition(topic, partition)?;
     match element.offset() {
@@ -194,10 +167,7 @@ pub fn headers_map(message: &impl Message) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     if let Some(headers) = message.headers() {
         for header in headers.iter() {
-            let value = header
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
+            let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
             map.insert(header.key.to_owned(), value);
         }
     }
@@ -205,9 +175,7 @@ pub fn headers_map(message: &impl Message) -> BTreeMap<String, String> {
 }
 
 pub fn key_string(message: &impl Message) -> Option<String> {
-    message
-        .key()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
+    message.key().map(|k| String::from_utf8_lossy(k).into_owned())
 }
 
 /// A record as one JSON object: where it is, its key, headers, timestamp and decoded value;
@@ -252,11 +220,7 @@ pub fn progress(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
 
 /// Every record of `topic` up to the end it has now, oldest first per partition; refuses
 /// (naming the topic) when that is more than `max_records`.
-pub async fn read_all(
-    consumer: &StreamConsumer,
-    topic: &str,
-    max_records: u64,
-) -> anyhow::Result<Vec<OwnedMessage>> {
+pub async fn read_all(consumer: &StreamConsumer, topic: &str, max_records: u64) -> anyhow::Result<Vec<OwnedMessage>> {
     let mut starts = Vec::new();
     let mut ends = BTreeMap::new();
     for partition in partitions(consumer, topic)? {
@@ -280,12 +244,7 @@ pub async fn read_all(
     while !ends.is_empty() {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
-            .with_context(|| {
-                format!(
-                    "no record came from {topic} partitions {:?} within 30s",
-                    ends.keys()
-                )
-            })?
+            .with_context(|| format!("no record came from {topic} partitions {:?} within 30s", ends.keys()))?
             .with_context(|| format!("Failed to read {topic}"))?;
         let partition = message.partition();
         let Some(&end) = ends.get(&partition) else {

@@ -133,24 +133,12 @@ pub async fn run(kafka: &KafkaArgs, args: ReplayArgs) -> anyhow::Result<()> {
 
 /// Rebuild `handler`'s store into `<schema>_shadow`, report the difference from the live
 /// store, and promote it when asked.
-pub async fn replay<H: Handler>(
-    handler: H,
-    kafka: &KafkaArgs,
-    args: &ReplayArgs,
-) -> anyhow::Result<ReplayReport> {
+pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     let live = args.consumer.consumer_ref()?;
     let shadow = format!("{}_shadow", live.schema);
     orderflow_runtime::store::validate_schema_name(&shadow)?;
-    let topics = if args.topics.is_empty() {
-        handler.topics()
-    } else {
-        args.topics.clone()
-    };
-    anyhow::ensure!(
-        !topics.is_empty(),
-        "consumer {} reads no topics; name them with --topic",
-        live.name
-    );
+    let topics = if args.topics.is_empty() { handler.topics() } else { args.topics.clone() };
+    anyhow::ensure!(!topics.is_empty(), "consumer {} reads no topics; name them with --topic", live.name);
     let pool = args.consumer.db.connect().await?;
 
     // An empty shadow, and the end of the rebuild: the high watermarks now.
@@ -190,10 +178,7 @@ pub async fn replay<H: Handler>(
     }
     // Offsets below these were not replayed (before the start point, or gone from the broker).
     let base: i64 = ends.keys().map(|tp| starts.get(tp).copied().unwrap_or(lows[tp])).sum();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let mut runtime_args = RuntimeArgs::new(kafka.clone(), args.consumer.db.database_url.clone());
     runtime_args.schema = Some(shadow.clone());
     runtime_args.group = Some(format!("{}-replay-{nanos:x}", live.name));
@@ -211,29 +196,16 @@ pub async fn replay<H: Handler>(
             .await
             .with_context(|| format!("Failed to set the start of {topic}[{partition}] in {shadow}"))?;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("Failed to bind the replay's health port")?;
+    let listener =
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.context("Failed to bind the replay's health port")?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runtime.run_with_listener(
-        handler,
-        axum::Router::new(),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let task = tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, async move {
+        let _ = stopped.await;
+    }));
 
     let total: i64 = ends.values().sum();
     let bar = records::progress(Some(total as u64), &format!("rebuilding {shadow}"));
-    let caught_up = wait_caught_up(
-        &shadow_pool,
-        &ends,
-        Duration::from_secs(args.stall_timeout),
-        &bar,
-        &task,
-    )
-    .await;
+    let caught_up = wait_caught_up(&shadow_pool, &ends, Duration::from_secs(args.stall_timeout), &bar, &task).await;
     let _ = stop.send(());
     let stopped = tokio::time::timeout(Duration::from_secs(60), task).await;
     bar.finish_and_clear();
@@ -246,12 +218,8 @@ pub async fn replay<H: Handler>(
     shadow_pool.close().await;
 
     let tables = diff(&pool, &live.schema, &shadow, args.sample).await?;
-    let mut report = ReplayReport {
-        shadow_schema: shadow.clone(),
-        records_replayed: replayed - base,
-        tables,
-        promoted: false,
-    };
+    let mut report =
+        ReplayReport { shadow_schema: shadow.clone(), records_replayed: replayed - base, tables, promoted: false };
     if args.promote {
         promote(kafka, &pool, &live, &shadow).await?;
         report.promoted = true;
@@ -275,17 +243,10 @@ async fn wait_caught_up(
                 .fetch_all(pool)
                 .await
                 .context("Failed to read the shadow's offsets")?;
-        let stored: BTreeMap<(String, i32), i64> =
-            rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
-        let done: i64 = ends
-            .iter()
-            .map(|(tp, end)| stored.get(tp).copied().unwrap_or(0).min(*end))
-            .sum();
+        let stored: BTreeMap<(String, i32), i64> = rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        let done: i64 = ends.iter().map(|(tp, end)| stored.get(tp).copied().unwrap_or(0).min(*end)).sum();
         bar.set_position(done as u64);
-        if ends
-            .iter()
-            .all(|(tp, end)| stored.get(tp).is_some_and(|o| o >= end))
-        {
+        if ends.iter().all(|(tp, end)| stored.get(tp).is_some_and(|o| o >= end)) {
             return Ok(done);
         }
         if task.is_finished() {
@@ -295,21 +256,14 @@ async fn wait_caught_up(
             last = done;
             last_progress = tokio::time::Instant::now();
         } else if last_progress.elapsed() > stall {
-            bail!(
-                "the rebuild made no progress for {stall:?} ({done} records applied; waiting for {ends:?})"
-            );
+            bail!("the rebuild made no progress for {stall:?} ({done} records applied; waiting for {ends:?})");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Tables (not the runtime's own) of the live and shadow schemas, compared.
-pub async fn diff(
-    pool: &PgPool,
-    live: &str,
-    shadow: &str,
-    sample: i64,
-) -> anyhow::Result<Vec<TableDiff>> {
+pub async fn diff(pool: &PgPool, live: &str, shadow: &str, sample: i64) -> anyhow::Result<Vec<TableDiff>> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT table_name::text FROM information_schema.tables
          WHERE table_schema IN ($1, $2) AND table_type = 'BASE TABLE'
@@ -329,12 +283,7 @@ pub async fn diff(
                 "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {schema}.{quoted} t"
             );
             let pool = pool.clone();
-            async move {
-                sqlx::query_as::<_, (i64, String)>(&sql)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap_or((0, "missing".into()))
-            }
+            async move { sqlx::query_as::<_, (i64, String)>(&sql).fetch_one(&pool).await.unwrap_or((0, "missing".into())) }
         };
         let (live_rows, live_md5) = summary(live).await;
         let (shadow_rows, shadow_md5) = summary(shadow).await;
@@ -343,40 +292,21 @@ pub async fn diff(
                 "SELECT t::text FROM {a}.{quoted} t EXCEPT ALL SELECT t::text FROM {b}.{quoted} t ORDER BY 1 LIMIT $1"
             );
             let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, String>(&sql)
-                    .bind(sample)
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap_or_default()
-            }
+            async move { sqlx::query_scalar::<_, String>(&sql).bind(sample).fetch_all(&pool).await.unwrap_or_default() }
         };
         let (only_live, only_shadow) = if live_md5 == shadow_md5 {
             (vec![], vec![])
         } else {
             (only(live, shadow).await, only(shadow, live).await)
         };
-        out.push(TableDiff {
-            table,
-            live_rows,
-            shadow_rows,
-            live_md5,
-            shadow_md5,
-            only_live,
-            only_shadow,
-        });
+        out.push(TableDiff { table, live_rows, shadow_rows, live_md5, shadow_md5, only_live, only_shadow });
     }
     Ok(out)
 }
 
 /// Swap the shadow in: live → `<schema>_old` (replacing an older one), shadow → live, in one
 /// transaction. Refuses while the consumer runs.
-pub async fn promote(
-    kafka: &KafkaArgs,
-    pool: &PgPool,
-    live: &ConsumerRef,
-    shadow: &str,
-) -> anyhow::Result<()> {
+pub async fn promote(kafka: &KafkaArgs, pool: &PgPool, live: &ConsumerRef, shadow: &str) -> anyhow::Result<()> {
     let running = position::running_instances(kafka, pool, live).await?;
     anyhow::ensure!(
         running.is_empty(),
@@ -400,8 +330,6 @@ pub async fn promote(
         .execute(&mut *tx)
         .await
         .with_context(|| format!("Failed to rename {shadow} to {schema}"))?;
-    tx.commit()
-        .await
-        .with_context(|| format!("Failed to promote {shadow} to {schema}"))?;
+    tx.commit().await.with_context(|| format!("Failed to promote {shadow} to {schema}"))?;
     Ok(())
 }

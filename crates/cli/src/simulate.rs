@@ -130,9 +130,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        serde_json::to_string(
-            &json!({"report": report, "events": expected.events, "orders": expected.orders})
-        )?
+        serde_json::to_string(&json!({"report": report, "events": expected.events, "orders": expected.orders}))?
     );
     if let Some(path) = &args.expect_file {
         eprintln!("expected totals written to {}", path.display());
@@ -152,19 +150,11 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         bail!("--ship-fraction must be between 0 and 1");
     }
     let mut rng = StdRng::seed_from_u64(args.seed.unwrap_or_else(rand::random));
-    let run_id = args
-        .run_id
-        .clone()
-        .unwrap_or_else(|| format!("sim{:06x}", rng.random_range(0..0xff_ffff)));
+    let run_id = args.run_id.clone().unwrap_or_else(|| format!("sim{:06x}", rng.random_range(0..0xff_ffff)));
     let client = Arc::new(Client::new(args)?);
-    let skus: Vec<String> = (0..args.skus)
-        .map(|i| format!("{run_id}-SKU-{i:03}"))
-        .collect();
+    let skus: Vec<String> = (0..args.skus).map(|i| format!("{run_id}-SKU-{i:03}")).collect();
     let warehouses: Vec<String> = (0..args.warehouses).map(|i| format!("wh-{i}")).collect();
-    let mut expected = Expected {
-        run_id: run_id.clone(),
-        ..Expected::default()
-    };
+    let mut expected = Expected { run_id: run_id.clone(), ..Expected::default() };
     let mut report = Report::default();
     let mut retries_left = args.retries;
     let mut resend = |rng: &mut StdRng, remaining: usize| {
@@ -190,8 +180,10 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         .collect();
     let mut requests = Vec::new();
     for (i, batch) in restocks.chunks(args.batch).enumerate() {
-        let changes: Vec<Value> =
-            batch.iter().map(|(sku, wh, delta)| json!({"sku": sku, "warehouse": wh, "delta": delta, "reason": "received"})).collect();
+        let changes: Vec<Value> = batch
+            .iter()
+            .map(|(sku, wh, delta)| json!({"sku": sku, "warehouse": wh, "delta": delta, "reason": "received"}))
+            .collect();
         requests.push(Request {
             path: "/v1/inventory/changes",
             body: json!({"changes": changes}),
@@ -218,9 +210,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         let lines: Vec<(String, i64, i64)> = (0..rng.random_range(1..=3))
             .filter_map(|_| {
                 let sku = skus[rng.random_range(0..skus.len())].clone();
-                chosen
-                    .insert(sku.clone())
-                    .then(|| (sku, rng.random_range(1..=3), rng.random_range(100..=10_000)))
+                chosen.insert(sku.clone()).then(|| (sku, rng.random_range(1..=3), rng.random_range(100..=10_000)))
             })
             .collect();
         orders.push((order_id, lines));
@@ -267,12 +257,10 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         let changes: Vec<(String, String, i64)> = lines
             .iter()
             .map(|(sku, q, _)| {
-                let wh = expected.skus.get(sku).and_then(|t| {
-                    t.warehouses
-                        .iter()
-                        .max_by_key(|(_, n)| **n)
-                        .map(|(w, _)| w.clone())
-                });
+                let wh = expected
+                    .skus
+                    .get(sku)
+                    .and_then(|t| t.warehouses.iter().max_by_key(|(_, n)| **n).map(|(w, _)| w.clone()));
                 (sku.clone(), wh.unwrap_or_else(|| warehouses[0].clone()), -q)
             })
             .collect();
@@ -333,10 +321,8 @@ const ATTEMPTS: usize = 8;
 
 impl Client {
     fn new(args: &SimulateArgs) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?;
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("building the HTTP client")?;
         Ok(Client {
             http,
             base: args.ingress_url.trim_end_matches('/').to_owned(),
@@ -346,11 +332,7 @@ impl Client {
     }
 
     /// Send every request, at most `concurrency` at once; outcomes in the order given.
-    async fn send_all(
-        self: &Arc<Self>,
-        requests: Vec<Request>,
-        report: &mut Report,
-    ) -> Vec<Outcome> {
+    async fn send_all(self: &Arc<Self>, requests: Vec<Request>, report: &mut Report) -> Vec<Outcome> {
         let results: Vec<(Outcome, Vec<Sent>)> = futures::stream::iter(requests)
             .map(|request| {
                 let client = self.clone();
@@ -381,22 +363,14 @@ impl Client {
         if request.resend && outcome.accepted {
             let again = self.send_until_answered(&request, true, &mut sent).await;
             if again.accepted && again.event_ids != outcome.event_ids {
-                tracing::error!(
-                    key = request.key,
-                    "a retry with the same Idempotency-Key got different event ids"
-                );
+                tracing::error!(key = request.key, "a retry with the same Idempotency-Key got different event ids");
                 outcome.accepted = false;
             }
         }
         (outcome, sent)
     }
 
-    async fn send_until_answered(
-        &self,
-        request: &Request,
-        deliberate: bool,
-        sent: &mut Vec<Sent>,
-    ) -> Outcome {
+    async fn send_until_answered(&self, request: &Request, deliberate: bool, sent: &mut Vec<Sent>) -> Outcome {
         for attempt in 0..ATTEMPTS {
             let mut builder = self
                 .http
@@ -410,22 +384,14 @@ impl Client {
             let response = match builder.send().await {
                 Ok(response) => response,
                 Err(error) => {
-                    sent.push(Sent {
-                        status: "error".to_owned(),
-                        deliberate_retry: deliberate,
-                        backoff_retry,
-                    });
+                    sent.push(Sent { status: "error".to_owned(), deliberate_retry: deliberate, backoff_retry });
                     tracing::warn!(error = %error, path = request.path, "request failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
                     continue;
                 }
             };
             let status = response.status();
-            sent.push(Sent {
-                status: status.as_u16().to_string(),
-                deliberate_retry: deliberate,
-                backoff_retry,
-            });
+            sent.push(Sent { status: status.as_u16().to_string(), deliberate_retry: deliberate, backoff_retry });
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                 let wait = response
                     .headers()
@@ -440,31 +406,15 @@ impl Client {
             let body: Value = response.json().await.unwrap_or(Value::Null);
             if status != reqwest::StatusCode::ACCEPTED {
                 tracing::warn!(status = status.as_u16(), path = request.path, %body, "request rejected");
-                return Outcome {
-                    accepted: false,
-                    event_ids: Vec::new(),
-                };
+                return Outcome { accepted: false, event_ids: Vec::new() };
             }
             let event_ids = match body.get("events").and_then(Value::as_array) {
-                Some(events) => events
-                    .iter()
-                    .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
-                    .collect(),
-                None => body["event_id"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .into_iter()
-                    .collect(),
+                Some(events) => events.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect(),
+                None => body["event_id"].as_str().map(str::to_owned).into_iter().collect(),
             };
-            return Outcome {
-                accepted: true,
-                event_ids,
-            };
+            return Outcome { accepted: true, event_ids };
         }
-        Outcome {
-            accepted: false,
-            event_ids: Vec::new(),
-        }
+        Outcome { accepted: false, event_ids: Vec::new() }
     }
 }
 

@@ -110,19 +110,14 @@ pub async fn tail(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<TailSummary> {
     let topic = args.topic.as_str();
-    let codec = Codec::from_config(args.schema_registry_url.as_deref())
-        .context("Invalid SCHEMA_REGISTRY_URL")?;
+    let codec = Codec::from_config(args.schema_registry_url.as_deref()).context("Invalid SCHEMA_REGISTRY_URL")?;
     let consumer = records::reader(kafka)?;
     let all = records::partitions(&consumer, topic)?;
     let selected = if args.partitions.is_empty() {
         all
     } else {
         for p in &args.partitions {
-            anyhow::ensure!(
-                all.contains(p),
-                "topic {topic} has no partition {p} (it has {})",
-                all.len()
-            );
+            anyhow::ensure!(all.contains(p), "topic {topic} has no partition {p} (it has {})", all.len());
         }
         args.partitions.clone()
     };
@@ -144,21 +139,13 @@ pub async fn tail(
         starts.push((partition, start));
         ends.insert(partition, high);
     }
-    let mut pending: BTreeSet<i32> = starts
-        .iter()
-        .filter(|(p, start)| *start < ends[p])
-        .map(|(p, _)| *p)
-        .collect();
+    let mut pending: BTreeSet<i32> = starts.iter().filter(|(p, start)| *start < ends[p]).map(|(p, _)| *p).collect();
     let mut summary = TailSummary::default();
     if !args.follow && pending.is_empty() {
         return Ok(summary);
     }
     let total: i64 = starts.iter().map(|(p, start)| ends[p] - start).sum();
-    let bar = if args.follow {
-        records::progress(None, topic)
-    } else {
-        records::progress(Some(total as u64), topic)
-    };
+    let bar = if args.follow { records::progress(None, topic) } else { records::progress(Some(total as u64), topic) };
     records::assign(&consumer, topic, &starts)?;
 
     let since_ms = args.since.map(|t| t.timestamp_millis());
@@ -209,9 +196,7 @@ pub async fn tail(
     }
     bar.finish_and_clear();
     match out.flush() {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(error).context("Failed to write to stdout")
-        }
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error).context("Failed to write to stdout"),
         _ => Ok(summary),
     }
 }
@@ -236,11 +221,7 @@ fn selected_record(message: &impl Message, since_ms: Option<i64>, args: &TailArg
 }
 
 /// Write one JSON line; `false` when the reader went away (a closed pipe, e.g. `| head`).
-pub fn write_line(
-    out: &mut impl Write,
-    json: &serde_json::Value,
-    flush: bool,
-) -> anyhow::Result<bool> {
+pub fn write_line(out: &mut impl Write, json: &serde_json::Value, flush: bool) -> anyhow::Result<bool> {
     let result = serde_json::to_writer(&mut *out, json)
         .map_err(std::io::Error::from)
         .and_then(|()| out.write_all(b"\n"))

@@ -29,11 +29,8 @@ pub enum TopicsCommand {
 pub async fn run(kafka: &KafkaArgs, command: TopicsCommand) -> anyhow::Result<()> {
     match command {
         TopicsCommand::Create { names, partitions, replication_factor } => {
-            let names = if names.is_empty() {
-                vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()]
-            } else {
-                names
-            };
+            let names =
+                if names.is_empty() { vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()] } else { names };
             for name in names {
                 match ensure_topic(kafka, &name, partitions.into(), replication_factor).await? {
                     TopicOutcome::Created { partitions } => println!("created {name} ({partitions} partitions)"),

@@ -18,20 +18,10 @@ async fn a_redriven_poison_order_is_applied_exactly_once_and_the_redrive_is_audi
     let (name, args) = consumer_args("dlq", &topic);
     let dlq_topic = args.dlq_topic.clone().unwrap();
     let producer = producer();
-    let events = [
-        order("good-1", &[("sku-a", 1)]),
-        order("poison-1", &[("POISON-x", 2)]),
-        order("good-2", &[("sku-a", 1)]),
-    ];
+    let events =
+        [order("good-1", &[("sku-a", 1)]), order("poison-1", &[("POISON-x", 2)]), order("good-2", &[("sku-a", 1)])];
     let positions = publish(&producer, &topic, &events).await;
-    let running = start(
-        Recorder {
-            name: name.clone(),
-            accept_poison: false,
-        },
-        args.clone(),
-    )
-    .await;
+    let running = start(Recorder { name: name.clone(), accept_poison: false }, args.clone()).await;
     wait_until("three records handled", Duration::from_secs(60), || async {
         (stored_offsets_sum(&running.pool).await == 3).then_some(())
     })
@@ -45,42 +35,21 @@ async fn a_redriven_poison_order_is_applied_exactly_once_and_the_redrive_is_audi
     assert_eq!(letters.len(), 1, "{letters:#?}");
     let letter = &letters[0];
     assert_eq!(letter.key.as_deref(), Some("poison-1"));
-    assert_eq!(
-        (letter.original_topic.as_str(), letter.original_offset),
-        (topic.as_str(), Some(positions[1].1))
-    );
+    assert_eq!((letter.original_topic.as_str(), letter.original_offset), (topic.as_str(), Some(positions[1].1)));
     assert_eq!(letter.error_class, "permanent");
     assert!(letter.error_message.contains("poisoned sku"), "{letter:?}");
     assert!(letter.redriven_to.is_empty());
 
     // Act 2: the fix is deployed (the handler accepts the sku); redrive by class, twice.
-    let running = start(
-        Recorder {
-            name: name.clone(),
-            accept_poison: true,
-        },
-        args.clone(),
-    )
-    .await;
-    let selection = Selection {
-        class: Some("permanent".into()),
-        ..Selection::default()
-    };
-    let dry = redrive(&kafka_args(), &dlq_topic, &selection, 1000, true)
-        .await
-        .unwrap();
+    let running = start(Recorder { name: name.clone(), accept_poison: true }, args.clone()).await;
+    let selection = Selection { class: Some("permanent".into()), ..Selection::default() };
+    let dry = redrive(&kafka_args(), &dlq_topic, &selection, 1000, true).await.unwrap();
     assert_eq!((dry.len(), dry[0].to), (1, None));
-    let first = redrive(&kafka_args(), &dlq_topic, &selection, 1000, false)
-        .await
-        .unwrap();
-    let second = redrive(&kafka_args(), &dlq_topic, &selection, 1000, false)
-        .await
-        .unwrap();
-    wait_until(
-        "the redriven order applied",
-        Duration::from_secs(60),
-        || async { (stored_offsets_sum(&running.pool).await == 4).then_some(()) },
-    )
+    let first = redrive(&kafka_args(), &dlq_topic, &selection, 1000, false).await.unwrap();
+    let second = redrive(&kafka_args(), &dlq_topic, &selection, 1000, false).await.unwrap();
+    wait_until("the redriven order applied", Duration::from_secs(60), || async {
+        (stored_offsets_sum(&running.pool).await == 4).then_some(())
+    })
     .await;
     let applied = applied_counts(&running.pool).await;
     running.shutdown().await;
@@ -94,36 +63,18 @@ async fn a_redriven_poison_order_is_applied_exactly_once_and_the_redrive_is_audi
     // The redriven record carries the original headers minus dlq_*, plus the audit ones.
     let (partition, offset) = first[0].to.unwrap();
     let reader = orderflow_cli::records::reader(&kafka_args()).unwrap();
-    let record = orderflow_cli::records::read_one(
-        &reader,
-        &topic,
-        partition,
-        offset,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let record = orderflow_cli::records::read_one(&reader, &topic, partition, offset, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
     let headers = orderflow_cli::records::headers_map(&record);
-    assert_eq!(
-        headers[dlq::headers::REDRIVE_OF],
-        format!("{}:{}", letter.partition, letter.offset)
-    );
-    assert!(
-        headers.contains_key(dlq::headers::REDRIVEN_BY)
-            && headers.contains_key(dlq::headers::REDRIVEN_AT)
-    );
+    assert_eq!(headers[dlq::headers::REDRIVE_OF], format!("{}:{}", letter.partition, letter.offset));
+    assert!(headers.contains_key(dlq::headers::REDRIVEN_BY) && headers.contains_key(dlq::headers::REDRIVEN_AT));
     assert_eq!(headers["ce_type"], "orderflow.order.placed.v1");
-    assert!(
-        !headers.contains_key(dlq_headers::ERROR_CLASS)
-            && !headers.contains_key(dlq_headers::ORIGINAL_TOPIC)
-    );
+    assert!(!headers.contains_key(dlq_headers::ERROR_CLASS) && !headers.contains_key(dlq_headers::ORIGINAL_TOPIC));
 
     // The DLQ lists the dead letter as redriven, pointing at the new record.
     let (letters, _) = dead_letters(&kafka_args(), &dlq_topic, 1000).await.unwrap();
     assert_eq!(letters.len(), 1);
-    assert_eq!(
-        letters[0].redriven_to,
-        [format!("{topic}[{partition}]@{offset}")]
-    );
+    assert_eq!(letters[0].redriven_to, [format!("{topic}[{partition}]@{offset}")]);
 }

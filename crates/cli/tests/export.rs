@@ -12,14 +12,7 @@ use orderflow_testkit::events::{order, producer, publish, publish_raw};
 use orderflow_testkit::{fresh_topic, kafka_args};
 
 fn two_line_orders(prefix: &str, n: usize) -> Vec<Event> {
-    (0..n)
-        .map(|i| {
-            order(
-                &format!("{prefix}-{i}"),
-                &[("sku-a", 1), ("sku-b", (i + 1) as u32)],
-            )
-        })
-        .collect()
+    (0..n).map(|i| order(&format!("{prefix}-{i}"), &[("sku-a", 1), ("sku-b", (i + 1) as u32)])).collect()
 }
 
 fn python() -> String {
@@ -31,26 +24,13 @@ fn read_avro_with_fastavro(path: &Path) -> Vec<serde_json::Value> {
                   with open(sys.argv[1], 'rb') as f:\n\
                   \x20   for r in fastavro.reader(f):\n\
                   \x20       print(json.dumps(r, default=str))\n";
-    let output = std::process::Command::new(python())
-        .args(["-c", script])
-        .arg(path)
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "fastavro failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let output = std::process::Command::new(python()).args(["-c", script]).arg(path).output().expect("python runs");
+    assert!(output.status.success(), "fastavro failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resumed_avro_export_is_read_by_fastavro_as_the_same_records_and_csv_has_a_row_per_order_line()
- {
+async fn a_resumed_avro_export_is_read_by_fastavro_as_the_same_records_and_csv_has_a_row_per_order_line() {
     // Arrange: 10 two-line orders over 3 partitions and one undecodable record.
     let topic = fresh_topic("export-avro", 3).await;
     let events = two_line_orders("o", 10);
@@ -63,21 +43,12 @@ async fn a_resumed_avro_export_is_read_by_fastavro_as_the_same_records_and_csv_h
     // Act: the Avro export is interrupted after its first chunk and continued.
     let mut args = ExportArgs::new(&topic, Format::Avro, &avro);
     args.chunk = 3;
-    let first = export(&kafka_args(), &args, common::when_exists(state_path(&avro)))
-        .await
-        .unwrap();
+    let first = export(&kafka_args(), &args, common::when_exists(state_path(&avro))).await.unwrap();
     assert!(first.written_total < 10, "{first:?}");
-    let summary = export(&kafka_args(), &args, std::future::pending())
-        .await
-        .unwrap();
+    let summary = export(&kafka_args(), &args, std::future::pending()).await.unwrap();
     assert!(summary.resumed);
-    let csv_summary = export(
-        &kafka_args(),
-        &ExportArgs::new(&topic, Format::Csv, &csv),
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    let csv_summary =
+        export(&kafka_args(), &ExportArgs::new(&topic, Format::Csv, &csv), std::future::pending()).await.unwrap();
 
     // Assert: fastavro reads every decodable record with the same content.
     assert_eq!((summary.written_total, summary.skipped_total), (10, 1));
@@ -87,28 +58,12 @@ async fn a_resumed_avro_export_is_read_by_fastavro_as_the_same_records_and_csv_h
     expected.sort_by_key(|e| e.order_id().map(|o| o.as_str().to_owned()));
     assert_eq!(read.len(), 10);
     for (record, event) in read.iter().zip(expected) {
-        let Event::OrderPlaced(order) = event else {
-            unreachable!()
-        };
-        assert_eq!(
-            record["event_id"].as_str(),
-            Some(order.event_id.to_string().as_str())
-        );
+        let Event::OrderPlaced(order) = event else { unreachable!() };
+        assert_eq!(record["event_id"].as_str(), Some(order.event_id.to_string().as_str()));
         assert_eq!(record["order_id"].as_str(), Some(order.order_id.as_str()));
-        assert_eq!(
-            record["total_minor"].as_i64(),
-            Some(order.total_minor.get())
-        );
-        assert_eq!(
-            record["customer"]["email"].as_str(),
-            Some(order.customer.email.as_str())
-        );
-        let skus: Vec<&str> = record["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["sku"].as_str().unwrap())
-            .collect();
+        assert_eq!(record["total_minor"].as_i64(), Some(order.total_minor.get()));
+        assert_eq!(record["customer"]["email"].as_str(), Some(order.customer.email.as_str()));
+        let skus: Vec<&str> = record["lines"].as_array().unwrap().iter().map(|l| l["sku"].as_str().unwrap()).collect();
         assert_eq!(skus, ["sku-a", "sku-b"]);
     }
 
@@ -116,11 +71,7 @@ async fn a_resumed_avro_export_is_read_by_fastavro_as_the_same_records_and_csv_h
     assert_eq!(csv_summary.written_total, 10);
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(
-        lines[0].starts_with("topic,partition,offset,timestamp,event_id,order_id"),
-        "{}",
-        lines[0]
-    );
+    assert!(lines[0].starts_with("topic,partition,offset,timestamp,event_id,order_id"), "{}", lines[0]);
     assert_eq!(lines.len(), 1 + 20);
     assert_eq!(lines.iter().filter(|l| l.contains(",o-3,")).count(), 2);
 }
@@ -138,29 +89,14 @@ async fn an_interrupted_export_resumes_without_losing_or_repeating_records() {
 
     // Act 1: stop right after the first flushed chunk, then leave a torn half-line behind,
     // as a crash in the middle of the next chunk would.
-    let first = export(
-        &kafka_args(),
-        &args,
-        common::when_exists(state_path(&output)),
-    )
-    .await
-    .unwrap();
+    let first = export(&kafka_args(), &args, common::when_exists(state_path(&output))).await.unwrap();
     assert_eq!(first.written_now, 1);
     use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&output)
-        .unwrap()
-        .write_all(b"{\"torn\":")
-        .unwrap();
+    std::fs::OpenOptions::new().append(true).open(&output).unwrap().write_all(b"{\"torn\":").unwrap();
 
     // Act 2: run it again.
-    let second = export(&kafka_args(), &args, std::future::pending())
-        .await
-        .unwrap();
-    let third = export(&kafka_args(), &args, std::future::pending())
-        .await
-        .unwrap();
+    let second = export(&kafka_args(), &args, std::future::pending()).await.unwrap();
+    let third = export(&kafka_args(), &args, std::future::pending()).await.unwrap();
 
     // Assert: every record exactly once.
     assert!(second.resumed);
@@ -170,12 +106,7 @@ async fn an_interrupted_export_resumes_without_losing_or_repeating_records() {
     let mut positions: Vec<(i64, i64)> = text
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|v| {
-            (
-                v["partition"].as_i64().unwrap(),
-                v["offset"].as_i64().unwrap(),
-            )
-        })
+        .map(|v| (v["partition"].as_i64().unwrap(), v["offset"].as_i64().unwrap()))
         .collect();
     positions.sort();
     let before = positions.len();
@@ -193,21 +124,12 @@ async fn exported_json_lines_publish_back_to_the_same_events() {
     let output = dir.path().join("orders.jsonl");
 
     // Act: export, parse the values back into events, publish them to a fresh topic, tail it.
-    export(
-        &kafka_args(),
-        &ExportArgs::new(&topic, Format::Jsonl, &output),
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    export(&kafka_args(), &ExportArgs::new(&topic, Format::Jsonl, &output), std::future::pending()).await.unwrap();
     let reimported: Vec<Event> = std::fs::read_to_string(&output)
         .unwrap()
         .lines()
         .map(|l| {
-            serde_json::from_value(
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["value"].clone(),
-            )
-            .unwrap()
+            serde_json::from_value(serde_json::from_str::<serde_json::Value>(l).unwrap()["value"].clone()).unwrap()
         })
         .collect();
     let copy = fresh_topic("export-trip-copy", 2).await;
@@ -216,10 +138,7 @@ async fn exported_json_lines_publish_back_to_the_same_events() {
 
     // Assert
     let mut original: Vec<Event> = events.clone();
-    let mut back: Vec<Event> = tailed
-        .iter()
-        .map(|l| serde_json::from_value(l["value"].clone()).unwrap())
-        .collect();
+    let mut back: Vec<Event> = tailed.iter().map(|l| serde_json::from_value(l["value"].clone()).unwrap()).collect();
     original.sort_by_key(|e| e.event_id());
     back.sort_by_key(|e| e.event_id());
     assert_eq!(back, original);

@@ -12,9 +12,7 @@ use orderflow_cli::position::{self, ConsumerRef};
 use orderflow_cli::tail::TailArgs;
 use orderflow_runtime::RuntimeArgs;
 use orderflow_testkit::events::{producer, publish};
-use orderflow_testkit::{
-    database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until,
-};
+use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -29,35 +27,20 @@ async fn admin_pool() -> PgPool {
 
 /// Run the consumer until it applied everything on `topic` (`expected` records), then stop it.
 async fn consume_all(name: &str, args: &RuntimeArgs, expected: i64) -> Running {
-    let running = start(
-        Recorder {
-            name: name.to_owned(),
-            accept_poison: false,
-        },
-        args.clone(),
-    )
-    .await;
-    wait_until(
-        "the consumer applied every record",
-        Duration::from_secs(60),
-        || async { (stored_offsets_sum(&running.pool).await == expected).then_some(()) },
-    )
+    let running = start(Recorder { name: name.to_owned(), accept_poison: false }, args.clone()).await;
+    wait_until("the consumer applied every record", Duration::from_secs(60), || async {
+        (stored_offsets_sum(&running.pool).await == expected).then_some(())
+    })
     .await;
     running
 }
 
 async fn wait_for_instances(consumer: &ConsumerRef, present: bool) {
     let pool = admin_pool().await;
-    wait_until(
-        &format!("consumer {} running = {present}", consumer.name),
-        Duration::from_secs(60),
-        || async {
-            let found = position::running_instances(&kafka_args(), &pool, consumer)
-                .await
-                .unwrap();
-            (found.is_empty() != present).then_some(())
-        },
-    )
+    wait_until(&format!("consumer {} running = {present}", consumer.name), Duration::from_secs(60), || async {
+        let found = position::running_instances(&kafka_args(), &pool, consumer).await.unwrap();
+        (found.is_empty() != present).then_some(())
+    })
     .await;
 }
 
@@ -73,9 +56,7 @@ async fn lag_counts_unapplied_messages_and_their_age_and_max_lag_exits_2() {
     let consumer = consumer_ref(&name, &args);
 
     // Act
-    let rows = measure(&kafka_args(), &admin_pool().await, &consumer, &[])
-        .await
-        .unwrap();
+    let rows = measure(&kafka_args(), &admin_pool().await, &consumer, &[]).await.unwrap();
 
     // Assert
     assert_eq!(rows.len(), 2, "{rows:#?}");
@@ -83,9 +64,7 @@ async fn lag_counts_unapplied_messages_and_their_age_and_max_lag_exits_2() {
     for row in &rows {
         assert_eq!(row.source, "postgres");
         assert_eq!(row.lag_messages, row.high_watermark - row.next_offset);
-        let seconds = row
-            .lag_seconds
-            .expect("the oldest unapplied record was read");
+        let seconds = row.lag_seconds.expect("the oldest unapplied record was read");
         assert!((0.0..60.0).contains(&seconds), "{row:?}");
         if row.lag_messages == 0 {
             assert_eq!(seconds, 0.0);
@@ -112,22 +91,10 @@ async fn lag_counts_unapplied_messages_and_their_age_and_max_lag_exits_2() {
             .unwrap()
     };
     let over = lag_cli("2");
-    assert_eq!(
-        over.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&over.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&over.stderr).contains(&format!("{name} is 3 messages behind"))
-    );
+    assert_eq!(over.status.code(), Some(2), "{}", String::from_utf8_lossy(&over.stderr));
+    assert!(String::from_utf8_lossy(&over.stderr).contains(&format!("{name} is 3 messages behind")));
     let fine = lag_cli("3");
-    assert_eq!(
-        fine.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&fine.stderr)
-    );
+    assert_eq!(fine.status.code(), Some(0), "{}", String::from_utf8_lossy(&fine.stderr));
     assert!(String::from_utf8_lossy(&fine.stdout).contains(&topic));
 }
 
@@ -139,35 +106,18 @@ async fn lag_falls_back_to_the_groups_kafka_offsets_without_an_offsets_table() {
     let group = fresh_group("lag-kafka");
     let client = position::group_client(&kafka_args(), &group).unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(1))
-        .unwrap();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(1)).unwrap();
     client.commit(&tpl, CommitMode::Sync).unwrap();
-    let consumer =
-        ConsumerRef::new("no-table", Some(&unique_ident("missing")), Some(&group)).unwrap();
+    let consumer = ConsumerRef::new("no-table", Some(&unique_ident("missing")), Some(&group)).unwrap();
 
     // Act
-    let without_topics = measure(&kafka_args(), &admin_pool().await, &consumer, &[])
-        .await
-        .unwrap_err();
-    let rows = measure(
-        &kafka_args(),
-        &admin_pool().await,
-        &consumer,
-        std::slice::from_ref(&topic),
-    )
-    .await
-    .unwrap();
+    let without_topics = measure(&kafka_args(), &admin_pool().await, &consumer, &[]).await.unwrap_err();
+    let rows = measure(&kafka_args(), &admin_pool().await, &consumer, std::slice::from_ref(&topic)).await.unwrap();
 
     // Assert
-    assert!(
-        without_topics.to_string().contains("--topic"),
-        "{without_topics:#}"
-    );
+    assert!(without_topics.to_string().contains("--topic"), "{without_topics:#}");
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        (rows[0].source, rows[0].next_offset, rows[0].lag_messages),
-        ("kafka", 1, 3)
-    );
+    assert_eq!((rows[0].source, rows[0].next_offset, rows[0].lag_messages), ("kafka", 1, 3));
 }
 
 async fn stored(pool: &PgPool, schema: &str, topic: &str, partition: i32) -> i64 {
@@ -194,49 +144,27 @@ async fn offsets_reset_moves_stored_and_committed_offsets_by_offset_time_earlies
     wait_for_instances(&consumer, false).await;
     let (kafka, pool) = (kafka_args(), admin_pool().await);
     let reset_to = |to: ResetTo| {
-        let (kafka, pool, consumer, topic) =
-            (kafka.clone(), pool.clone(), consumer.clone(), topic.clone());
-        async move {
-            reset(&kafka, &pool, &consumer, &to, Some(&topic), Some(0), false)
-                .await
-                .unwrap()
-        }
+        let (kafka, pool, consumer, topic) = (kafka.clone(), pool.clone(), consumer.clone(), topic.clone());
+        async move { reset(&kafka, &pool, &consumer, &to, Some(&topic), Some(0), false).await.unwrap() }
     };
 
     // Act / Assert: by offset, also committed to Kafka.
     let moves = reset_to(ResetTo::Offset(2)).await;
     assert_eq!((moves[0].from, moves[0].to), (8, 2));
     assert_eq!(stored(&pool, &consumer.schema, &topic, 0).await, 2);
-    let positions = position::positions(&kafka, &pool, &consumer, &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        (positions[0].stored, positions[0].committed),
-        (Some(2), Some(2))
-    );
+    let positions = position::positions(&kafka, &pool, &consumer, &[]).await.unwrap();
+    assert_eq!((positions[0].stored, positions[0].committed), (Some(2), Some(2)));
 
     // By time: the first record at or after the timestamp of the first "second" record.
     let records = common::tail_json(&TailArgs::new(&topic)).await;
-    let time = |l: &serde_json::Value| {
-        chrono::DateTime::parse_from_rfc3339(l["timestamp"].as_str().unwrap()).unwrap()
-    };
+    let time = |l: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(l["timestamp"].as_str().unwrap()).unwrap();
     let since = records
         .iter()
-        .filter(|l| {
-            l["value"]["order_id"]
-                .as_str()
-                .unwrap()
-                .starts_with("second")
-        })
+        .filter(|l| l["value"]["order_id"].as_str().unwrap().starts_with("second"))
         .map(time)
         .min()
         .unwrap();
-    let expected = records
-        .iter()
-        .filter(|l| time(l) >= since)
-        .map(|l| l["offset"].as_i64().unwrap())
-        .min()
-        .unwrap();
+    let expected = records.iter().filter(|l| time(l) >= since).map(|l| l["offset"].as_i64().unwrap()).min().unwrap();
     reset_to(ResetTo::Time(since.into())).await;
     assert_eq!(stored(&pool, &consumer.schema, &topic, 0).await, expected);
 
@@ -246,21 +174,8 @@ async fn offsets_reset_moves_stored_and_committed_offsets_by_offset_time_earlies
     assert_eq!(stored(&pool, &consumer.schema, &topic, 0).await, 8);
 
     // Out of range is refused, naming the partition.
-    let error = reset(
-        &kafka,
-        &pool,
-        &consumer,
-        &ResetTo::Offset(99),
-        Some(&topic),
-        Some(0),
-        false,
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        error.to_string().contains(&format!("{topic}[0]")),
-        "{error:#}"
-    );
+    let error = reset(&kafka, &pool, &consumer, &ResetTo::Offset(99), Some(&topic), Some(0), false).await.unwrap_err();
+    assert!(error.to_string().contains(&format!("{topic}[0]")), "{error:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -276,38 +191,15 @@ async fn offsets_reset_refuses_while_the_consumer_runs_and_the_consumer_continue
     let (kafka, pool) = (kafka_args(), admin_pool().await);
 
     // Act / Assert: refused while it runs.
-    let error = reset(
-        &kafka,
-        &pool,
-        &consumer,
-        &ResetTo::Latest,
-        None,
-        None,
-        false,
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        error.to_string().contains("is running") && error.to_string().contains(&consumer.name),
-        "{error:#}"
-    );
+    let error = reset(&kafka, &pool, &consumer, &ResetTo::Latest, None, None, false).await.unwrap_err();
+    assert!(error.to_string().contains("is running") && error.to_string().contains(&consumer.name), "{error:#}");
     assert_eq!(stored(&pool, &consumer.schema, &topic, 0).await, 3);
 
     // Stopped: skip two records by resetting to latest; the restarted consumer starts there.
     running.shutdown().await;
     wait_for_instances(&consumer, false).await;
     publish(&producer, &topic, &orders("skipped", 2)).await;
-    reset(
-        &kafka,
-        &pool,
-        &consumer,
-        &ResetTo::Latest,
-        None,
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    reset(&kafka, &pool, &consumer, &ResetTo::Latest, None, None, false).await.unwrap();
     publish(&producer, &topic, &orders("after", 1)).await;
     let running = consume_all(&name, &args, 6).await;
     let applied = applied_counts(&running.pool).await;

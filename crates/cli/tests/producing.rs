@@ -16,11 +16,7 @@ use orderflow_testkit::{fresh_topic, kafka_args};
 const PARTITIONS: usize = 3;
 
 async fn read_events(topic: &str, distinct: usize) -> Vec<Event> {
-    read_distinct(topic, distinct, Duration::from_secs(30))
-        .await
-        .into_iter()
-        .map(|r| r.event)
-        .collect()
+    read_distinct(topic, distinct, Duration::from_secs(30)).await.into_iter().map(|r| r.event).collect()
 }
 
 #[tokio::test]
@@ -54,28 +50,18 @@ async fn publish_reports_every_rejected_line_and_still_publishes_the_good_ones()
             "--quiet",
         ])
     };
-    let orderflow_cli::Command::Publish(args) = cli().command else {
-        unreachable!()
-    };
-    let summary = orderflow_cli::publish::publish_file(&kafka_args(), &args)
-        .await
-        .unwrap();
+    let orderflow_cli::Command::Publish(args) = cli().command else { unreachable!() };
+    let summary = orderflow_cli::publish::publish_file(&kafka_args(), &args).await.unwrap();
     assert_eq!(summary.published, 3);
     assert!(summary.failed.is_empty());
-    let rejected: Vec<(usize, &str)> = summary
-        .rejected
-        .iter()
-        .flat_map(|r| r.errors.iter().map(move |e| (r.line, e.field.as_str())))
-        .collect();
+    let rejected: Vec<(usize, &str)> =
+        summary.rejected.iter().flat_map(|r| r.errors.iter().map(move |e| (r.line, e.field.as_str()))).collect();
     assert_eq!(rejected, vec![(3, "reason"), (4, "line")]);
 
     // The command itself exits non-zero because of the rejected lines, and publishing the
     // same file again reuses the event ids.
     let error = orderflow_cli::run(cli()).await.unwrap_err();
-    assert!(
-        error.to_string().contains("2 line(s) rejected"),
-        "{error:#}"
-    );
+    assert!(error.to_string().contains("2 line(s) rejected"), "{error:#}");
     let events = read_events(&inventory, 2).await;
     wait_for_watermark(&inventory, 4).await;
     let distinct: HashSet<_> = events.iter().map(Event::event_id).collect();
@@ -107,13 +93,9 @@ async fn simulate_sends_its_load_through_the_ingress_and_its_totals_match_the_to
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(orderflow_ingress::run_with_listener(
-        config,
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    tokio::spawn(orderflow_ingress::run_with_listener(config, listener, async {
+        let _ = stopped.await;
+    }));
 
     let expect_file = tempfile::NamedTempFile::new().unwrap();
     let cli = Cli::parse_from([
@@ -142,9 +124,7 @@ async fn simulate_sends_its_load_through_the_ingress_and_its_totals_match_the_to
         "--expect-file",
         expect_file.path().to_str().unwrap(),
     ]);
-    let orderflow_cli::Command::Simulate(args) = cli.command else {
-        unreachable!()
-    };
+    let orderflow_cli::Command::Simulate(args) = cli.command else { unreachable!() };
     let (report, expected) = simulate(&args).await.unwrap();
 
     assert_eq!(report.failed, 0, "{report:?}");
@@ -164,13 +144,8 @@ async fn simulate_sends_its_load_through_the_ingress_and_its_totals_match_the_to
     }
     assert_eq!(seen.len(), expected.events);
     for (sku, totals) in &expected.skus {
-        assert_eq!(
-            on_hand.get(sku).copied().unwrap_or(0),
-            totals.on_hand,
-            "{sku}"
-        );
+        assert_eq!(on_hand.get(sku).copied().unwrap_or(0), totals.on_hand, "{sku}");
     }
-    let written: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(expect_file.path()).unwrap()).unwrap();
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(expect_file.path()).unwrap()).unwrap();
     assert_eq!(written["orders"], 20);
 }

@@ -18,14 +18,7 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
     let producer = producer();
     publish(&producer, &topic, &orders("a", 10)).await;
     let (name, args) = consumer_args("replay", &topic);
-    let live = start(
-        Recorder {
-            name: name.clone(),
-            accept_poison: false,
-        },
-        args.clone(),
-    )
-    .await;
+    let live = start(Recorder { name: name.clone(), accept_poison: false }, args.clone()).await;
     wait_until("live caught up", Duration::from_secs(60), || async {
         (stored_offsets_sum(&live.pool).await == 10).then_some(())
     })
@@ -37,9 +30,7 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
             consumer: name.clone(),
             schema: args.schema.clone(),
             group: args.group.clone(),
-            db: DbArgs {
-                database_url: database_url(),
-            },
+            db: DbArgs { database_url: database_url() },
         },
         topics: vec![topic.clone()],
         promote: false,
@@ -48,15 +39,10 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
         sample: 5,
         stall_timeout: 60,
     };
-    let handler = || Recorder {
-        name: name.clone(),
-        accept_poison: false,
-    };
+    let handler = || Recorder { name: name.clone(), accept_poison: false };
 
     // Act 1: rebuild and compare.
-    let report = replay(handler(), &kafka_args(), &replay_args)
-        .await
-        .unwrap();
+    let report = replay(handler(), &kafka_args(), &replay_args).await.unwrap();
 
     // Assert 1: equal.
     assert_eq!(report.records_replayed, 10);
@@ -65,15 +51,10 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
     assert_eq!(report.tables[0].live_rows, 10);
 
     // Act 2: the live store is damaged (a row counted twice); rebuild, compare, promote.
-    sqlx::query("INSERT INTO applied (order_id, units) VALUES ('a-3', 1)")
-        .execute(&live_pool)
-        .await
-        .unwrap();
+    sqlx::query("INSERT INTO applied (order_id, units) VALUES ('a-3', 1)").execute(&live_pool).await.unwrap();
     live_pool.close().await;
     replay_args.promote = true;
-    let report = replay(handler(), &kafka_args(), &replay_args)
-        .await
-        .unwrap();
+    let report = replay(handler(), &kafka_args(), &replay_args).await.unwrap();
 
     // Assert 2: the diff names the extra row; promotion happened.
     let table = &report.tables[0];
@@ -86,11 +67,9 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
     // Act 3: more orders arrive; the consumer starts on the promoted store.
     publish(&producer, &topic, &orders("b", 5)).await;
     let live = start(handler(), args.clone()).await;
-    wait_until(
-        "live caught up after promotion",
-        Duration::from_secs(60),
-        || async { (stored_offsets_sum(&live.pool).await == 15).then_some(()) },
-    )
+    wait_until("live caught up after promotion", Duration::from_secs(60), || async {
+        (stored_offsets_sum(&live.pool).await == 15).then_some(())
+    })
     .await;
     let applied = applied_counts(&live.pool).await;
     live.shutdown().await;

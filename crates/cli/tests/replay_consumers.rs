@@ -84,7 +84,8 @@ async fn replay_of_fulfillment_analytics_and_inventory_equals_their_live_stores(
     // Act + Assert, per consumer.
     live_store_equals_its_replay(|| orderflow_fulfillment::handler::Fulfillment, &topics, records).await;
     live_store_equals_its_replay(|| orderflow_analytics::handler::Analytics, &topics, records).await;
-    live_store_equals_its_replay(|| orderflow_inventory_projection::handler::InventoryProjection, &topics, records).await;
+    live_store_equals_its_replay(|| orderflow_inventory_projection::handler::InventoryProjection, &topics, records)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

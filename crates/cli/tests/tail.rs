@@ -12,10 +12,8 @@ use orderflow_testkit::events::{order, producer, publish, publish_raw, stock_cha
 use orderflow_testkit::{fresh_topic, kafka_args};
 
 fn order_ids(lines: &[serde_json::Value]) -> Vec<String> {
-    let mut ids: Vec<String> = lines
-        .iter()
-        .filter_map(|l| l["value"]["order_id"].as_str().map(str::to_owned))
-        .collect();
+    let mut ids: Vec<String> =
+        lines.iter().filter_map(|l| l["value"]["order_id"].as_str().map(str::to_owned)).collect();
     ids.sort();
     ids
 }
@@ -25,9 +23,7 @@ async fn tail_prints_every_record_with_its_position_and_marks_undecodable_ones()
     // Arrange: three orders over two partitions and one record that is not Avro.
     let topic = fresh_topic("tail-all", 2).await;
     let producer = producer();
-    let events: Vec<Event> = (0..3)
-        .map(|i| order(&format!("o-{i}"), &[("sku-a", 1)]))
-        .collect();
+    let events: Vec<Event> = (0..3).map(|i| order(&format!("o-{i}"), &[("sku-a", 1)])).collect();
     let positions = publish(&producer, &topic, &events).await;
     let (bad_partition, bad_offset) = publish_raw(&producer, &topic, "garbage", b"not avro").await;
 
@@ -40,25 +36,13 @@ async fn tail_prints_every_record_with_its_position_and_marks_undecodable_ones()
     for line in lines.iter().filter(|l| l.get("value").is_some()) {
         let id = line["value"]["order_id"].as_str().unwrap();
         let index: usize = id.trim_start_matches("o-").parse().unwrap();
-        assert_eq!(
-            line["partition"].as_i64(),
-            Some(i64::from(positions[index].0))
-        );
+        assert_eq!(line["partition"].as_i64(), Some(i64::from(positions[index].0)));
         assert_eq!(line["offset"].as_i64(), Some(positions[index].1));
         assert_eq!(line["key"].as_str(), Some(id));
-        assert_eq!(
-            line["headers"]["ce_type"].as_str(),
-            Some("orderflow.order.placed.v1")
-        );
-        assert!(
-            line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
-            "{line}"
-        );
+        assert_eq!(line["headers"]["ce_type"].as_str(), Some("orderflow.order.placed.v1"));
+        assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
     }
-    let bad = lines
-        .iter()
-        .find(|l| l.get("error").is_some())
-        .expect("the garbage record is printed");
+    let bad = lines.iter().find(|l| l.get("error").is_some()).expect("the garbage record is printed");
     assert_eq!(bad["partition"].as_i64(), Some(i64::from(bad_partition)));
     assert_eq!(bad["offset"].as_i64(), Some(bad_offset));
     assert_eq!(bad["key"].as_str(), Some("garbage"));
@@ -99,18 +83,8 @@ async fn tail_filters_by_key_type_partition_offset_and_limit() {
 
     let mut no_such_partition = TailArgs::new(&topic);
     no_such_partition.partitions = vec![7];
-    let error = tail(
-        &kafka_args(),
-        &no_such_partition,
-        &mut Vec::new(),
-        std::future::pending(),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        error.to_string().contains(&topic) && error.to_string().contains("partition 7"),
-        "{error:#}"
-    );
+    let error = tail(&kafka_args(), &no_such_partition, &mut Vec::new(), std::future::pending()).await.unwrap_err();
+    assert!(error.to_string().contains(&topic) && error.to_string().contains("partition 7"), "{error:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,23 +93,14 @@ async fn tail_since_prints_exactly_the_records_at_or_after_the_time() {
     let topic = fresh_topic("tail-since", 2).await;
     let producer = producer();
     for round in 0..2 {
-        let events: Vec<Event> = (0..10)
-            .map(|i| order(&format!("r{round}-{i:02}"), &[("sku-a", 1)]))
-            .collect();
+        let events: Vec<Event> = (0..10).map(|i| order(&format!("r{round}-{i:02}"), &[("sku-a", 1)])).collect();
         publish(&producer, &topic, &events).await;
     }
     let all = tail_json(&TailArgs::new(&topic)).await;
-    let time = |l: &serde_json::Value| {
-        chrono::DateTime::parse_from_rfc3339(l["timestamp"].as_str().unwrap()).unwrap()
-    };
-    let since = all
-        .iter()
-        .filter(|l| l["value"]["order_id"].as_str().unwrap().starts_with("r1"))
-        .map(time)
-        .min()
-        .unwrap();
-    let expected: Vec<serde_json::Value> =
-        all.iter().filter(|l| time(l) >= since).cloned().collect();
+    let time = |l: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(l["timestamp"].as_str().unwrap()).unwrap();
+    let since =
+        all.iter().filter(|l| l["value"]["order_id"].as_str().unwrap().starts_with("r1")).map(time).min().unwrap();
+    let expected: Vec<serde_json::Value> = all.iter().filter(|l| time(l) >= since).cloned().collect();
 
     // Act
     let mut args = TailArgs::new(&topic);
@@ -143,13 +108,7 @@ async fn tail_since_prints_exactly_the_records_at_or_after_the_time() {
     let lines = tail_json(&args).await;
 
     // Assert
-    assert_eq!(
-        order_ids(&lines)
-            .iter()
-            .filter(|id| id.starts_with("r1"))
-            .count(),
-        10
-    );
+    assert_eq!(order_ids(&lines).iter().filter(|id| id.starts_with("r1")).count(), 10);
     assert_eq!(order_ids(&lines), order_ids(&expected));
 }
 
@@ -166,19 +125,8 @@ async fn tail_follow_prints_records_published_after_it_started() {
     args.from_beginning = true;
     args.limit = Some(3);
     let task = tokio::spawn(async move { tail_json(&args).await });
-    publish(
-        &producer,
-        &topic,
-        &[
-            order("after-1", &[("sku-a", 1)]),
-            order("after-2", &[("sku-a", 1)]),
-        ],
-    )
-    .await;
-    let lines = tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("follow ends at its limit")
-        .unwrap();
+    publish(&producer, &topic, &[order("after-1", &[("sku-a", 1)]), order("after-2", &[("sku-a", 1)])]).await;
+    let lines = tokio::time::timeout(Duration::from_secs(30), task).await.expect("follow ends at its limit").unwrap();
 
     // Assert
     assert_eq!(order_ids(&lines), ["after-1", "after-2", "before"]);

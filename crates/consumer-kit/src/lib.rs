@@ -35,10 +35,7 @@ pub const MAX_PARAM_LEN: usize = 256;
 #[derive(Debug)]
 pub enum ApiError {
     /// A parameter is missing, malformed or out of range (400).
-    BadRequest {
-        field: &'static str,
-        problem: String,
-    },
+    BadRequest { field: &'static str, problem: String },
     /// Nothing is known under this id (404).
     NotFound(String),
     /// The store failed (500); the cause is logged here, never sent.
@@ -47,10 +44,7 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn bad(field: &'static str, problem: impl Into<String>) -> Self {
-        ApiError::BadRequest {
-            field,
-            problem: problem.into(),
-        }
+        ApiError::BadRequest { field, problem: problem.into() }
     }
 }
 
@@ -63,14 +57,12 @@ impl From<sqlx::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
-            ApiError::BadRequest { field, problem } => (
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": format!("{field}: {problem}"), "field": field}),
-            ),
-            ApiError::NotFound(what) => (
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": format!("{what} not found")}),
-            ),
+            ApiError::BadRequest { field, problem } => {
+                (StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("{field}: {problem}"), "field": field}))
+            }
+            ApiError::NotFound(what) => {
+                (StatusCode::NOT_FOUND, serde_json::json!({"error": format!("{what} not found")}))
+            }
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "read endpoint failed");
                 (
@@ -86,18 +78,14 @@ impl IntoResponse for ApiError {
 /// Check a parameter's length before parsing it.
 pub fn bounded<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ApiError> {
     if value.len() > MAX_PARAM_LEN {
-        return Err(ApiError::bad(
-            field,
-            format!("longer than {MAX_PARAM_LEN} bytes"),
-        ));
+        return Err(ApiError::bad(field, format!("longer than {MAX_PARAM_LEN} bytes")));
     }
     Ok(value)
 }
 
 /// A task that runs beside the consumer (the email sender): it gets a receiver that turns
 /// `true` when the consumer has stopped, and should return soon after.
-type Companion =
-    Box<dyn FnOnce(watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+type Companion = Box<dyn FnOnce(watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// How long [`Consumer::serve`] waits for companion tasks to finish at shutdown.
 const COMPANION_GRACE: Duration = Duration::from_secs(30);
@@ -122,12 +110,7 @@ impl<H: Handler> Consumer<H> {
     ) -> anyhow::Result<Self> {
         let runtime = Runtime::connect(&handler, args).await?;
         let api = api(runtime.pool().clone());
-        Ok(Consumer {
-            runtime,
-            handler,
-            api,
-            companions: Vec::new(),
-        })
+        Ok(Consumer { runtime, handler, api, companions: Vec::new() })
     }
 
     /// The read store's pool (search path = the consumer's schema).
@@ -142,8 +125,7 @@ impl<H: Handler> Consumer<H> {
         F: FnOnce(watch::Receiver<bool>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.companions
-            .push(Box::new(move |stop| Box::pin(task(stop))));
+        self.companions.push(Box::new(move |stop| Box::pin(task(stop))));
         self
     }
 
@@ -153,9 +135,8 @@ impl<H: Handler> Consumer<H> {
         listen: SocketAddr,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("Failed to listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("Failed to listen on {listen}"))?;
         self.serve(listener, shutdown).await
     }
 
@@ -166,21 +147,11 @@ impl<H: Handler> Consumer<H> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let companions: Vec<_> = self
-            .companions
-            .into_iter()
-            .map(|task| tokio::spawn(task(stop_rx.clone())))
-            .collect();
-        let result = self
-            .runtime
-            .run_with_listener(self.handler, self.api, listener, shutdown)
-            .await;
+        let companions: Vec<_> = self.companions.into_iter().map(|task| tokio::spawn(task(stop_rx.clone()))).collect();
+        let result = self.runtime.run_with_listener(self.handler, self.api, listener, shutdown).await;
         let _ = stop_tx.send(true);
         for companion in companions {
-            if tokio::time::timeout(COMPANION_GRACE, companion)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(COMPANION_GRACE, companion).await.is_err() {
                 tracing::warn!("a companion task did not stop within {COMPANION_GRACE:?}");
             }
         }
@@ -209,10 +180,9 @@ fn amount_columns(amounts: &Amounts) -> (Vec<String>, Vec<String>, Vec<i64>) {
 /// ((order id, sku), units shipped). Shipped deltas are negative; the units are `-delta`.
 pub fn shipment(change: &InventoryChanged) -> Option<((String, String), i64)> {
     match (change.reason, &change.order_id) {
-        (Reason::Shipped, Some(order_id)) => Some((
-            (order_id.as_str().to_owned(), change.sku.as_str().to_owned()),
-            -change.delta.get(),
-        )),
+        (Reason::Shipped, Some(order_id)) => {
+            Some(((order_id.as_str().to_owned(), change.sku.as_str().to_owned()), -change.delta.get()))
+        }
         _ => None,
     }
 }
@@ -221,8 +191,7 @@ pub fn shipment(change: &InventoryChanged) -> Option<((String, String), i64)> {
 pub fn ordered_quantities(order: &OrderPlaced) -> std::collections::BTreeMap<String, i64> {
     let mut quantities = std::collections::BTreeMap::new();
     for line in &order.lines {
-        *quantities.entry(line.sku.as_str().to_owned()).or_default() +=
-            i64::from(line.quantity.get());
+        *quantities.entry(line.sku.as_str().to_owned()).or_default() += i64::from(line.quantity.get());
     }
     quantities
 }
@@ -260,11 +229,6 @@ pub async fn upsert_amounts(
          ON CONFLICT ({key1}, {key2}) DO UPDATE SET {value} = {merged}"
     );
     let (first, second, values) = amount_columns(amounts);
-    sqlx::query(&sql)
-        .bind(first)
-        .bind(second)
-        .bind(values)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(&sql).bind(first).bind(second).bind(values).execute(&mut *tx).await?;
     Ok(())
 }

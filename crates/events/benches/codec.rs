@@ -16,15 +16,11 @@ fn registry_codec(rt: &tokio::runtime::Runtime) -> (Codec, tokio::task::JoinHand
     use axum::routing::post;
     let app = axum::Router::new().route(
         "/subjects/{s}/versions",
-        post(
-            |axum::extract::Path(s): axum::extract::Path<String>| async move {
-                axum::Json(serde_json::json!({"id": if s.starts_with("orders") { 1 } else { 2 }}))
-            },
-        ),
+        post(|axum::extract::Path(s): axum::extract::Path<String>| async move {
+            axum::Json(serde_json::json!({"id": if s.starts_with("orders") { 1 } else { 2 }}))
+        }),
     );
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
     (Codec::with_registry(&url).unwrap(), server)
@@ -34,21 +30,14 @@ fn registry_codec(rt: &tokio::runtime::Runtime) -> (Codec, tokio::task::JoinHand
 /// codec, not an executor.
 fn now<F: std::future::Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
-    match f
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-    {
+    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
         std::task::Poll::Ready(v) => v,
         std::task::Poll::Pending => panic!("codec awaited on a path that must not"),
     }
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let single = Codec::new();
     let (wire, server) = registry_codec(&rt);
     let cases: [(&str, Event); 2] = [
@@ -60,24 +49,14 @@ fn bench(c: &mut Criterion) {
         // Registers on first use; later encodes and decodes use the cached id.
         let cw = rt.block_on(wire.encode(event)).unwrap();
         let mut g = c.benchmark_group(*name);
-        g.bench_function("encode/single_object", |b| {
-            b.iter(|| now(single.encode(black_box(event))).unwrap())
-        });
-        g.bench_function("decode/single_object", |b| {
-            b.iter(|| now(single.decode(black_box(&so))).unwrap())
-        });
-        g.bench_function("encode/confluent_cached_id", |b| {
-            b.iter(|| now(wire.encode(black_box(event))).unwrap())
-        });
-        g.bench_function("decode/confluent_cached_id", |b| {
-            b.iter(|| now(wire.decode(black_box(&cw))).unwrap())
-        });
+        g.bench_function("encode/single_object", |b| b.iter(|| now(single.encode(black_box(event))).unwrap()));
+        g.bench_function("decode/single_object", |b| b.iter(|| now(single.decode(black_box(&so))).unwrap()));
+        g.bench_function("encode/confluent_cached_id", |b| b.iter(|| now(wire.encode(black_box(event))).unwrap()));
+        g.bench_function("decode/confluent_cached_id", |b| b.iter(|| now(wire.decode(black_box(&cw))).unwrap()));
         // The generic apache-avro path (used for other writer versions), for comparison.
         let schema = &shipped().current(event.kind()).schema;
         g.bench_function("encode/apache_avro_value", |b| {
-            b.iter(|| {
-                apache_avro::to_avro_datum(schema, avro_value::to_value(black_box(event))).unwrap()
-            })
+            b.iter(|| apache_avro::to_avro_datum(schema, avro_value::to_value(black_box(event))).unwrap())
         });
         g.bench_function("decode/apache_avro_resolve", |b| {
             b.iter(|| {

@@ -6,8 +6,8 @@ use apache_avro::types::Value;
 
 use crate::binary::{field, parse_uuid};
 use crate::domain::{
-    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, MinorUnits, OrderId,
-    PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits, micros_to_time,
+    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, MinorUnits, OrderId, PersonName, PostalCode,
+    Quantity, Reason, Sku, StockDelta, WarehouseId, limits, micros_to_time,
 };
 use crate::error::DecodeError;
 use crate::event::{Address, Customer, Event, EventKind, InventoryChanged, OrderLine, OrderPlaced};
@@ -62,19 +62,13 @@ pub fn to_value(event: &Event) -> Value {
                 "shipping_address",
                 record(vec![
                     ("line1", s(e.shipping_address.line1.as_str())),
-                    (
-                        "line2",
-                        opt(e.shipping_address.line2.as_ref().map(AddressLine::as_str)),
-                    ),
+                    ("line2", opt(e.shipping_address.line2.as_ref().map(AddressLine::as_str))),
                     ("city", s(e.shipping_address.city.as_str())),
                     ("postal_code", s(e.shipping_address.postal_code.as_str())),
                     ("country", s(e.shipping_address.country.as_str())),
                 ]),
             ),
-            (
-                "placed_at",
-                Value::TimestampMicros(e.placed_at.timestamp_micros()),
-            ),
+            ("placed_at", Value::TimestampMicros(e.placed_at.timestamp_micros())),
             ("channel", s(e.channel.as_str())),
         ]),
         Event::InventoryChanged(e) => record(vec![
@@ -82,15 +76,9 @@ pub fn to_value(event: &Event) -> Value {
             ("sku", s(e.sku.as_str())),
             ("warehouse", s(e.warehouse.as_str())),
             ("delta", Value::Long(e.delta.get())),
-            (
-                "reason",
-                Value::Enum(e.reason.index() as u32, e.reason.as_str().to_owned()),
-            ),
+            ("reason", Value::Enum(e.reason.index() as u32, e.reason.as_str().to_owned())),
             ("order_id", opt(e.order_id.as_ref().map(OrderId::as_str))),
-            (
-                "occurred_at",
-                Value::TimestampMicros(e.occurred_at.timestamp_micros()),
-            ),
+            ("occurred_at", Value::TimestampMicros(e.occurred_at.timestamp_micros())),
         ]),
     }
 }
@@ -104,21 +92,12 @@ struct Rec<'a> {
 impl<'a> Rec<'a> {
     fn new(path: &str, v: &'a Value) -> Result<Self, DecodeError> {
         match v {
-            Value::Record(fields) => Ok(Rec {
-                path: path.to_owned(),
-                fields,
-            }),
-            other => Err(DecodeError::malformed(format!(
-                "{path}: expected a record, got {other:?}"
-            ))),
+            Value::Record(fields) => Ok(Rec { path: path.to_owned(), fields }),
+            other => Err(DecodeError::malformed(format!("{path}: expected a record, got {other:?}"))),
         }
     }
     fn name(&self, f: &str) -> String {
-        if self.path.is_empty() {
-            f.to_owned()
-        } else {
-            format!("{}.{f}", self.path)
-        }
+        if self.path.is_empty() { f.to_owned() } else { format!("{}.{f}", self.path) }
     }
     fn get(&self, f: &str) -> Result<&'a Value, DecodeError> {
         let v = self
@@ -137,10 +116,7 @@ impl<'a> Rec<'a> {
             Value::String(s) => Ok(s.clone()),
             Value::Uuid(u) => Ok(u.to_string()),
             Value::Enum(_, s) => Ok(s.clone()),
-            other => Err(DecodeError::malformed(format!(
-                "{}: expected a string, got {other:?}",
-                self.name(f)
-            ))),
+            other => Err(DecodeError::malformed(format!("{}: expected a string, got {other:?}", self.name(f)))),
         }
     }
     fn opt_str(&self, f: &str) -> Result<Option<String>, DecodeError> {
@@ -153,17 +129,10 @@ impl<'a> Rec<'a> {
         match self.get(f)? {
             Value::Long(n) | Value::TimestampMicros(n) | Value::LocalTimestampMicros(n) => Ok(*n),
             Value::Int(n) => Ok(i64::from(*n)),
-            other => Err(DecodeError::malformed(format!(
-                "{}: expected a long, got {other:?}",
-                self.name(f)
-            ))),
+            other => Err(DecodeError::malformed(format!("{}: expected a long, got {other:?}", self.name(f)))),
         }
     }
-    fn parse<T>(
-        &self,
-        f: &str,
-        p: impl FnOnce(String) -> Result<T, crate::domain::Invalid>,
-    ) -> Result<T, DecodeError> {
+    fn parse<T>(&self, f: &str, p: impl FnOnce(String) -> Result<T, crate::domain::Invalid>) -> Result<T, DecodeError> {
         let v = self.str(f)?;
         field(&self.name(f), p(v))
     }
@@ -237,17 +206,11 @@ pub fn from_value(kind: EventKind, v: &Value) -> Result<Event, DecodeError> {
                     field: "reason".into(),
                     problem: format!("unknown symbol {reason}"),
                 })?,
-                order_id: r
-                    .opt_str("order_id")?
-                    .map(|s| field("order_id", OrderId::parse(s)))
-                    .transpose()?,
+                order_id: r.opt_str("order_id")?.map(|s| field("order_id", OrderId::parse(s))).transpose()?,
                 occurred_at: field("occurred_at", micros_to_time(r.long("occurred_at")?))?,
             })
         }
     };
-    event.validate().map_err(|(f, e)| DecodeError::Invalid {
-        field: f,
-        problem: e.0,
-    })?;
+    event.validate().map_err(|(f, e)| DecodeError::Invalid { field: f, problem: e.0 })?;
     Ok(event)
 }

@@ -11,9 +11,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::{
-    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, Invalid, MinorUnits,
-    OrderId, PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits,
-    micros_to_time,
+    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, Invalid, MinorUnits, OrderId, PersonName,
+    PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits, micros_to_time,
 };
 use crate::error::DecodeError;
 use crate::event::{Address, Customer, Event, InventoryChanged, OrderLine, OrderPlaced};
@@ -94,10 +93,7 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
 
 /// Maps a domain rejection to a decode error naming the field.
 pub(crate) fn field<T>(name: &str, r: Result<T, Invalid>) -> Result<T, DecodeError> {
-    r.map_err(|e| DecodeError::Invalid {
-        field: name.to_owned(),
-        problem: e.0,
-    })
+    r.map_err(|e| DecodeError::Invalid { field: name.to_owned(), problem: e.0 })
 }
 
 pub(crate) fn parse_uuid(name: &str, s: &str) -> Result<Uuid, DecodeError> {
@@ -122,44 +118,31 @@ impl<'a> Reader<'a> {
         let mut z: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
-                return Err(DecodeError::malformed(format!(
-                    "{what}: truncated at byte {}",
-                    self.pos
-                )));
+                return Err(DecodeError::malformed(format!("{what}: truncated at byte {}", self.pos)));
             };
             self.pos += 1;
             if i == 9 && b > 1 {
-                return Err(DecodeError::malformed(format!(
-                    "{what}: varint overflows 64 bits"
-                )));
+                return Err(DecodeError::malformed(format!("{what}: varint overflows 64 bits")));
             }
             z |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok((z >> 1) as i64 ^ -((z & 1) as i64));
             }
         }
-        Err(DecodeError::malformed(format!(
-            "{what}: varint longer than 10 bytes"
-        )))
+        Err(DecodeError::malformed(format!("{what}: varint longer than 10 bytes")))
     }
 
     fn int(&mut self, what: &str) -> Result<i32, DecodeError> {
         let n = self.long(what)?;
-        i32::try_from(n)
-            .map_err(|_| DecodeError::malformed(format!("{what}: {n} out of int range")))
+        i32::try_from(n).map_err(|_| DecodeError::malformed(format!("{what}: {n} out of int range")))
     }
 
     fn str(&mut self, what: &str) -> Result<&'a str, DecodeError> {
         let len = self.long(what)?;
         let remaining = self.buf.len() - self.pos;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= remaining)
-            .ok_or_else(|| {
-                DecodeError::malformed(format!(
-                    "{what}: string length {len} with {remaining} bytes left"
-                ))
-            })?;
+        let len = usize::try_from(len).ok().filter(|&l| l <= remaining).ok_or_else(|| {
+            DecodeError::malformed(format!("{what}: string length {len} with {remaining} bytes left"))
+        })?;
         let bytes = &self.buf[self.pos..self.pos + len];
         self.pos += len;
         std::str::from_utf8(bytes).map_err(|_| DecodeError::malformed(format!("{what}: not UTF-8")))
@@ -169,9 +152,7 @@ impl<'a> Reader<'a> {
         match self.long(what)? {
             0 => Ok(None),
             1 => self.str(what).map(Some),
-            n => Err(DecodeError::malformed(format!(
-                "{what}: union branch {n} of 2"
-            ))),
+            n => Err(DecodeError::malformed(format!("{what}: union branch {n} of 2"))),
         }
     }
 
@@ -185,21 +166,17 @@ impl<'a> Reader<'a> {
         let n = self.long(what)?;
         let n = if n < 0 {
             self.long(what)?; // byte size of the block, not needed
-            n.checked_neg()
-                .ok_or_else(|| DecodeError::malformed(format!("{what}: bad block count")))?
+            n.checked_neg().ok_or_else(|| DecodeError::malformed(format!("{what}: bad block count")))?
         } else {
             n
         };
-        usize::try_from(n)
-            .map_err(|_| DecodeError::malformed(format!("{what}: bad block count {n}")))
+        usize::try_from(n).map_err(|_| DecodeError::malformed(format!("{what}: bad block count {n}")))
     }
 
     fn finish(&self) -> Result<(), DecodeError> {
         match self.buf.len() - self.pos {
             0 => Ok(()),
-            n => Err(DecodeError::malformed(format!(
-                "{n} trailing bytes after the record"
-            ))),
+            n => Err(DecodeError::malformed(format!("{n} trailing bytes after the record"))),
         }
     }
 }
@@ -212,10 +189,7 @@ pub(crate) fn decode(kind: crate::EventKind, buf: &[u8]) -> Result<Event, Decode
         crate::EventKind::InventoryChanged => Event::InventoryChanged(decode_inventory(&mut r)?),
     };
     r.finish()?;
-    event.validate().map_err(|(f, e)| DecodeError::Invalid {
-        field: f,
-        problem: e.0,
-    })?;
+    event.validate().map_err(|(f, e)| DecodeError::Invalid { field: f, problem: e.0 })?;
     Ok(event)
 }
 
@@ -244,55 +218,25 @@ fn decode_order(r: &mut Reader<'_>) -> Result<OrderPlaced, DecodeError> {
         for _ in 0..n {
             let i = lines.len();
             // Field paths are formatted only on failure: this loop is the decoder's hot spot.
-            let at = |f: &str, e: Invalid| DecodeError::Invalid {
-                field: format!("lines[{i}].{f}"),
-                problem: e.0,
-            };
+            let at = |f: &str, e: Invalid| DecodeError::Invalid { field: format!("lines[{i}].{f}"), problem: e.0 };
             let sku = Sku::parse(r.str("sku")?).map_err(|e| at("sku", e))?;
-            let quantity =
-                Quantity::parse(i64::from(r.int("quantity")?)).map_err(|e| at("quantity", e))?;
-            let unit_price_minor = MinorUnits::parse(r.long("unit_price_minor")?)
-                .map_err(|e| at("unit_price_minor", e))?;
-            lines.push(OrderLine {
-                sku,
-                quantity,
-                unit_price_minor,
-            });
+            let quantity = Quantity::parse(i64::from(r.int("quantity")?)).map_err(|e| at("quantity", e))?;
+            let unit_price_minor =
+                MinorUnits::parse(r.long("unit_price_minor")?).map_err(|e| at("unit_price_minor", e))?;
+            lines.push(OrderLine { sku, quantity, unit_price_minor });
         }
     }
     let total_minor = field("total_minor", MinorUnits::parse(r.long("total_minor")?))?;
     let shipping_address = Address {
-        line1: field(
-            "shipping_address.line1",
-            AddressLine::parse(r.str("line1")?),
-        )?,
-        line2: r
-            .opt_str("line2")?
-            .map(|s| field("shipping_address.line2", AddressLine::parse(s)))
-            .transpose()?,
+        line1: field("shipping_address.line1", AddressLine::parse(r.str("line1")?))?,
+        line2: r.opt_str("line2")?.map(|s| field("shipping_address.line2", AddressLine::parse(s))).transpose()?,
         city: field("shipping_address.city", City::parse(r.str("city")?))?,
-        postal_code: field(
-            "shipping_address.postal_code",
-            PostalCode::parse(r.str("postal_code")?),
-        )?,
-        country: field(
-            "shipping_address.country",
-            CountryCode::parse(r.str("country")?),
-        )?,
+        postal_code: field("shipping_address.postal_code", PostalCode::parse(r.str("postal_code")?))?,
+        country: field("shipping_address.country", CountryCode::parse(r.str("country")?))?,
     };
     let placed_at = r.time("placed_at")?;
     let channel = field("channel", Channel::parse(r.str("channel")?))?;
-    Ok(OrderPlaced {
-        event_id,
-        order_id,
-        customer,
-        currency,
-        lines,
-        total_minor,
-        shipping_address,
-        placed_at,
-        channel,
-    })
+    Ok(OrderPlaced { event_id, order_id, customer, currency, lines, total_minor, shipping_address, placed_at, channel })
 }
 
 fn decode_inventory(r: &mut Reader<'_>) -> Result<InventoryChanged, DecodeError> {
@@ -305,20 +249,9 @@ fn decode_inventory(r: &mut Reader<'_>) -> Result<InventoryChanged, DecodeError>
         .ok()
         .and_then(|i| Reason::ALL.get(i).copied())
         .ok_or_else(|| DecodeError::malformed(format!("reason: enum index {idx} out of range")))?;
-    let order_id = r
-        .opt_str("order_id")?
-        .map(|s| field("order_id", OrderId::parse(s)))
-        .transpose()?;
+    let order_id = r.opt_str("order_id")?.map(|s| field("order_id", OrderId::parse(s))).transpose()?;
     let occurred_at = r.time("occurred_at")?;
-    Ok(InventoryChanged {
-        event_id,
-        sku,
-        warehouse,
-        delta,
-        reason,
-        order_id,
-        occurred_at,
-    })
+    Ok(InventoryChanged { event_id, sku, warehouse, delta, reason, order_id, occurred_at })
 }
 
 #[cfg(test)]
@@ -327,28 +260,14 @@ mod tests {
 
     #[test]
     fn zigzag_varints_round_trip_at_the_edges() {
-        for n in [
-            0i64,
-            -1,
-            1,
-            63,
-            -64,
-            64,
-            i64::MAX,
-            i64::MIN,
-            i32::MAX as i64,
-            i32::MIN as i64,
-        ] {
+        for n in [0i64, -1, 1, 63, -64, 64, i64::MAX, i64::MIN, i32::MAX as i64, i32::MIN as i64] {
             let mut b = Vec::new();
             write_long(&mut b, n);
             let mut r = Reader { buf: &b, pos: 0 };
             assert_eq!(r.long("n").unwrap(), n);
             assert_eq!(r.pos, b.len());
         }
-        let mut r = Reader {
-            buf: &[0xff; 11],
-            pos: 0,
-        };
+        let mut r = Reader { buf: &[0xff; 11], pos: 0 };
         assert!(r.long("n").is_err());
     }
 

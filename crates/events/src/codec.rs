@@ -60,16 +60,11 @@ impl Default for Codec {
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Codec")
-            .field("registry", &self.registry.is_some())
-            .finish()
+        f.debug_struct("Codec").field("registry", &self.registry.is_some()).finish()
     }
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a short-lived return value; boxing would add an allocation per decode"
-)]
+#[expect(clippy::large_enum_variant, reason = "a short-lived return value; boxing would add an allocation per decode")]
 enum Pending {
     Done(Result<Event, DecodeError>),
     Fetch(u32),
@@ -80,21 +75,14 @@ impl Codec {
     /// ones only for ids already cached, which without a registry means none).
     pub fn new() -> Self {
         shipped();
-        Codec {
-            registry: None,
-            by_id: Arc::default(),
-            own_ids: Arc::default(),
-        }
+        Codec { registry: None, by_id: Arc::default(), own_ids: Arc::default() }
     }
 
     /// Confluent wire format with the registry at `url` (`SCHEMA_REGISTRY_URL`); still decodes
     /// single-object values too.
     pub fn with_registry(url: &str) -> Result<Self, RegistryError> {
         let registry = RegistryClient::new(url)?;
-        Ok(Codec {
-            registry: Some(registry),
-            ..Codec::new()
-        })
+        Ok(Codec { registry: Some(registry), ..Codec::new() })
     }
 
     /// `with_registry` when a URL is given, else `new`.
@@ -119,16 +107,9 @@ impl Codec {
             Some(&id) => id,
             None => {
                 let current = shipped().current(kind);
-                let id = registry
-                    .register(&value_subject(kind.topic()), current.json)
-                    .await
-                    .map_err(|e| {
-                        if e.is_transient() {
-                            EncodeError::RegistryUnavailable(e)
-                        } else {
-                            EncodeError::Registry(e)
-                        }
-                    })?;
+                let id = registry.register(&value_subject(kind.topic()), current.json).await.map_err(|e| {
+                    if e.is_transient() { EncodeError::RegistryUnavailable(e) } else { EncodeError::Registry(e) }
+                })?;
                 write(&self.by_id).insert(id, Arc::new(Writer::Current(kind)));
                 *slot.get_or_init(|| id)
             }
@@ -166,10 +147,7 @@ impl Codec {
     pub async fn decode_for_topic(&self, topic: &str, bytes: &[u8]) -> Result<Event, DecodeError> {
         let event = self.decode(bytes).await?;
         if event.topic() != topic {
-            return Err(DecodeError::WrongTopic {
-                topic: topic.to_owned(),
-                actual: event.ce_type(),
-            });
+            return Err(DecodeError::WrongTopic { topic: topic.to_owned(), actual: event.ce_type() });
         }
         Ok(event)
     }
@@ -177,8 +155,7 @@ impl Codec {
     /// Decodes into the event's JSON shape (for `tail`/`export` tools).
     pub async fn decode_json(&self, bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
         let event = self.decode(bytes).await?;
-        serde_json::to_value(&event)
-            .map_err(|e| DecodeError::malformed(format!("event to JSON: {e}")))
+        serde_json::to_value(&event).map_err(|e| DecodeError::malformed(format!("event to JSON: {e}")))
     }
 
     fn decode_without_io(&self, bytes: &[u8]) -> Pending {
@@ -197,9 +174,7 @@ impl Codec {
                 let datum = &bytes[SINGLE_OBJECT_HEADER..];
                 Pending::Done(match shipped().by_fingerprint(u64::from_le_bytes(fp)) {
                     None => Err(DecodeError::UnknownFingerprint(hex(&fp))),
-                    Some(s) if s.fingerprint == shipped().current(s.kind).fingerprint => {
-                        binary::decode(s.kind, datum)
-                    }
+                    Some(s) if s.fingerprint == shipped().current(s.kind).fingerprint => binary::decode(s.kind, datum),
                     Some(s) => resolve(s.kind, &s.schema, datum),
                 })
             }
@@ -219,9 +194,7 @@ impl Codec {
                     (None, Some(_)) => Pending::Fetch(id),
                 }
             }
-            _ => Pending::Done(Err(DecodeError::UnknownMagic(hex(
-                &bytes[..bytes.len().min(2)]
-            )))),
+            _ => Pending::Done(Err(DecodeError::UnknownMagic(hex(&bytes[..bytes.len().min(2)])))),
         }
     }
 
@@ -241,10 +214,7 @@ impl Codec {
 }
 
 fn check(event: &Event) -> Result<(), EncodeError> {
-    event.validate().map_err(|(field, e)| EncodeError::Invalid {
-        field,
-        problem: e.0,
-    })
+    event.validate().map_err(|(field, e)| EncodeError::Invalid { field, problem: e.0 })
 }
 
 /// Classifies a writer schema fetched from the registry.
@@ -258,10 +228,7 @@ fn writer_for(text: &str) -> Writer {
     };
     if let Ok(pcf) = canonical_form(&json) {
         let fp = rabin(pcf.as_bytes());
-        if let Some(kind) = EventKind::ALL
-            .into_iter()
-            .find(|&k| shipped().current(k).fingerprint == fp)
-        {
+        if let Some(kind) = EventKind::ALL.into_iter().find(|&k| shipped().current(k).fingerprint == fp) {
             return Writer::Current(kind);
         }
     }
@@ -281,20 +248,14 @@ fn writer_for(text: &str) -> Writer {
             });
         }
     };
-    let name = schema
-        .name()
-        .map(|n| n.fullname(None))
-        .unwrap_or_else(|| "an unnamed schema".into());
+    let name = schema.name().map(|n| n.fullname(None)).unwrap_or_else(|| "an unnamed schema".into());
     let Some(kind) = EventKind::from_avro_name(&name) else {
         return unreadable(DecodeError::UnknownType(name));
     };
     let reader = &shipped().current(kind).schema;
     match catch_unwind(|| SchemaCompatibility::can_read(&schema, reader)) {
         Ok(Ok(())) => Writer::Resolve(kind, Box::new(schema)),
-        Ok(Err(e)) => unreadable(DecodeError::Incompatible {
-            reader: kind.avro_name(),
-            problem: e.to_string(),
-        }),
+        Ok(Err(e)) => unreadable(DecodeError::Incompatible { reader: kind.avro_name(), problem: e.to_string() }),
         Err(_) => unreadable(DecodeError::Incompatible {
             reader: kind.avro_name(),
             problem: "compatibility check failed".into(),
@@ -314,16 +275,11 @@ fn read_with(writer: &Writer, datum: &[u8]) -> Result<Event, DecodeError> {
 fn resolve(kind: EventKind, writer: &Schema, datum: &[u8]) -> Result<Event, DecodeError> {
     let reader = &shipped().current(kind).schema;
     let mut rest = datum;
-    let value = catch_unwind(AssertUnwindSafe(|| {
-        apache_avro::from_avro_datum(writer, &mut rest, Some(reader))
-    }))
-    .map_err(|_| DecodeError::malformed("apache-avro panicked on this datum"))?
-    .map_err(|e| DecodeError::malformed(e.to_string()))?;
+    let value = catch_unwind(AssertUnwindSafe(|| apache_avro::from_avro_datum(writer, &mut rest, Some(reader))))
+        .map_err(|_| DecodeError::malformed("apache-avro panicked on this datum"))?
+        .map_err(|e| DecodeError::malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(DecodeError::malformed(format!(
-            "{} trailing bytes after the record",
-            rest.len()
-        )));
+        return Err(DecodeError::malformed(format!("{} trailing bytes after the record", rest.len())));
     }
     avro_value::from_value(kind, &value)
 }
@@ -333,14 +289,8 @@ fn resolve(kind: EventKind, writer: &Schema, datum: &[u8]) -> Result<Event, Deco
 fn clone_error(e: &DecodeError) -> DecodeError {
     match e {
         DecodeError::UnknownType(n) => DecodeError::UnknownType(n.clone()),
-        DecodeError::Incompatible { reader, problem } => DecodeError::Incompatible {
-            reader,
-            problem: problem.clone(),
-        },
-        other => DecodeError::Incompatible {
-            reader: "any orderflow event",
-            problem: other.to_string(),
-        },
+        DecodeError::Incompatible { reader, problem } => DecodeError::Incompatible { reader, problem: problem.clone() },
+        other => DecodeError::Incompatible { reader: "any orderflow event", problem: other.to_string() },
     }
 }
 

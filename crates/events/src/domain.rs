@@ -62,9 +62,7 @@ fn check_token(s: &str, max: usize, allowed: fn(u8) -> bool, what: &str) -> Resu
 
 fn check_text(s: &str, max_chars: usize) -> Result<(), Invalid> {
     if s.len() > max_chars * 4 || s.chars().count() > max_chars {
-        return Err(Invalid::new(format!(
-            "must be at most {max_chars} characters"
-        )));
+        return Err(Invalid::new(format!("must be at most {max_chars} characters")));
     }
     if s.trim().is_empty() {
         return Err(Invalid::new("must not be blank"));
@@ -184,9 +182,7 @@ fn check_email(s: &str) -> Result<(), Invalid> {
     let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
     if local.is_empty()
         || local.len() > limits::EMAIL_LOCAL_LEN
-        || local
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '@')
+        || local.chars().any(|c| c.is_whitespace() || c.is_control() || c == '@')
     {
         return Err(bad());
     }
@@ -217,10 +213,7 @@ impl Currency {
         crate::iso::currency_exponent(code)
             .map(|exponent| {
                 let b = code.as_bytes();
-                Currency {
-                    code: [b[0], b[1], b[2]],
-                    exponent,
-                }
+                Currency { code: [b[0], b[1], b[2]], exponent }
             })
             .ok_or_else(|| Invalid::new("must be an active ISO 4217 currency code like EUR"))
     }
@@ -261,9 +254,7 @@ impl CountryCode {
             let b = code.as_bytes();
             Ok(CountryCode([b[0], b[1]]))
         } else {
-            Err(Invalid::new(
-                "must be an ISO 3166-1 alpha-2 country code like CH",
-            ))
+            Err(Invalid::new("must be an ISO 3166-1 alpha-2 country code like CH"))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -297,10 +288,7 @@ impl Quantity {
         if n < 1 {
             Err(Invalid::new("must be at least 1"))
         } else if n > i64::from(limits::QUANTITY_MAX) {
-            Err(Invalid::new(format!(
-                "must be at most {}",
-                limits::QUANTITY_MAX
-            )))
+            Err(Invalid::new(format!("must be at most {}", limits::QUANTITY_MAX)))
         } else {
             Ok(Quantity(n as u32))
         }
@@ -323,9 +311,7 @@ impl From<Quantity> for i64 {
 
 /// A non-negative amount in minor units of some currency (cents for EUR), at most 10^15.
 /// Arithmetic is checked: overflow is an error, never a wrap.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
 pub struct MinorUnits(i64);
 
@@ -336,10 +322,7 @@ impl MinorUnits {
         if n < 0 {
             Err(Invalid::new("must not be negative"))
         } else if n > limits::AMOUNT_MINOR_MAX {
-            Err(Invalid::new(format!(
-                "must be at most {}",
-                limits::AMOUNT_MINOR_MAX
-            )))
+            Err(Invalid::new(format!("must be at most {}", limits::AMOUNT_MINOR_MAX)))
         } else {
             Ok(MinorUnits(n))
         }
@@ -349,10 +332,7 @@ impl MinorUnits {
     }
     /// `self + other`, or an error past the amount limit.
     pub fn checked_add(self, other: MinorUnits) -> Result<MinorUnits, Invalid> {
-        self.0
-            .checked_add(other.0)
-            .ok_or_else(|| Invalid::new("amount overflows"))
-            .and_then(MinorUnits::parse)
+        self.0.checked_add(other.0).ok_or_else(|| Invalid::new("amount overflows")).and_then(MinorUnits::parse)
     }
     /// `self * quantity`, or an error past the amount limit.
     pub fn checked_mul(self, quantity: Quantity) -> Result<MinorUnits, Invalid> {
@@ -383,24 +363,15 @@ pub struct Money {
 
 impl Money {
     /// Sum of amounts that must all be in `currency`; overflow-checked.
-    pub fn sum(
-        currency: Currency,
-        amounts: impl IntoIterator<Item = Money>,
-    ) -> Result<Money, Invalid> {
+    pub fn sum(currency: Currency, amounts: impl IntoIterator<Item = Money>) -> Result<Money, Invalid> {
         let mut total = MinorUnits::ZERO;
         for m in amounts {
             if m.currency != currency {
-                return Err(Invalid::new(format!(
-                    "mixes {} into a {} sum",
-                    m.currency, currency
-                )));
+                return Err(Invalid::new(format!("mixes {} into a {} sum", m.currency, currency)));
             }
             total = total.checked_add(m.minor)?;
         }
-        Ok(Money {
-            minor: total,
-            currency,
-        })
+        Ok(Money { minor: total, currency })
     }
 }
 
@@ -412,14 +383,7 @@ impl fmt::Display for Money {
             write!(f, "{} {}", self.minor.get(), self.currency)
         } else {
             let m = self.minor.get();
-            write!(
-                f,
-                "{}.{:0w$} {}",
-                m / scale,
-                m % scale,
-                self.currency,
-                w = e as usize
-            )
+            write!(f, "{}.{:0w$} {}", m / scale, m % scale, self.currency, w = e as usize)
         }
     }
 }
@@ -434,10 +398,7 @@ impl StockDelta {
         if n == 0 {
             Err(Invalid::new("must not be 0"))
         } else if n.unsigned_abs() > limits::DELTA_MAX as u64 {
-            Err(Invalid::new(format!(
-                "must be between -{0} and {0}",
-                limits::DELTA_MAX
-            )))
+            Err(Invalid::new(format!("must be between -{0} and {0}", limits::DELTA_MAX)))
         } else {
             Ok(StockDelta(n))
         }
@@ -473,22 +434,14 @@ pub enum Reason {
 
 impl Reason {
     /// Symbols in schema order (the Avro enum index is the position here).
-    pub const ALL: [Reason; 6] = [
-        Reason::Received,
-        Reason::Shipped,
-        Reason::Returned,
-        Reason::Adjusted,
-        Reason::Damaged,
-        Reason::Unknown,
-    ];
+    pub const ALL: [Reason; 6] =
+        [Reason::Received, Reason::Shipped, Reason::Returned, Reason::Adjusted, Reason::Damaged, Reason::Unknown];
 
     /// Parses a reason a producer may send (`unknown` is rejected).
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         match Self::from_symbol(s) {
             Some(r) if r != Reason::Unknown => Ok(r),
-            _ => Err(Invalid::new(
-                "must be one of received, shipped, returned, adjusted, damaged",
-            )),
+            _ => Err(Invalid::new("must be one of received, shipped, returned, adjusted, damaged")),
         }
     }
     pub(crate) fn from_symbol(s: &str) -> Option<Self> {
@@ -511,14 +464,12 @@ impl Reason {
     /// shipped/damaged remove it, adjusted (and unknown) may go either way.
     pub fn check_delta(self, delta: StockDelta) -> Result<(), Invalid> {
         match self {
-            Reason::Received | Reason::Returned if delta.get() < 0 => Err(Invalid::new(format!(
-                "must be positive for reason {}",
-                self.as_str()
-            ))),
-            Reason::Shipped | Reason::Damaged if delta.get() > 0 => Err(Invalid::new(format!(
-                "must be negative for reason {}",
-                self.as_str()
-            ))),
+            Reason::Received | Reason::Returned if delta.get() < 0 => {
+                Err(Invalid::new(format!("must be positive for reason {}", self.as_str())))
+            }
+            Reason::Shipped | Reason::Damaged if delta.get() > 0 => {
+                Err(Invalid::new(format!("must be negative for reason {}", self.as_str())))
+            }
             _ => Ok(()),
         }
     }
@@ -567,16 +518,7 @@ mod tests {
     #[test]
     fn email_requires_local_at_dotted_domain() {
         assert!(Email::parse("a.b+c@example.co.uk").is_ok());
-        for bad in [
-            "",
-            "a",
-            "a@b",
-            "@example.com",
-            "a@-x.com",
-            "a b@example.com",
-            "a@exa mple.com",
-            "a@.com",
-        ] {
+        for bad in ["", "a", "a@b", "@example.com", "a@-x.com", "a b@example.com", "a@exa mple.com", "a@.com"] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
         assert!(Email::parse(format!("{}@example.com", "a".repeat(65))).is_err());
@@ -611,20 +553,11 @@ mod tests {
         assert!(MinorUnits::parse(-1).is_err());
         let eur = Currency::parse("EUR").unwrap();
         let chf = Currency::parse("CHF").unwrap();
-        let m = |n, c| Money {
-            minor: MinorUnits::parse(n).unwrap(),
-            currency: c,
-        };
-        assert_eq!(
-            Money::sum(eur, [m(1, eur), m(2, eur)]).unwrap().minor.get(),
-            3
-        );
+        let m = |n, c| Money { minor: MinorUnits::parse(n).unwrap(), currency: c };
+        assert_eq!(Money::sum(eur, [m(1, eur), m(2, eur)]).unwrap().minor.get(), 3);
         assert!(Money::sum(eur, [m(1, eur), m(2, chf)]).is_err());
         assert_eq!(m(123456, eur).to_string(), "1234.56 EUR");
-        assert_eq!(
-            m(5, Currency::parse("KWD").unwrap()).to_string(),
-            "0.005 KWD"
-        );
+        assert_eq!(m(5, Currency::parse("KWD").unwrap()).to_string(), "0.005 KWD");
     }
 
     #[test]

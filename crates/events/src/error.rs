@@ -8,14 +8,8 @@ pub enum DecodeError {
     #[error("empty payload")]
     Empty,
     #[error("truncated {framing} header: {len} bytes, need {need}")]
-    TruncatedHeader {
-        framing: &'static str,
-        len: usize,
-        need: usize,
-    },
-    #[error(
-        "unknown magic bytes {0}: neither Avro single-object (c3 01) nor Confluent wire format (00)"
-    )]
+    TruncatedHeader { framing: &'static str, len: usize, need: usize },
+    #[error("unknown magic bytes {0}: neither Avro single-object (c3 01) nor Confluent wire format (00)")]
     UnknownMagic(String),
     #[error(
         "unknown writer schema fingerprint {0} (CRC-64-AVRO, little-endian as in the header): not a schema this build ships"
@@ -32,10 +26,7 @@ pub enum DecodeError {
     #[error("writer schema is {0}, not an orderflow event")]
     UnknownType(String),
     #[error("writer schema cannot be read as {reader}: {problem}")]
-    Incompatible {
-        reader: &'static str,
-        problem: String,
-    },
+    Incompatible { reader: &'static str, problem: String },
     #[error("invalid Avro datum: {0}")]
     Malformed(String),
     #[error("invalid event: {field}: {problem}")]
@@ -86,11 +77,7 @@ pub enum RegistryError {
         source: reqwest::Error,
     },
     #[error("{what}: HTTP {status} {body}")]
-    Status {
-        what: String,
-        status: u16,
-        body: String,
-    },
+    Status { what: String, status: u16, body: String },
     #[error("{what}: not found")]
     NotFound { what: String },
     #[error("{what}: unexpected response: {problem}")]
@@ -114,8 +101,5 @@ pub enum HeaderError {
     #[error("missing header {0}")]
     Missing(&'static str),
     #[error("header {header}: {problem}")]
-    Invalid {
-        header: &'static str,
-        problem: String,
-    },
+    Invalid { header: &'static str, problem: String },
 }

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{
-    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, Invalid, MinorUnits,
-    Money, OrderId, PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits,
+    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, Invalid, MinorUnits, Money, OrderId,
+    PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits,
 };
 
 /// Topic of order events, keyed by `order_id`.
@@ -70,10 +70,7 @@ pub struct OrderPlaced {
 impl OrderPlaced {
     /// The total as [`Money`].
     pub fn total(&self) -> Money {
-        Money {
-            minor: self.total_minor,
-            currency: self.currency,
-        }
+        Money { minor: self.total_minor, currency: self.currency }
     }
 
     /// Sum of the lines, overflow-checked. Errors name the offending field.
@@ -95,10 +92,7 @@ impl OrderPlaced {
             return Err(("lines".into(), Invalid::new("must not be empty")));
         }
         if self.lines.len() > limits::ORDER_LINES {
-            return Err((
-                "lines".into(),
-                Invalid::new(format!("must have at most {} entries", limits::ORDER_LINES)),
-            ));
+            return Err(("lines".into(), Invalid::new(format!("must have at most {} entries", limits::ORDER_LINES))));
         }
         let sum = self.lines_sum()?;
         if sum != self.total_minor {
@@ -128,9 +122,7 @@ pub struct InventoryChanged {
 
 impl InventoryChanged {
     pub fn validate(&self) -> Result<(), (String, Invalid)> {
-        self.reason
-            .check_delta(self.delta)
-            .map_err(|e| ("delta".into(), e))
+        self.reason.check_delta(self.delta).map_err(|e| ("delta".into(), e))
     }
 }
 

@@ -28,19 +28,13 @@ pub struct TraceParent(String);
 
 impl TraceParent {
     pub fn parse(s: &str) -> Result<Self, HeaderError> {
-        let bad = |p: &str| HeaderError::Invalid {
-            header: TRACEPARENT,
-            problem: format!("{p} in {:?}", truncate(s)),
-        };
+        let bad = |p: &str| HeaderError::Invalid { header: TRACEPARENT, problem: format!("{p} in {:?}", truncate(s)) };
         let parts: Vec<&str> = s.split('-').collect();
         let [version, trace_id, parent_id, flags] = parts[..] else {
             return Err(bad("expected 4 dash-separated parts"));
         };
-        let hex = |p: &str, n: usize| {
-            p.len() == n
-                && p.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
+        let hex =
+            |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex(version, 2) || version == "ff" {
             return Err(bad("bad version"));
         }
@@ -105,12 +99,7 @@ impl CeHeaders {
             (ID, self.id.to_string().into_bytes()),
             (TYPE, self.ce_type.clone().into_bytes()),
             (SOURCE, self.source.clone().into_bytes()),
-            (
-                TIME,
-                self.time
-                    .to_rfc3339_opts(SecondsFormat::AutoSi, true)
-                    .into_bytes(),
-            ),
+            (TIME, self.time.to_rfc3339_opts(SecondsFormat::AutoSi, true).into_bytes()),
             (CONTENT_TYPE, AVRO_CONTENT_TYPE.as_bytes().to_vec()),
         ];
         if let Some(tp) = &self.traceparent {
@@ -121,18 +110,8 @@ impl CeHeaders {
 
     /// Parses the headers of a record. Unknown headers are ignored; for a repeated header the
     /// first occurrence counts. Errors name the missing or bad header.
-    pub fn from_pairs<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    ) -> Result<Self, HeaderError> {
-        const NAMES: [&str; 7] = [
-            SPECVERSION,
-            ID,
-            TYPE,
-            SOURCE,
-            TIME,
-            CONTENT_TYPE,
-            TRACEPARENT,
-        ];
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self, HeaderError> {
+        const NAMES: [&str; 7] = [SPECVERSION, ID, TYPE, SOURCE, TIME, CONTENT_TYPE, TRACEPARENT];
         let mut found: [Option<&'a [u8]>; 7] = [None; 7];
         for (name, value) in pairs {
             if let Some(i) = NAMES.iter().position(|n| *n == name)
@@ -151,35 +130,24 @@ impl CeHeaders {
             }
             std::str::from_utf8(v)
                 .map(Some)
-                .map_err(|_| HeaderError::Invalid {
-                    header: NAMES[i],
-                    problem: "not UTF-8".into(),
-                })
+                .map_err(|_| HeaderError::Invalid { header: NAMES[i], problem: "not UTF-8".into() })
         };
         let required = |i: usize| text(i)?.ok_or(HeaderError::Missing(NAMES[i]));
-        let invalid =
-            |header: &'static str, problem: String| HeaderError::Invalid { header, problem };
+        let invalid = |header: &'static str, problem: String| HeaderError::Invalid { header, problem };
 
         let spec = required(0)?;
         if spec != SPECVERSION_1_0 {
-            return Err(invalid(
-                SPECVERSION,
-                format!("unsupported version {:?}, expected 1.0", truncate(spec)),
-            ));
+            return Err(invalid(SPECVERSION, format!("unsupported version {:?}, expected 1.0", truncate(spec))));
         }
         let id = required(1)?;
-        let id = Uuid::try_parse(id)
-            .map_err(|_| invalid(ID, format!("{:?} is not a UUID", truncate(id))))?;
+        let id = Uuid::try_parse(id).map_err(|_| invalid(ID, format!("{:?} is not a UUID", truncate(id))))?;
         let ce_type = required(2)?;
         if ce_type.is_empty() {
             return Err(invalid(TYPE, "empty".into()));
         }
         let source = required(3)?;
         if source.is_empty() || source.chars().any(char::is_whitespace) {
-            return Err(invalid(
-                SOURCE,
-                format!("{:?} is not a URI-reference", truncate(source)),
-            ));
+            return Err(invalid(SOURCE, format!("{:?} is not a URI-reference", truncate(source))));
         }
         let time = required(4)?;
         let time = DateTime::parse_from_rfc3339(time)
@@ -187,19 +155,10 @@ impl CeHeaders {
             .with_timezone(&Utc);
         let ct = required(5)?;
         if ct.split(';').next().map(str::trim) != Some(AVRO_CONTENT_TYPE) {
-            return Err(invalid(
-                CONTENT_TYPE,
-                format!("{:?}, expected {AVRO_CONTENT_TYPE}", truncate(ct)),
-            ));
+            return Err(invalid(CONTENT_TYPE, format!("{:?}, expected {AVRO_CONTENT_TYPE}", truncate(ct))));
         }
         let traceparent = text(6)?.map(TraceParent::parse).transpose()?;
-        Ok(CeHeaders {
-            id,
-            ce_type: ce_type.to_owned(),
-            source: source.to_owned(),
-            time,
-            traceparent,
-        })
+        Ok(CeHeaders { id, ce_type: ce_type.to_owned(), source: source.to_owned(), time, traceparent })
     }
 
     /// Checks that the headers describe `event` (same id and type).
@@ -207,11 +166,7 @@ impl CeHeaders {
         if self.id != event.event_id() {
             return Err(HeaderError::Invalid {
                 header: ID,
-                problem: format!(
-                    "{} but the value's event_id is {}",
-                    self.id,
-                    event.event_id()
-                ),
+                problem: format!("{} but the value's event_id is {}", self.id, event.event_id()),
             });
         }
         if self.ce_type != event.ce_type() {
@@ -235,9 +190,7 @@ mod tests {
             id: Uuid::from_u128(7),
             ce_type: "orderflow.order.placed.v1".into(),
             source: "/orderflow/ingress".into(),
-            time: DateTime::parse_from_rfc3339("2026-11-22T13:00:00.5Z")
-                .unwrap()
-                .with_timezone(&Utc),
+            time: DateTime::parse_from_rfc3339("2026-11-22T13:00:00.5Z").unwrap().with_timezone(&Utc),
             traceparent: Some(TraceParent::parse(TP).unwrap()),
         }
     }
@@ -257,18 +210,10 @@ mod tests {
     #[test]
     fn each_missing_required_header_is_named() {
         for name in [SPECVERSION, ID, TYPE, SOURCE, TIME, CONTENT_TYPE] {
-            let pairs: Vec<_> = sample()
-                .to_pairs()
-                .into_iter()
-                .filter(|(k, _)| *k != name)
-                .collect();
+            let pairs: Vec<_> = sample().to_pairs().into_iter().filter(|(k, _)| *k != name).collect();
             assert_eq!(parse(&pairs).unwrap_err(), HeaderError::Missing(name));
         }
-        let pairs: Vec<_> = sample()
-            .to_pairs()
-            .into_iter()
-            .filter(|(k, _)| *k != TRACEPARENT)
-            .collect();
+        let pairs: Vec<_> = sample().to_pairs().into_iter().filter(|(k, _)| *k != TRACEPARENT).collect();
         assert_eq!(parse(&pairs).unwrap().traceparent, None);
     }
 
@@ -291,21 +236,12 @@ mod tests {
         }
         let mut pairs = sample().to_pairs();
         pairs[1].1 = vec![0xff, 0xfe];
-        assert_eq!(
-            parse(&pairs).unwrap_err(),
-            HeaderError::Invalid {
-                header: ID,
-                problem: "not UTF-8".into()
-            }
-        );
+        assert_eq!(parse(&pairs).unwrap_err(), HeaderError::Invalid { header: ID, problem: "not UTF-8".into() });
     }
 
     #[test]
     fn traceparent_format_is_validated() {
-        assert_eq!(
-            TraceParent::parse(TP).unwrap().trace_id(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
+        assert_eq!(TraceParent::parse(TP).unwrap().trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",

@@ -60,18 +60,11 @@ const COUNTRIES: &str = concat!(
 );
 
 pub(crate) fn currency_exponent(code: &str) -> Option<u8> {
-    CURRENCIES
-        .binary_search_by(|(c, _)| (*c).cmp(code))
-        .ok()
-        .map(|i| CURRENCIES[i].1)
+    CURRENCIES.binary_search_by(|(c, _)| (*c).cmp(code)).ok().map(|i| CURRENCIES[i].1)
 }
 
 pub(crate) fn is_country(code: &str) -> bool {
-    code.len() == 2
-        && COUNTRIES
-            .as_bytes()
-            .chunks_exact(2)
-            .any(|c| c == code.as_bytes())
+    code.len() == 2 && COUNTRIES.as_bytes().chunks_exact(2).any(|c| c == code.as_bytes())
 }
 
 #[cfg(test)]
@@ -80,10 +73,7 @@ mod tests {
 
     #[test]
     fn tables_are_sorted_and_complete() {
-        assert!(
-            CURRENCIES.windows(2).all(|w| w[0].0 < w[1].0),
-            "CURRENCIES must stay sorted for binary search"
-        );
+        assert!(CURRENCIES.windows(2).all(|w| w[0].0 < w[1].0), "CURRENCIES must stay sorted for binary search");
         assert_eq!(COUNTRIES.len(), 2 * 249);
         let codes: Vec<&[u8]> = COUNTRIES.as_bytes().chunks_exact(2).collect();
         assert!(codes.windows(2).all(|w| w[0] < w[1]));

@@ -35,14 +35,13 @@ pub mod schema;
 
 pub use codec::Codec;
 pub use domain::{
-    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, Invalid, MinorUnits,
-    Money, OrderId, PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId,
+    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, Invalid, MinorUnits, Money, OrderId,
+    PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId,
 };
 pub use error::{DecodeError, EncodeError, HeaderError, RegistryError};
 pub use event::{
-    Address, Customer, EVENT_ID_NAMESPACE, Event, EventKind, INVENTORY_CHANGED_TYPE,
-    INVENTORY_TOPIC, InventoryChanged, ORDER_PLACED_TYPE, ORDERS_TOPIC, OrderLine, OrderPlaced,
-    idempotent_event_id,
+    Address, Customer, EVENT_ID_NAMESPACE, Event, EventKind, INVENTORY_CHANGED_TYPE, INVENTORY_TOPIC, InventoryChanged,
+    ORDER_PLACED_TYPE, ORDERS_TOPIC, OrderLine, OrderPlaced, idempotent_event_id,
 };
 pub use headers::{CeHeaders, TraceParent};
 pub use registry::RegistryClient;

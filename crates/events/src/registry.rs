@@ -40,24 +40,16 @@ pub fn value_subject(topic: &str) -> String {
 impl RegistryClient {
     /// `url` is the registry's base URL, e.g. `http://127.0.0.1:8081`.
     pub fn new(url: &str) -> Result<Self, RegistryError> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| RegistryError::BadUrl {
-            url: url.to_owned(),
-            problem: e.to_string(),
-        })?;
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| RegistryError::BadUrl { url: url.to_owned(), problem: e.to_string() })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(RegistryError::BadUrl {
-                url: url.to_owned(),
-                problem: "scheme must be http or https".into(),
-            });
+            return Err(RegistryError::BadUrl { url: url.to_owned(), problem: "scheme must be http or https".into() });
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()
-            .map_err(|e| RegistryError::Unreachable {
-                what: "building HTTP client".into(),
-                source: e,
-            })?;
+            .map_err(|e| RegistryError::Unreachable { what: "building HTTP client".into(), source: e })?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 base: url.trim_end_matches('/').to_owned(),
@@ -75,18 +67,9 @@ impl RegistryClient {
             return Ok(id);
         }
         let what = format!("registering a schema under subject {subject}");
-        let url = format!(
-            "{}/subjects/{}/versions",
-            self.inner.base,
-            encode_path(subject)
-        );
+        let url = format!("{}/subjects/{}/versions", self.inner.base, encode_path(subject));
         let body = serde_json::json!({ "schema": schema }).to_string();
-        let req = self
-            .inner
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(body);
+        let req = self.inner.http.post(url).header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE).body(body);
         let v = self.call(&what, req).await?;
         let id = id_of(&what, &v)?;
         write(&self.inner.registered).insert(key, id);
@@ -96,9 +79,7 @@ impl RegistryClient {
 
     /// The id of `schema` under `subject` if this client registered it already.
     pub fn registered_id(&self, subject: &str, schema: &str) -> Option<u32> {
-        read(&self.inner.registered)
-            .get(&(subject.to_owned(), schema.to_owned()))
-            .copied()
+        read(&self.inner.registered).get(&(subject.to_owned(), schema.to_owned())).copied()
     }
 
     /// The schema text of `id`, from the cache or the registry.
@@ -116,19 +97,13 @@ impl RegistryClient {
         let schema: Arc<str> = match v.get("schema") {
             Some(serde_json::Value::String(s)) => Arc::from(s.as_str()),
             _ => {
-                return Err(RegistryError::BadResponse {
-                    what,
-                    problem: "no \"schema\" string".into(),
-                });
+                return Err(RegistryError::BadResponse { what, problem: "no \"schema\" string".into() });
             }
         };
         if let Some(t) = v.get("schemaType").and_then(|t| t.as_str())
             && t != "AVRO"
         {
-            return Err(RegistryError::BadResponse {
-                what,
-                problem: format!("schemaType {t}, not AVRO"),
-            });
+            return Err(RegistryError::BadResponse { what, problem: format!("schemaType {t}, not AVRO") });
         }
         write(&self.inner.by_id).insert(id, schema.clone());
         Ok(schema)
@@ -139,15 +114,8 @@ impl RegistryClient {
         read(&self.inner.by_id).get(&id).cloned()
     }
 
-    async fn call(
-        &self,
-        what: &str,
-        req: reqwest::RequestBuilder,
-    ) -> Result<serde_json::Value, RegistryError> {
-        let unreachable = |e| RegistryError::Unreachable {
-            what: what.to_owned(),
-            source: e,
-        };
+    async fn call(&self, what: &str, req: reqwest::RequestBuilder) -> Result<serde_json::Value, RegistryError> {
+        let unreachable = |e| RegistryError::Unreachable { what: what.to_owned(), source: e };
         let mut resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
         let mut body = Vec::new();
@@ -161,33 +129,21 @@ impl RegistryClient {
             body.extend_from_slice(&chunk);
         }
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound {
-                what: what.to_owned(),
-            });
+            return Err(RegistryError::NotFound { what: what.to_owned() });
         }
         if !status.is_success() {
             let text: String = String::from_utf8_lossy(&body).chars().take(500).collect();
-            return Err(RegistryError::Status {
-                what: what.to_owned(),
-                status: status.as_u16(),
-                body: text,
-            });
+            return Err(RegistryError::Status { what: what.to_owned(), status: status.as_u16(), body: text });
         }
-        serde_json::from_slice(&body).map_err(|e| RegistryError::BadResponse {
-            what: what.to_owned(),
-            problem: e.to_string(),
-        })
+        serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::BadResponse { what: what.to_owned(), problem: e.to_string() })
     }
 }
 
 fn id_of(what: &str, v: &serde_json::Value) -> Result<u32, RegistryError> {
-    v.get("id")
-        .and_then(serde_json::Value::as_u64)
-        .and_then(|id| u32::try_from(id).ok())
-        .ok_or_else(|| RegistryError::BadResponse {
-            what: what.to_owned(),
-            problem: format!("no numeric \"id\" in {v}"),
-        })
+    v.get("id").and_then(serde_json::Value::as_u64).and_then(|id| u32::try_from(id).ok()).ok_or_else(|| {
+        RegistryError::BadResponse { what: what.to_owned(), problem: format!("no numeric \"id\" in {v}") }
+    })
 }
 
 /// Percent-encodes a subject for a URL path segment.

@@ -11,9 +11,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{
-    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, Invalid, MinorUnits,
-    OrderId, PersonName, PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits,
-    parse_event_time,
+    AddressLine, Channel, City, CountryCode, Currency, CustomerId, Email, Invalid, MinorUnits, OrderId, PersonName,
+    PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits, parse_event_time,
 };
 use crate::event::{Address, Customer, InventoryChanged, OrderLine, OrderPlaced};
 
@@ -41,10 +40,7 @@ struct Problems(Vec<FieldError>);
 
 impl Problems {
     fn push(&mut self, field: impl Into<String>, problem: Invalid) {
-        self.0.push(FieldError {
-            field: field.into(),
-            problem: problem.0,
-        });
+        self.0.push(FieldError { field: field.into(), problem: problem.0 });
     }
     /// Parses a required field.
     fn req<T, V>(
@@ -133,22 +129,14 @@ pub struct OrderRequest {
 impl OrderRequest {
     /// Validates every field and builds the event, or returns every problem found.
     /// `default_time` is used when `placed_at` is absent.
-    pub fn into_event(
-        self,
-        event_id: Uuid,
-        default_time: DateTime<Utc>,
-    ) -> Result<OrderPlaced, Vec<FieldError>> {
+    pub fn into_event(self, event_id: Uuid, default_time: DateTime<Utc>) -> Result<OrderPlaced, Vec<FieldError>> {
         let mut p = Problems::default();
         let order_id = p.req("order_id", self.order_id, OrderId::parse);
         let customer = p.req("customer", self.customer, Ok).and_then(|c| {
             let id = p.req("customer.id", c.id, CustomerId::parse);
             let email = p.req("customer.email", c.email, Email::parse);
             let name = p.req("customer.name", c.name, PersonName::parse);
-            Some(Customer {
-                id: id?,
-                email: email?,
-                name: name?,
-            })
+            Some(Customer { id: id?, email: email?, name: name? })
         });
         let currency = p.req("currency", self.currency, |c| Currency::parse(&c));
         let lines = p
@@ -156,10 +144,7 @@ impl OrderRequest {
                 if l.is_empty() {
                     Err(Invalid::new("must not be empty"))
                 } else if l.len() > limits::ORDER_LINES {
-                    Err(Invalid::new(format!(
-                        "must have at most {} entries",
-                        limits::ORDER_LINES
-                    )))
+                    Err(Invalid::new(format!("must have at most {} entries", limits::ORDER_LINES)))
                 } else {
                     Ok(l)
                 }
@@ -170,52 +155,28 @@ impl OrderRequest {
                     .enumerate()
                     .map(|(i, l)| {
                         let sku = p.req(format!("lines[{i}].sku"), l.sku, Sku::parse);
-                        let quantity =
-                            p.req(format!("lines[{i}].quantity"), l.quantity, Quantity::parse);
-                        let price = p.req(
-                            format!("lines[{i}].unit_price_minor"),
-                            l.unit_price_minor,
-                            MinorUnits::parse,
-                        );
-                        Some(OrderLine {
-                            sku: sku?,
-                            quantity: quantity?,
-                            unit_price_minor: price?,
-                        })
+                        let quantity = p.req(format!("lines[{i}].quantity"), l.quantity, Quantity::parse);
+                        let price =
+                            p.req(format!("lines[{i}].unit_price_minor"), l.unit_price_minor, MinorUnits::parse);
+                        Some(OrderLine { sku: sku?, quantity: quantity?, unit_price_minor: price? })
                     })
                     .collect::<Vec<_>>()
             });
         let total_minor = p.req("total_minor", self.total_minor, MinorUnits::parse);
-        let shipping_address = p
-            .req("shipping_address", self.shipping_address, Ok)
-            .and_then(|a| {
-                let line1 = p.req("shipping_address.line1", a.line1, AddressLine::parse);
-                let line2 = p.opt("shipping_address.line2", a.line2, AddressLine::parse);
-                let city = p.req("shipping_address.city", a.city, City::parse);
-                let postal_code = p.req(
-                    "shipping_address.postal_code",
-                    a.postal_code,
-                    PostalCode::parse,
-                );
-                let country = p.req("shipping_address.country", a.country, |c| {
-                    CountryCode::parse(&c)
-                });
-                Some(Address {
-                    line1: line1?,
-                    line2: line2?,
-                    city: city?,
-                    postal_code: postal_code?,
-                    country: country?,
-                })
-            });
+        let shipping_address = p.req("shipping_address", self.shipping_address, Ok).and_then(|a| {
+            let line1 = p.req("shipping_address.line1", a.line1, AddressLine::parse);
+            let line2 = p.opt("shipping_address.line2", a.line2, AddressLine::parse);
+            let city = p.req("shipping_address.city", a.city, City::parse);
+            let postal_code = p.req("shipping_address.postal_code", a.postal_code, PostalCode::parse);
+            let country = p.req("shipping_address.country", a.country, |c| CountryCode::parse(&c));
+            Some(Address { line1: line1?, line2: line2?, city: city?, postal_code: postal_code?, country: country? })
+        });
         let placed_at = p
             .opt("placed_at", self.placed_at, |t| parse_event_time(&t))
             .map(|t| t.unwrap_or(crate::domain::event_time(default_time)));
-        let channel = p.opt("channel", self.channel, Channel::parse).map(|c| {
-            c.unwrap_or_else(|| {
-                Channel::parse(DEFAULT_CHANNEL).expect("DEFAULT_CHANNEL is a valid channel")
-            })
-        });
+        let channel = p
+            .opt("channel", self.channel, Channel::parse)
+            .map(|c| c.unwrap_or_else(|| Channel::parse(DEFAULT_CHANNEL).expect("DEFAULT_CHANNEL is a valid channel")));
 
         let lines: Option<Vec<OrderLine>> = lines.and_then(|l| l.into_iter().collect());
         let event = (|| {
@@ -266,20 +227,12 @@ impl InventoryChangeRequest {
     ) -> Result<InventoryChanged, Vec<FieldError>> {
         let mut p = Problems::default();
         let sku = p.req(format!("{prefix}sku"), self.sku, Sku::parse);
-        let warehouse = p.req(
-            format!("{prefix}warehouse"),
-            self.warehouse,
-            WarehouseId::parse,
-        );
+        let warehouse = p.req(format!("{prefix}warehouse"), self.warehouse, WarehouseId::parse);
         let delta = p.req(format!("{prefix}delta"), self.delta, StockDelta::parse);
-        let reason = p.req(format!("{prefix}reason"), self.reason, |r| {
-            Reason::parse(&r)
-        });
+        let reason = p.req(format!("{prefix}reason"), self.reason, |r| Reason::parse(&r));
         let order_id = p.opt(format!("{prefix}order_id"), self.order_id, OrderId::parse);
         let occurred_at = p
-            .opt(format!("{prefix}occurred_at"), self.occurred_at, |t| {
-                parse_event_time(&t)
-            })
+            .opt(format!("{prefix}occurred_at"), self.occurred_at, |t| parse_event_time(&t))
             .map(|t| t.unwrap_or(crate::domain::event_time(default_time)));
         let event = (|| {
             Some(InventoryChanged {
@@ -321,10 +274,7 @@ impl InventoryChangesRequest {
             if c.is_empty() {
                 Err(Invalid::new("must not be empty"))
             } else if c.len() > limits::BATCH_CHANGES {
-                Err(Invalid::new(format!(
-                    "must have at most {} entries",
-                    limits::BATCH_CHANGES
-                )))
+                Err(Invalid::new(format!("must have at most {} entries", limits::BATCH_CHANGES)))
             } else {
                 Ok(c)
             }
@@ -346,9 +296,7 @@ mod tests {
     use serde_json::json;
 
     fn t0() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-22T13:00:00.123456789Z")
-            .unwrap()
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-22T13:00:00.123456789Z").unwrap().with_timezone(&Utc)
     }
 
     fn order_json() -> serde_json::Value {
@@ -360,11 +308,7 @@ mod tests {
 
     fn problems(v: serde_json::Value) -> Vec<String> {
         let r: OrderRequest = serde_json::from_value(v).unwrap();
-        r.into_event(Uuid::nil(), t0())
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        r.into_event(Uuid::nil(), t0()).unwrap_err().iter().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -373,11 +317,7 @@ mod tests {
         let e = r.into_event(Uuid::nil(), t0()).unwrap();
         assert_eq!(e.total_minor.get(), 3998);
         assert_eq!(e.channel.as_str(), "web");
-        assert_eq!(
-            e.placed_at.timestamp_subsec_nanos(),
-            123_456_000,
-            "truncated to micros"
-        );
+        assert_eq!(e.placed_at.timestamp_subsec_nanos(), 123_456_000, "truncated to micros");
     }
 
     #[test]
@@ -401,10 +341,7 @@ mod tests {
             "shipping_address.city: must be at most 100 characters",
             "placed_at: must be an RFC 3339 time like 2026-11-22T13:00:00Z",
         ] {
-            assert!(
-                p.iter().any(|x| x == expected),
-                "missing {expected:?} in {p:#?}"
-            );
+            assert!(p.iter().any(|x| x == expected), "missing {expected:?} in {p:#?}");
         }
         assert_eq!(p.len(), 8, "{p:#?}");
     }
@@ -413,10 +350,7 @@ mod tests {
     fn order_total_must_equal_sum_of_lines() {
         let mut v = order_json();
         v["total_minor"] = json!(4000);
-        assert_eq!(
-            problems(v),
-            ["total_minor: must equal the sum of the lines (3998)"]
-        );
+        assert_eq!(problems(v), ["total_minor: must equal the sum of the lines (3998)"]);
     }
 
     #[test]
@@ -437,8 +371,7 @@ mod tests {
     #[test]
     fn order_rejects_overflowing_sum() {
         let mut v = order_json();
-        v["lines"] =
-            json!([{"sku": "A", "quantity": 100000, "unit_price_minor": 1_000_000_000_000_000i64}]);
+        v["lines"] = json!([{"sku": "A", "quantity": 100000, "unit_price_minor": 1_000_000_000_000_000i64}]);
         assert_eq!(problems(v), ["lines[0]: amount overflows"]);
     }
 
@@ -457,12 +390,8 @@ mod tests {
             {"sku": "A", "warehouse": "w1", "delta": 0, "reason": "stolen"}
         ]}))
         .unwrap();
-        let p: Vec<String> = r
-            .into_events(|_| Uuid::nil(), t0())
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let p: Vec<String> =
+            r.into_events(|_| Uuid::nil(), t0()).unwrap_err().iter().map(ToString::to_string).collect();
         assert_eq!(
             p,
             [
@@ -475,10 +404,7 @@ mod tests {
             {"sku": "A", "warehouse": "w1", "delta": 5, "reason": "shipped"}]}))
         .unwrap();
         let p = r.into_events(|_| Uuid::nil(), t0()).unwrap_err();
-        assert_eq!(
-            p[0].to_string(),
-            "changes[0].delta: must be negative for reason shipped"
-        );
+        assert_eq!(p[0].to_string(), "changes[0].delta: must be negative for reason shipped");
     }
 
     #[test]
@@ -486,20 +412,12 @@ mod tests {
         let r: InventoryChangesRequest = serde_json::from_value(json!({"changes": [
             {"sku": "A", "warehouse": "w1", "delta": 5, "reason": "received", "occurred_at": "2026-11-22T14:00:00+01:00"},
             {"sku": "B", "warehouse": "w1", "delta": -1, "reason": "shipped", "order_id": "o-1"}]})).unwrap();
-        let ev = r
-            .into_events(|i| crate::idempotent_event_id("t", "k", i), t0())
-            .unwrap();
+        let ev = r.into_events(|i| crate::idempotent_event_id("t", "k", i), t0()).unwrap();
         assert_eq!(ev.len(), 2);
         assert_ne!(ev[0].event_id, ev[1].event_id);
         assert_eq!(ev[0].event_id, crate::idempotent_event_id("t", "k", 0));
         assert_eq!(ev[0].occurred_at.to_rfc3339(), "2026-11-22T13:00:00+00:00");
         assert_eq!(ev[1].occurred_at, crate::domain::event_time(t0()));
-        assert!(
-            InventoryChangesRequest {
-                changes: Some(vec![])
-            }
-            .into_events(|_| Uuid::nil(), t0())
-            .is_err()
-        );
+        assert!(InventoryChangesRequest { changes: Some(vec![]) }.into_events(|_| Uuid::nil(), t0()).is_err());
     }
 }

@@ -13,17 +13,13 @@ fn at(rfc3339: &str) -> DateTime<Utc> {
 
 /// A typical order: three lines, EUR, with an address line 2.
 pub fn order_placed() -> OrderPlaced {
-    let lines = [
-        ("SKU-RED-M", 2, 1999),
-        ("SKU-BLUE-L", 1, 4550),
-        ("SKU-SOCKS", 3, 599),
-    ]
-    .map(|(sku, q, p)| OrderLine {
-        sku: Sku::parse(sku).expect("sample"),
-        quantity: Quantity::parse(q).expect("sample"),
-        unit_price_minor: MinorUnits::parse(p).expect("sample"),
-    })
-    .to_vec();
+    let lines = [("SKU-RED-M", 2, 1999), ("SKU-BLUE-L", 1, 4550), ("SKU-SOCKS", 3, 599)]
+        .map(|(sku, q, p)| OrderLine {
+            sku: Sku::parse(sku).expect("sample"),
+            quantity: Quantity::parse(q).expect("sample"),
+            unit_price_minor: MinorUnits::parse(p).expect("sample"),
+        })
+        .to_vec();
     OrderPlaced {
         event_id: Uuid::from_u128(0x0193_5f2a_7c00_7000_8000_0000_0000_0001),
         order_id: OrderId::parse("ord-2026-000042").expect("sample"),

@@ -31,12 +31,7 @@ pub struct ShippedSchema {
 /// Every shipped version, oldest first per kind. A new version is added here (and its file
 /// under `schemas/`); the newest of a kind is the reader and writer schema of this build.
 const SHIPPED: &[(EventKind, &str, u32, &str)] = &[
-    (
-        EventKind::OrderPlaced,
-        "order_placed.v1.avsc",
-        1,
-        include_str!("../../../schemas/order_placed.v1.avsc"),
-    ),
+    (EventKind::OrderPlaced, "order_placed.v1.avsc", 1, include_str!("../../../schemas/order_placed.v1.avsc")),
     (
         EventKind::InventoryChanged,
         "inventory_changed.v1.avsc",
@@ -73,42 +68,21 @@ pub fn shipped() -> &'static Shipped {
         let mut all = Vec::new();
         for &(kind, file, version, json) in SHIPPED {
             // The embedded files are part of this crate; tests parse every one of them.
-            let schema = Schema::parse_str(json)
-                .unwrap_or_else(|e| panic!("shipped schema {file} is invalid: {e}"));
-            let value: serde_json::Value =
-                serde_json::from_str(json).expect("shipped schema is JSON");
-            let canonical_form =
-                canonical_form(&value).expect("shipped schema has a canonical form");
+            let schema = Schema::parse_str(json).unwrap_or_else(|e| panic!("shipped schema {file} is invalid: {e}"));
+            let value: serde_json::Value = serde_json::from_str(json).expect("shipped schema is JSON");
+            let canonical_form = canonical_form(&value).expect("shipped schema has a canonical form");
             let fingerprint = rabin(canonical_form.as_bytes());
-            all.push(ShippedSchema {
-                kind,
-                file,
-                version,
-                json,
-                schema,
-                canonical_form,
-                fingerprint,
-            });
+            all.push(ShippedSchema { kind, file, version, json, schema, canonical_form, fingerprint });
         }
-        let by_fingerprint = all
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.fingerprint, i))
-            .collect();
+        let by_fingerprint = all.iter().enumerate().map(|(i, s)| (s.fingerprint, i)).collect();
         let mut current: HashMap<EventKind, usize> = HashMap::new();
         for (i, s) in all.iter().enumerate() {
-            let newer = current
-                .get(&s.kind)
-                .is_none_or(|&j| all[j].version < s.version);
+            let newer = current.get(&s.kind).is_none_or(|&j| all[j].version < s.version);
             if newer {
                 current.insert(s.kind, i);
             }
         }
-        Shipped {
-            all,
-            by_fingerprint,
-            current,
-        }
+        Shipped { all, by_fingerprint, current }
     })
 }
 
@@ -146,9 +120,7 @@ pub fn canonical_form(schema: &serde_json::Value) -> Result<String, NotASchema> 
     Ok(out)
 }
 
-const PRIMITIVES: [&str; 8] = [
-    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
-];
+const PRIMITIVES: [&str; 8] = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
 
 fn full_name(name: &str, namespace: Option<&str>) -> String {
     match namespace {
@@ -157,12 +129,7 @@ fn full_name(name: &str, namespace: Option<&str>) -> String {
     }
 }
 
-fn pcf(
-    v: &serde_json::Value,
-    ns: Option<&str>,
-    out: &mut String,
-    depth: usize,
-) -> Result<(), NotASchema> {
+fn pcf(v: &serde_json::Value, ns: Option<&str>, out: &mut String, depth: usize) -> Result<(), NotASchema> {
     use serde_json::Value as J;
     if depth > 64 {
         return Err(NotASchema("nested too deeply".into()));
@@ -187,9 +154,7 @@ fn pcf(
             out.push(']');
         }
         J::Object(m) => {
-            let ty = m
-                .get("type")
-                .ok_or_else(|| NotASchema("object without type".into()))?;
+            let ty = m.get("type").ok_or_else(|| NotASchema("object without type".into()))?;
             let ty_str = match ty {
                 J::String(t) => t.as_str(),
                 // {"type": {...}} or {"type": [...]} is the inner schema itself.
@@ -204,16 +169,10 @@ fn pcf(
                     let own_ns = m.get("namespace").and_then(J::as_str).or(ns);
                     let fname = full_name(name, own_ns);
                     let inner_ns = fname.rsplit_once('.').map(|(n, _)| n.to_owned());
-                    out.push_str(&format!(
-                        "{{\"name\":{},\"type\":{}",
-                        quote(&fname),
-                        quote(ty_str)
-                    ));
+                    out.push_str(&format!("{{\"name\":{},\"type\":{}", quote(&fname), quote(ty_str)));
                     match ty_str {
                         "enum" => {
-                            let symbols = m
-                                .get("symbols")
-                                .ok_or_else(|| NotASchema("enum without symbols".into()))?;
+                            let symbols = m.get("symbols").ok_or_else(|| NotASchema("enum without symbols".into()))?;
                             out.push_str(&format!(
                                 ",\"symbols\":{}",
                                 serde_json::to_string(symbols).unwrap_or_default()
@@ -240,9 +199,7 @@ fn pcf(
                                     .get("name")
                                     .and_then(J::as_str)
                                     .ok_or_else(|| NotASchema("field without name".into()))?;
-                                let fty = f
-                                    .get("type")
-                                    .ok_or_else(|| NotASchema("field without type".into()))?;
+                                let fty = f.get("type").ok_or_else(|| NotASchema("field without type".into()))?;
                                 out.push_str(&format!("{{\"name\":{},\"type\":", quote(fname)));
                                 pcf(fty, inner_ns.as_deref(), out, depth + 1)?;
                                 out.push('}');
@@ -254,24 +211,12 @@ fn pcf(
                 }
                 "array" => {
                     out.push_str("{\"type\":\"array\",\"items\":");
-                    pcf(
-                        m.get("items")
-                            .ok_or_else(|| NotASchema("array without items".into()))?,
-                        ns,
-                        out,
-                        depth + 1,
-                    )?;
+                    pcf(m.get("items").ok_or_else(|| NotASchema("array without items".into()))?, ns, out, depth + 1)?;
                     out.push('}');
                 }
                 "map" => {
                     out.push_str("{\"type\":\"map\",\"values\":");
-                    pcf(
-                        m.get("values")
-                            .ok_or_else(|| NotASchema("map without values".into()))?,
-                        ns,
-                        out,
-                        depth + 1,
-                    )?;
+                    pcf(m.get("values").ok_or_else(|| NotASchema("map without values".into()))?, ns, out, depth + 1)?;
                     out.push('}');
                 }
                 // A primitive, possibly with a logicalType or other attributes: those are stripped.
@@ -303,14 +248,8 @@ mod tests {
         assert!(s.canonical_form.starts_with(
             r#"{"name":"orderflow.events.InventoryChanged","type":"record","fields":[{"name":"event_id","type":"string"}"#
         ), "{}", s.canonical_form);
-        assert!(
-            s.canonical_form
-                .contains(r#"{"name":"occurred_at","type":"long"}"#)
-        );
-        assert!(
-            s.canonical_form
-                .contains(r#""name":"orderflow.events.Reason","type":"enum""#)
-        );
+        assert!(s.canonical_form.contains(r#"{"name":"occurred_at","type":"long"}"#));
+        assert!(s.canonical_form.contains(r#""name":"orderflow.events.Reason","type":"enum""#));
         assert!(!s.canonical_form.contains("doc"));
     }
 
@@ -319,10 +258,7 @@ mod tests {
         let sh = shipped();
         assert_eq!(sh.by_fingerprint.len(), sh.all.len());
         for k in EventKind::ALL {
-            assert_eq!(
-                sh.current(k).schema.name().map(|n| n.fullname(None)),
-                Some(k.avro_name().to_owned())
-            );
+            assert_eq!(sh.current(k).schema.name().map(|n| n.fullname(None)), Some(k.avro_name().to_owned()));
         }
     }
 }

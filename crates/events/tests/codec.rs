@@ -17,11 +17,7 @@ fn events() -> Vec<Event> {
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 #[test]
@@ -62,10 +58,7 @@ fn canonical_form_is_apache_avros_with_the_primitives_rule_applied() {
             theirs = theirs.replace(&format!("{{\"type\":\"{p}\"}}"), &format!("\"{p}\""));
         }
         assert_eq!(s.canonical_form, theirs, "{}", s.file);
-        let fp = Schema::parse_str(&s.canonical_form)
-            .unwrap()
-            .fingerprint::<apache_avro::rabin::Rabin>()
-            .bytes;
+        let fp = Schema::parse_str(&s.canonical_form).unwrap().fingerprint::<apache_avro::rabin::Rabin>().bytes;
         assert_eq!(s.fingerprint.to_le_bytes().to_vec(), fp, "{}", s.file);
     }
 }
@@ -77,11 +70,7 @@ fn older_writer_version_is_resolved_into_current_reader() {
     let datum = common::inventory_v0_datum("01935f2a-7c00-7000-8000-000000000009", "SKU-1", 7, 0);
     let reader = &shipped().current(EventKind::InventoryChanged).schema;
     let v = apache_avro::from_avro_datum(&v0, &mut &datum[..], Some(reader)).unwrap();
-    let Event::InventoryChanged(e) =
-        avro_value::from_value(EventKind::InventoryChanged, &v).unwrap()
-    else {
-        panic!()
-    };
+    let Event::InventoryChanged(e) = avro_value::from_value(EventKind::InventoryChanged, &v).unwrap() else { panic!() };
     assert_eq!(e.order_id, None);
     assert_eq!(e.delta.get(), 7);
 }
@@ -93,46 +82,24 @@ fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 #[test]
 fn empty_and_short_headers_are_typed_errors() {
     assert!(matches!(decode(&[]), Err(DecodeError::Empty)));
-    assert!(matches!(
-        decode(&[0xC3, 0x01, 1, 2]),
-        Err(DecodeError::TruncatedHeader {
-            need: 10,
-            len: 4,
-            ..
-        })
-    ));
-    assert!(matches!(
-        decode(&[0x00, 1, 2]),
-        Err(DecodeError::TruncatedHeader {
-            need: 5,
-            len: 3,
-            ..
-        })
-    ));
+    assert!(matches!(decode(&[0xC3, 0x01, 1, 2]), Err(DecodeError::TruncatedHeader { need: 10, len: 4, .. })));
+    assert!(matches!(decode(&[0x00, 1, 2]), Err(DecodeError::TruncatedHeader { need: 5, len: 3, .. })));
 }
 
 #[test]
 fn unknown_magic_shows_the_bytes() {
     let e = decode(b"{\"json\":1}").unwrap_err();
-    assert!(
-        matches!(&e, DecodeError::UnknownMagic(m) if m == "7b22"),
-        "{e}"
-    );
+    assert!(matches!(&e, DecodeError::UnknownMagic(m) if m == "7b22"), "{e}");
     assert!(e.to_string().contains("7b22"));
     assert!(!e.is_transient());
 }
 
 #[test]
 fn unknown_fingerprint_is_shown_in_hex() {
-    let mut b = Codec::new()
-        .encode_single_object(&samples::order_placed().into())
-        .unwrap();
+    let mut b = Codec::new().encode_single_object(&samples::order_placed().into()).unwrap();
     b[2..10].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3]);
     let e = decode(&b).unwrap_err();
-    assert!(
-        matches!(&e, DecodeError::UnknownFingerprint(h) if h == "deadbeef00010203"),
-        "{e}"
-    );
+    assert!(matches!(&e, DecodeError::UnknownFingerprint(h) if h == "deadbeef00010203"), "{e}");
 }
 
 #[test]
@@ -152,9 +119,7 @@ fn every_truncation_of_a_valid_record_is_a_typed_error() {
         }
         let mut longer = b.clone();
         longer.push(0);
-        assert!(
-            matches!(decode(&longer), Err(DecodeError::Malformed(m)) if m.contains("trailing"))
-        );
+        assert!(matches!(decode(&longer), Err(DecodeError::Malformed(m)) if m.contains("trailing")));
     }
 }
 
@@ -162,19 +127,12 @@ fn every_truncation_of_a_valid_record_is_a_typed_error() {
 fn valid_avro_of_the_other_type_is_rejected() {
     // An InventoryChanged datum under OrderPlaced's fingerprint.
     let codec = Codec::new();
-    let inv = codec
-        .encode_single_object(&samples::inventory_changed().into())
-        .unwrap();
-    let order = codec
-        .encode_single_object(&samples::order_placed().into())
-        .unwrap();
+    let inv = codec.encode_single_object(&samples::inventory_changed().into()).unwrap();
+    let order = codec.encode_single_object(&samples::order_placed().into()).unwrap();
     let mut swapped = order[..10].to_vec();
     swapped.extend_from_slice(&inv[10..]);
     let e = decode(&swapped).unwrap_err();
-    assert!(
-        matches!(e, DecodeError::Malformed(_) | DecodeError::Invalid { .. }),
-        "{e}"
-    );
+    assert!(matches!(e, DecodeError::Malformed(_) | DecodeError::Invalid { .. }), "{e}");
 }
 
 #[test]
@@ -203,9 +161,7 @@ fn valid_avro_with_invalid_values_names_the_field() {
     let at = good.windows(11).position(|w| w == b"a@b.example").unwrap();
     let mut bad = good.clone();
     bad[at + 1] = b' ';
-    assert!(
-        matches!(decode(&bad), Err(DecodeError::Invalid { field, .. }) if field == "customer.email")
-    );
+    assert!(matches!(decode(&bad), Err(DecodeError::Invalid { field, .. }) if field == "customer.email"));
 }
 
 #[test]
@@ -229,14 +185,9 @@ fn huge_length_prefixes_fail_without_allocating() {
     let r = apache_avro::from_avro_datum(&s.schema, &mut &huge[..], None);
     let msg = r.unwrap_err().to_string();
     assert!(msg.contains("allocat") || msg.contains("16777216"), "{msg}");
-    assert_eq!(
-        apache_avro::util::max_allocation_bytes(1),
-        orderflow_events::schema::MAX_AVRO_ALLOCATION
-    );
+    assert_eq!(apache_avro::util::max_allocation_bytes(1), orderflow_events::schema::MAX_AVRO_ALLOCATION);
     // An array block count of 2^62 in an order.
-    let mut o = Codec::new()
-        .encode_single_object(&samples::order_placed().into())
-        .unwrap();
+    let mut o = Codec::new().encode_single_object(&samples::order_placed().into()).unwrap();
     let lines_at = o.windows(9).position(|w| w == b"SKU-RED-M").unwrap() - 2; // count, len(sku)
     o.truncate(lines_at);
     o.extend_from_slice(&huge);
@@ -246,9 +197,7 @@ fn huge_length_prefixes_fail_without_allocating() {
 #[test]
 fn decode_for_topic_rejects_events_of_another_topic() {
     let codec = Codec::new();
-    let b = codec
-        .encode_single_object(&samples::inventory_changed().into())
-        .unwrap();
+    let b = codec.encode_single_object(&samples::inventory_changed().into()).unwrap();
     assert!(block_on(codec.decode_for_topic("inventory.v1", &b)).is_ok());
     let e = block_on(codec.decode_for_topic("orders.v1", &b)).unwrap_err();
     assert!(matches!(e, DecodeError::WrongTopic { .. }), "{e}");
@@ -261,19 +210,10 @@ fn decode_for_topic_rejects_events_of_another_topic() {
 #[test]
 fn event_accessors() {
     let o: Event = samples::order_placed().into();
-    assert_eq!(
-        (o.topic(), o.key(), o.ce_type()),
-        ("orders.v1", "ord-2026-000042", "orderflow.order.placed.v1")
-    );
+    assert_eq!((o.topic(), o.key(), o.ce_type()), ("orders.v1", "ord-2026-000042", "orderflow.order.placed.v1"));
     let i: Event = samples::inventory_received().into();
-    assert_eq!(
-        (i.topic(), i.key(), i.order_id()),
-        ("inventory.v1", "SKU-SOCKS", None)
-    );
-    assert_eq!(
-        o.occurred_at().to_rfc3339(),
-        "2026-11-22T13:05:07.123456+00:00"
-    );
+    assert_eq!((i.topic(), i.key(), i.order_id()), ("inventory.v1", "SKU-SOCKS", None));
+    assert_eq!(o.occurred_at().to_rfc3339(), "2026-11-22T13:05:07.123456+00:00");
     // JSON shape round trips.
     let j = serde_json::to_string(&o).unwrap();
     assert_eq!(serde_json::from_str::<Event>(&j).unwrap(), o);

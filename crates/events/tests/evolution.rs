@@ -23,15 +23,10 @@ fn discover() -> BTreeMap<String, Vec<(u32, PathBuf)>> {
         let Some(stem) = name.strip_suffix(".avsc") else {
             continue;
         };
-        let (event, version) = stem
-            .rsplit_once(".v")
-            .unwrap_or_else(|| panic!("{name}: schema files are named <event>.v<N>.avsc"));
-        let version: u32 = version
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: version must be a number"));
-        out.entry(event.to_owned())
-            .or_default()
-            .push((version, path));
+        let (event, version) =
+            stem.rsplit_once(".v").unwrap_or_else(|| panic!("{name}: schema files are named <event>.v<N>.avsc"));
+        let version: u32 = version.parse().unwrap_or_else(|_| panic!("{name}: version must be a number"));
+        out.entry(event.to_owned()).or_default().push((version, path));
     }
     for versions in out.values_mut() {
         versions.sort();
@@ -77,20 +72,11 @@ fn sample(schema: &Schema) -> Value {
         Schema::Array(a) => Value::Array(vec![sample(&a.items), sample(&a.items)]),
         Schema::Map(m) => Value::Map([("k".to_owned(), sample(&m.types))].into()),
         Schema::Union(u) => {
-            let (i, s) = u
-                .variants()
-                .iter()
-                .enumerate()
-                .find(|(_, s)| !matches!(s, Schema::Null))
-                .unwrap_or((0, &Schema::Null));
+            let (i, s) =
+                u.variants().iter().enumerate().find(|(_, s)| !matches!(s, Schema::Null)).unwrap_or((0, &Schema::Null));
             Value::Union(i as u32, Box::new(sample(s)))
         }
-        Schema::Record(r) => Value::Record(
-            r.fields
-                .iter()
-                .map(|f| (f.name.clone(), sample(&f.schema)))
-                .collect(),
-        ),
+        Schema::Record(r) => Value::Record(r.fields.iter().map(|f| (f.name.clone(), sample(&f.schema))).collect()),
         Schema::Enum(e) => Value::Enum(0, e.symbols[0].clone()),
         Schema::Fixed(f) => Value::Fixed(f.size, vec![0; f.size]),
         other => panic!("extend sample() for {other:?}"),
@@ -104,18 +90,12 @@ fn check_direction(writer_path: &Path, reader_path: &Path) -> Vec<String> {
     let (w, r) = (file(writer_path), file(reader_path));
     let mut problems = Vec::new();
     if let Err(e) = SchemaCompatibility::can_read(&writer, &reader) {
-        problems.push(format!(
-            "reader {r} cannot read data written with {w} (compatibility checker): {}",
-            chain(&e)
-        ));
+        problems.push(format!("reader {r} cannot read data written with {w} (compatibility checker): {}", chain(&e)));
     }
     let datum = apache_avro::to_avro_datum(&writer, sample(&writer))
         .unwrap_or_else(|e| panic!("encoding a sample with {w}: {}", chain(&e)));
     if let Err(e) = apache_avro::from_avro_datum(&writer, &mut &datum[..], Some(&reader)) {
-        problems.push(format!(
-            "reader {r} cannot read data written with {w} (round trip): {}",
-            chain(&e)
-        ));
+        problems.push(format!("reader {r} cannot read data written with {w} (round trip): {}", chain(&e)));
     }
     problems
 }
@@ -130,10 +110,7 @@ fn check_pair(a: &Path, b: &Path) -> Vec<String> {
 #[test]
 fn every_pair_of_versions_is_readable_both_ways() {
     let found = discover();
-    assert!(
-        found.contains_key("order_placed") && found.contains_key("inventory_changed"),
-        "{found:?}"
-    );
+    assert!(found.contains_key("order_placed") && found.contains_key("inventory_changed"), "{found:?}");
     let mut problems = Vec::new();
     let mut checked = 0;
     for versions in found.values() {
@@ -145,21 +122,13 @@ fn every_pair_of_versions_is_readable_both_ways() {
             }
         }
     }
-    assert!(
-        problems.is_empty(),
-        "incompatible schema versions:\n{}",
-        problems.join("\n")
-    );
+    assert!(problems.is_empty(), "incompatible schema versions:\n{}", problems.join("\n"));
     println!("checked {checked} pairs");
 }
 
 #[test]
 fn every_schema_file_is_shipped_in_the_crate() {
-    let shipped: Vec<&str> = orderflow_events::schema::shipped()
-        .all
-        .iter()
-        .map(|s| s.file)
-        .collect();
+    let shipped: Vec<&str> = orderflow_events::schema::shipped().all.iter().map(|s| s.file).collect();
     for versions in discover().values() {
         for (_, p) in versions {
             let f = file(p);
@@ -168,11 +137,7 @@ fn every_schema_file_is_shipped_in_the_crate() {
                 "{f} is in schemas/ but not in SHIPPED (crates/events/src/schema.rs)"
             );
             let text = std::fs::read_to_string(p).unwrap();
-            let s = orderflow_events::schema::shipped()
-                .all
-                .iter()
-                .find(|s| s.file == f)
-                .unwrap();
+            let s = orderflow_events::schema::shipped().all.iter().find(|s| s.file == f).unwrap();
             assert_eq!(s.json, text, "{f}: embedded text differs from the file");
         }
     }
@@ -183,10 +148,7 @@ fn every_record_and_field_has_a_doc() {
     fn walk(v: &serde_json::Value, at: &str, missing: &mut Vec<String>) {
         match v {
             serde_json::Value::Object(m) => {
-                let is_named = matches!(
-                    m.get("type").and_then(|t| t.as_str()),
-                    Some("record" | "enum")
-                );
+                let is_named = matches!(m.get("type").and_then(|t| t.as_str()), Some("record" | "enum"));
                 if is_named && !m.contains_key("doc") {
                     missing.push(format!("{at} (type {})", m["name"]));
                 }
@@ -206,16 +168,13 @@ fn every_record_and_field_has_a_doc() {
                     walk(t, at, missing);
                 }
             }
-            serde_json::Value::Array(branches) => {
-                branches.iter().for_each(|b| walk(b, at, missing))
-            }
+            serde_json::Value::Array(branches) => branches.iter().for_each(|b| walk(b, at, missing)),
             _ => {}
         }
     }
     for versions in discover().values() {
         for (_, p) in versions {
-            let v: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
             let mut missing = Vec::new();
             walk(&v, "", &mut missing);
             assert!(missing.is_empty(), "{}: no doc on {missing:?}", file(p));
@@ -226,37 +185,30 @@ fn every_record_and_field_has_a_doc() {
 #[test]
 fn adding_a_required_field_without_default_is_rejected_naming_the_field() {
     let v1 = schemas_dir().join("order_placed.v1.avsc");
-    let bad =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/order_placed.incompatible.avsc");
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/order_placed.incompatible.avsc");
     let problems = check_pair(&v1, &bad);
     for p in &problems {
         println!("{p}");
     }
     // Old reader reads new data (extra field skipped): fine. New reader reads old data: no
     // value and no default for gift_wrap.
-    assert_eq!(
-        problems.len(),
-        2,
-        "checker and round trip must both fail: {problems:#?}"
-    );
+    assert_eq!(problems.len(), 2, "checker and round trip must both fail: {problems:#?}");
     for p in &problems {
-        assert!(p.starts_with("reader order_placed.incompatible.avsc cannot read data written with order_placed.v1.avsc"), "{p}");
+        assert!(
+            p.starts_with("reader order_placed.incompatible.avsc cannot read data written with order_placed.v1.avsc"),
+            "{p}"
+        );
         assert!(p.contains("gift_wrap"), "{p}");
     }
-    assert!(
-        problems[0].contains("Field 'gift_wrap' in reader schema must have a default value"),
-        "{}",
-        problems[0]
-    );
+    assert!(problems[0].contains("Field 'gift_wrap' in reader schema must have a default value"), "{}", problems[0]);
 }
 
 #[test]
 fn changing_a_field_type_is_rejected_naming_the_field() {
     let v1 = schemas_dir().join("order_placed.v1.avsc");
-    let text = std::fs::read_to_string(&v1).unwrap().replace(
-        r#"{"name": "quantity", "type": "int""#,
-        r#"{"name": "quantity", "type": "string""#,
-    );
+    let text = std::fs::read_to_string(&v1)
+        .unwrap()
+        .replace(r#"{"name": "quantity", "type": "int""#, r#"{"name": "quantity", "type": "string""#);
     let dir = std::env::temp_dir().join(format!("orderflow-evolution-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let changed = dir.join("order_placed.quantity_as_string.avsc");
@@ -266,15 +218,7 @@ fn changing_a_field_type_is_rejected_naming_the_field() {
     for p in &problems {
         println!("{p}");
     }
-    let checker: Vec<_> = problems
-        .iter()
-        .filter(|p| p.contains("compatibility checker"))
-        .collect();
+    let checker: Vec<_> = problems.iter().filter(|p| p.contains("compatibility checker")).collect();
     assert_eq!(checker.len(), 2, "both directions: {problems:#?}");
-    assert!(
-        checker
-            .iter()
-            .all(|p| p.contains("'lines'") && p.contains("'quantity'")),
-        "{problems:#?}"
-    );
+    assert!(checker.iter().all(|p| p.contains("'lines'") && p.contains("'quantity'")), "{problems:#?}");
 }

@@ -5,21 +5,13 @@ use proptest::prelude::*;
 
 fn valid_encodings() -> Vec<Vec<u8>> {
     let codec = Codec::new();
-    let events: Vec<Event> = vec![
-        samples::order_placed().into(),
-        samples::inventory_changed().into(),
-        samples::inventory_received().into(),
-    ];
-    events
-        .iter()
-        .map(|e| codec.encode_single_object(e).unwrap())
-        .collect()
+    let events: Vec<Event> =
+        vec![samples::order_placed().into(), samples::inventory_changed().into(), samples::inventory_received().into()];
+    events.iter().map(|e| codec.encode_single_object(e).unwrap()).collect()
 }
 
 fn decode(bytes: &[u8]) -> Result<Event, orderflow_events::DecodeError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(Codec::new().decode(bytes))
 }
 

@@ -29,10 +29,7 @@ async fn register(
 ) -> (StatusCode, Json<Value>) {
     r.registers.fetch_add(1, Ordering::SeqCst);
     let Some(schema) = body.get("schema").and_then(Value::as_str) else {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"error_code": 42201, "message": "Invalid schema"})),
-        );
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error_code": 42201, "message": "Invalid schema"})));
     };
     let mut schemas = r.schemas.lock().unwrap();
     let id = match schemas.iter().position(|s| s == schema) {
@@ -42,12 +39,7 @@ async fn register(
             schemas.len() as u32
         }
     };
-    r.subjects
-        .lock()
-        .unwrap()
-        .entry(subject)
-        .or_default()
-        .push(id);
+    r.subjects.lock().unwrap().entry(subject).or_default().push(id);
     (StatusCode::OK, Json(json!({"id": id})))
 }
 
@@ -55,10 +47,7 @@ async fn by_id(State(r): State<Arc<Registry>>, Path(id): Path<u32>) -> (StatusCo
     r.fetches.fetch_add(1, Ordering::SeqCst);
     match r.schemas.lock().unwrap().get((id as usize).wrapping_sub(1)) {
         Some(s) => (StatusCode::OK, Json(json!({"schema": s}))),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error_code": 40403, "message": "Schema not found"})),
-        ),
+        None => (StatusCode::NOT_FOUND, Json(json!({"error_code": 40403, "message": "Schema not found"}))),
     }
 }
 
@@ -75,10 +64,7 @@ async fn spawn_registry() -> (String, Arc<Registry>) {
 }
 
 fn events() -> Vec<Event> {
-    vec![
-        samples::order_placed().into(),
-        samples::inventory_changed().into(),
-    ]
+    vec![samples::order_placed().into(), samples::inventory_changed().into()]
 }
 
 #[tokio::test]
@@ -92,27 +78,10 @@ async fn wire_format_round_trip_registers_once_per_subject_and_caches_ids() {
             assert_eq!(producer.decode(&b).await.unwrap(), e);
         }
     }
-    assert_eq!(
-        reg.registers.load(Ordering::SeqCst),
-        2,
-        "one registration per subject"
-    );
-    assert_eq!(
-        reg.fetches.load(Ordering::SeqCst),
-        0,
-        "ids the producer registered need no fetch"
-    );
-    let subjects = reg
-        .subjects
-        .lock()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect::<std::collections::BTreeSet<_>>();
-    assert_eq!(
-        subjects.into_iter().collect::<Vec<_>>(),
-        ["inventory.v1-value", "orders.v1-value"]
-    );
+    assert_eq!(reg.registers.load(Ordering::SeqCst), 2, "one registration per subject");
+    assert_eq!(reg.fetches.load(Ordering::SeqCst), 0, "ids the producer registered need no fetch");
+    let subjects = reg.subjects.lock().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(subjects.into_iter().collect::<Vec<_>>(), ["inventory.v1-value", "orders.v1-value"]);
 
     // A separate consumer fetches each id once, then decodes from its cache.
     let consumer = Codec::with_registry(&url).unwrap();
@@ -122,11 +91,7 @@ async fn wire_format_round_trip_registers_once_per_subject_and_caches_ids() {
             assert_eq!(consumer.decode(&b).await.unwrap(), e);
         }
     }
-    assert_eq!(
-        reg.fetches.load(Ordering::SeqCst),
-        2,
-        "one GET /schemas/ids per id"
-    );
+    assert_eq!(reg.fetches.load(Ordering::SeqCst), 2, "one GET /schemas/ids per id");
     // Clones share the cache.
     let b = producer.encode(&events()[0]).await.unwrap();
     consumer.clone().decode(&b).await.unwrap();
@@ -153,15 +118,9 @@ async fn unreachable_registry_is_transient() {
     };
     let codec = Codec::with_registry(&format!("http://127.0.0.1:{port}")).unwrap();
     let e = codec.decode(&[0, 0, 0, 0, 1, 2]).await.unwrap_err();
-    assert!(
-        matches!(e, DecodeError::RegistryUnavailable(_)) && e.is_transient(),
-        "{e}"
-    );
+    assert!(matches!(e, DecodeError::RegistryUnavailable(_)) && e.is_transient(), "{e}");
     let e = codec.encode(&events()[0]).await.unwrap_err();
-    assert!(
-        matches!(e, EncodeError::RegistryUnavailable(_)) && e.is_transient(),
-        "{e}"
-    );
+    assert!(matches!(e, EncodeError::RegistryUnavailable(_)) && e.is_transient(), "{e}");
 }
 
 #[tokio::test]
@@ -170,41 +129,22 @@ async fn other_writer_versions_resolve_and_foreign_schemas_are_rejected() {
     let codec = Codec::with_registry(&url).unwrap();
     // An older InventoryChanged writer without order_id.
     let registry = codec.registry().unwrap();
-    let id = registry
-        .register("inventory.v1-value", common::INVENTORY_V0)
-        .await
-        .unwrap();
+    let id = registry.register("inventory.v1-value", common::INVENTORY_V0).await.unwrap();
     let datum = common::inventory_v0_datum("01935f2a-7c00-7000-8000-00000000000a", "SKU-1", -3, 1);
     let b = common::confluent_frame(id, &datum);
     // A fresh codec must fetch v0 and resolve it.
     let fresh = Codec::with_registry(&url).unwrap();
-    let Event::InventoryChanged(e) = fresh.decode(&b).await.unwrap() else {
-        panic!("wrong type")
-    };
-    assert_eq!(
-        (e.sku.as_str(), e.delta.get(), e.order_id),
-        ("SKU-1", -3, None)
-    );
+    let Event::InventoryChanged(e) = fresh.decode(&b).await.unwrap() else { panic!("wrong type") };
+    assert_eq!((e.sku.as_str(), e.delta.get(), e.order_id), ("SKU-1", -3, None));
 
     // A record that is not an orderflow event.
-    let foreign = r#"{"type":"record","name":"Payment","namespace":"com.example","fields":[{"name":"x","type":"long"}]}"#;
-    let id = codec
-        .registry()
-        .unwrap()
-        .register("payments-value", foreign)
-        .await
-        .unwrap();
+    let foreign =
+        r#"{"type":"record","name":"Payment","namespace":"com.example","fields":[{"name":"x","type":"long"}]}"#;
+    let id = codec.registry().unwrap().register("payments-value", foreign).await.unwrap();
     let b = common::confluent_frame(id, &[2]);
     let e = fresh.decode(&b).await.unwrap_err();
-    assert!(
-        matches!(&e, DecodeError::UnknownType(n) if n == "com.example.Payment"),
-        "{e}"
-    );
+    assert!(matches!(&e, DecodeError::UnknownType(n) if n == "com.example.Payment"), "{e}");
     let before = reg.fetches.load(Ordering::SeqCst);
     assert!(fresh.decode(&b).await.is_err());
-    assert_eq!(
-        reg.fetches.load(Ordering::SeqCst),
-        before,
-        "unreadable writer schemas are cached too"
-    );
+    assert_eq!(reg.fetches.load(Ordering::SeqCst), before, "unreadable writer schemas are cached too");
 }

@@ -46,21 +46,13 @@ fn wait_for_broker_blocking(args: &KafkaArgs, timeout: Duration) -> anyhow::Resu
             Ok(metadata) => {
                 return Ok(ClusterInfo {
                     brokers: metadata.brokers().iter().map(|b| format!("{}:{}", b.host(), b.port())).collect(),
-                    topics: metadata
-                        .topics()
-                        .iter()
-                        .map(|t| (t.name().to_owned(), t.partitions().len()))
-                        .collect(),
+                    topics: metadata.topics().iter().map(|t| (t.name().to_owned(), t.partitions().len())).collect(),
                 });
             }
             Err(error) => last_error = error,
         }
         if Instant::now() >= deadline {
-            bail!(
-                "Kafka brokers {} did not answer Metadata within {:?}: {last_error}",
-                args.brokers,
-                timeout
-            );
+            bail!("Kafka brokers {} did not answer Metadata within {:?}: {last_error}", args.brokers, timeout);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -90,10 +82,8 @@ pub async fn ensure_topic(
         args.client_config().create().context("Failed to create a Kafka admin client")?;
     let new_topic = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(replication));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics([&new_topic], &options)
-        .await
-        .with_context(|| format!("Failed to create topic {topic}"))?;
+    let results =
+        admin.create_topics([&new_topic], &options).await.with_context(|| format!("Failed to create topic {topic}"))?;
     let mut created = true;
     for result in results {
         match result {

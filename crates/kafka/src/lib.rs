@@ -13,7 +13,7 @@
 pub mod admin;
 mod settings;
 
-pub use settings::{KafkaArgs, KafkaOption, DEFAULT_BROKERS};
+pub use settings::{DEFAULT_BROKERS, KafkaArgs, KafkaOption};
 
 /// The topics of the public contract (DESIGN.md, Events).
 pub const ORDERS_TOPIC: &str = "orders.v1";

@@ -44,11 +44,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            message_timeout: Duration::from_secs(5),
-            max_queued_messages: 100_000,
-            max_queued_kbytes: 256 * 1024,
-        }
+        Limits { message_timeout: Duration::from_secs(5), max_queued_messages: 100_000, max_queued_kbytes: 256 * 1024 }
     }
 }
 
@@ -89,9 +85,7 @@ impl PublishError {
     /// True when the same publish may succeed later (HTTP 503 with `Retry-After`).
     pub fn is_retryable(&self) -> bool {
         match self {
-            PublishError::QueueFull
-            | PublishError::BrokerUnavailable(_)
-            | PublishError::Timeout(_) => true,
+            PublishError::QueueFull | PublishError::BrokerUnavailable(_) | PublishError::Timeout(_) => true,
             PublishError::Encode(e) => e.is_transient(),
             PublishError::Rejected(_) | PublishError::Config(_) => false,
         }
@@ -148,26 +142,12 @@ impl Publisher {
     ) -> Result<Publisher, PublishError> {
         let mut config = kafka.producer_config();
         config
-            .set(
-                "message.timeout.ms",
-                limits.message_timeout.as_millis().to_string(),
-            )
-            .set(
-                "queue.buffering.max.messages",
-                limits.max_queued_messages.to_string(),
-            )
-            .set(
-                "queue.buffering.max.kbytes",
-                limits.max_queued_kbytes.to_string(),
-            );
+            .set("message.timeout.ms", limits.message_timeout.as_millis().to_string())
+            .set("queue.buffering.max.messages", limits.max_queued_messages.to_string())
+            .set("queue.buffering.max.kbytes", limits.max_queued_kbytes.to_string());
         let producer: FutureProducer = config.create().map_err(PublishError::Config)?;
         Ok(Publisher {
-            inner: Arc::new(Inner {
-                producer,
-                codec,
-                source: source.to_owned(),
-                limits,
-            }),
+            inner: Arc::new(Inner { producer, codec, source: source.to_owned(), limits }),
             orders_topic: EventKind::OrderPlaced.topic().into(),
             inventory_topic: EventKind::InventoryChanged.topic().into(),
         })
@@ -176,11 +156,7 @@ impl Publisher {
     /// Publish orders and inventory changes to these topics instead of the contract ones
     /// (tests use fresh topics).
     pub fn with_topics(self, orders: &str, inventory: &str) -> Publisher {
-        Publisher {
-            orders_topic: orders.into(),
-            inventory_topic: inventory.into(),
-            ..self
-        }
+        Publisher { orders_topic: orders.into(), inventory_topic: inventory.into(), ..self }
     }
 
     /// The topic events of `kind` go to.
@@ -203,11 +179,7 @@ impl Publisher {
 
     /// Encode and publish one event, keyed by its aggregate id, with CloudEvents headers and
     /// `traceparent`; resolves once the broker acknowledged it (see the crate docs).
-    pub async fn publish(
-        &self,
-        event: &Event,
-        traceparent: Option<TraceParent>,
-    ) -> Result<Ack, PublishError> {
+    pub async fn publish(&self, event: &Event, traceparent: Option<TraceParent>) -> Result<Ack, PublishError> {
         let value = self.inner.codec.encode(event).await?;
         self.publish_encoded(event, &value, traceparent).await
     }
@@ -231,25 +203,19 @@ impl Publisher {
         events: &[Event],
         traceparent: Option<TraceParent>,
     ) -> Vec<Result<Ack, PublishError>> {
-        let traced: Vec<(&Event, Option<TraceParent>)> =
-            events.iter().map(|e| (e, traceparent.clone())).collect();
+        let traced: Vec<(&Event, Option<TraceParent>)> = events.iter().map(|e| (e, traceparent.clone())).collect();
         self.publish_traced(traced).await
     }
 
     /// [`Publisher::publish_all`] with a trace per event (the outbox relay's rows each carry
     /// their own).
-    pub async fn publish_traced(
-        &self,
-        events: Vec<(&Event, Option<TraceParent>)>,
-    ) -> Vec<Result<Ack, PublishError>> {
+    pub async fn publish_traced(&self, events: Vec<(&Event, Option<TraceParent>)>) -> Vec<Result<Ack, PublishError>> {
         let mut encoded = Vec::new();
         for (event, traceparent) in events {
             encoded.push((event, traceparent, self.inner.codec.encode(event).await));
         }
         let deliveries = encoded.into_iter().map(|(event, traceparent, value)| {
-            let enqueued = value
-                .map_err(PublishError::from)
-                .and_then(|v| self.enqueue(event, &v, traceparent));
+            let enqueued = value.map_err(PublishError::from).and_then(|v| self.enqueue(event, &v, traceparent));
             async move { enqueued?.await }
         });
         // Collecting runs `enqueue` for every event, in order, before any ack is awaited.
@@ -268,20 +234,11 @@ impl Publisher {
         let topic = self.topic(event.kind()).to_owned();
         let mut headers = OwnedHeaders::new();
         for (key, value) in CeHeaders::for_event(event, &inner.source, traceparent).to_pairs() {
-            headers = headers.insert(Header {
-                key,
-                value: Some(&value),
-            });
+            headers = headers.insert(Header { key, value: Some(&value) });
         }
-        let record = FutureRecord::to(&topic)
-            .key(event.key())
-            .payload(value)
-            .headers(headers);
+        let record = FutureRecord::to(&topic).key(event.key()).payload(value).headers(headers);
         let timeout = inner.limits.message_timeout;
-        let delivery = inner
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| PublishError::from_kafka(e, timeout))?;
+        let delivery = inner.producer.send_result(record).map_err(|(e, _)| PublishError::from_kafka(e, timeout))?;
         let event_id = event.event_id();
         Ok(async move {
             // librdkafka fails the record after message.timeout.ms; the outer timeout only
@@ -290,12 +247,7 @@ impl Publisher {
                 .await
                 .map_err(|_| PublishError::Timeout(timeout))?;
             match outcome {
-                Ok(Ok(d)) => Ok(Ack {
-                    event_id,
-                    topic,
-                    partition: d.partition,
-                    offset: d.offset,
-                }),
+                Ok(Ok(d)) => Ok(Ack { event_id, topic, partition: d.partition, offset: d.offset }),
                 Ok(Err((e, _))) => Err(PublishError::from_kafka(e, timeout)),
                 Err(_canceled) => Err(PublishError::BrokerUnavailable(KafkaError::Canceled)),
             }
@@ -312,9 +264,6 @@ impl Publisher {
 
     /// Wait up to `timeout` for every in-flight record to be acknowledged (shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        self.inner
-            .producer
-            .flush(timeout)
-            .map_err(|e| PublishError::from_kafka(e, timeout))
+        self.inner.producer.flush(timeout).map_err(|e| PublishError::from_kafka(e, timeout))
     }
 }

@@ -262,13 +262,8 @@ impl<H: Handler> LoopContext<H> {
             // itself bounded (queued.max.messages.kbytes), and the partition is paused.
             let (sender, receiver) = mpsc::channel(shared.settings.batch_size * 4);
             let stop = Arc::new(StopFlag::default());
-            let join = shared.runtime.spawn(worker_loop(
-                shared.clone(),
-                tp.clone(),
-                receiver,
-                stop.clone(),
-                status.clone(),
-            ));
+            let join =
+                shared.runtime.spawn(worker_loop(shared.clone(), tp.clone(), receiver, stop.clone(), status.clone()));
             shared.health.partitions.lock().unwrap().insert(tp.clone(), status.clone());
             workers.insert(tp, Worker { sender, stop, join, status });
         }
@@ -321,7 +316,8 @@ fn stop_workers<H: Handler>(shared: &Shared<H>, partitions: &[Tp]) -> Vec<(Tp, i
         worker.stop.stop();
         drop(worker.sender);
         // The timer must be created inside the runtime context, hence the async block.
-        let joined = shared.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(60), worker.join).await });
+        let joined =
+            shared.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(60), worker.join).await });
         if joined.is_err() {
             tracing::error!(topic = tp.0, partition = tp.1, "worker did not finish within 60s; abandoning its batch");
         }
@@ -377,7 +373,9 @@ pub(crate) fn poll_loop<H: Handler>(
             None => {}
             Some(Ok(message)) => route(&shared, &consumer, &mut held, message.detach()),
             Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(error)) => tracing::warn!(consumer = shared.consumer_name(), error = %error, "Kafka consumer error"),
+            Some(Err(error)) => {
+                tracing::warn!(consumer = shared.consumer_name(), error = %error, "Kafka consumer error")
+            }
         }
         if last_lag.elapsed() >= Duration::from_secs(1) {
             update_lag(&shared);
@@ -640,7 +638,8 @@ async fn process_batch<H: Handler>(shared: &Shared<H>, tp: &Tp, batch: &[OwnedMe
                     Err(HandlerError::Transient(error)) => return Err(error),
                     Err(HandlerError::Permanent(error)) => {
                         savepoint.rollback().await?;
-                        let message = fresh.iter().find(|m| m.offset() == envelope.offset).expect("envelope from batch");
+                        let message =
+                            fresh.iter().find(|m| m.offset() == envelope.offset).expect("envelope from batch");
                         dead.push((message, ErrorClass::Permanent, format!("{error:#}")));
                     }
                 }

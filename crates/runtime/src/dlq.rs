@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
 
 /// Header names on dead-lettered records (also read by `orderflow dlq`).
 pub mod headers {
@@ -90,10 +90,8 @@ pub async fn send(
     if let Some(payload) = message.payload() {
         record = record.payload(payload);
     }
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(error, _)| error)
-        .with_context(|| format!("Failed to dead-letter {}[{}]@{} to {dlq_topic}", message.topic(), partition, offset))?;
+    producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error).with_context(|| {
+        format!("Failed to dead-letter {}[{}]@{} to {dlq_topic}", message.topic(), partition, offset)
+    })?;
     Ok(())
 }

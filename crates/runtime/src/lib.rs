@@ -162,7 +162,8 @@ impl Runtime {
         listen: SocketAddr,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("Failed to listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("Failed to listen on {listen}"))?;
         self.run_with_listener(handler, api, listener, shutdown).await
     }
 
@@ -203,7 +204,8 @@ impl Runtime {
             .set("statistics.interval.ms", "1000");
 
         let health = Arc::new(consumer::Health::default());
-        let shared = Arc::new(consumer::Shared::new(Arc::new(handler), pool.clone(), codec, dlq, settings, health.clone()));
+        let shared =
+            Arc::new(consumer::Shared::new(Arc::new(handler), pool.clone(), codec, dlq, settings, health.clone()));
         tracing::info!(consumer = name, schema, replay = args.replay, "starting");
 
         let stop = Arc::new(AtomicBool::new(false));

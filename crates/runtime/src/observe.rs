@@ -23,7 +23,14 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-pub fn batch_applied(consumer: &str, topic: &str, partition: i32, applied: usize, duplicates: usize, elapsed: Duration) {
+pub fn batch_applied(
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    applied: usize,
+    duplicates: usize,
+    elapsed: Duration,
+) {
     counter!("orderflow_events_applied_total", "consumer" => consumer.to_owned(), "topic" => topic.to_owned())
         .increment(applied as u64);
     if duplicates > 0 {
@@ -40,17 +47,20 @@ pub fn dead_lettered(consumer: &str, topic: &str, partition: i32, offset: i64, c
     tracing::warn!(consumer, topic, partition, offset, class, error = message, "event sent to the dead-letter topic");
 }
 
-pub fn batch_retry(consumer: &str, topic: &str, partition: i32, attempt: u32, backoff: Duration, error: &dyn std::fmt::Display) {
+pub fn batch_retry(
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    attempt: u32,
+    backoff: Duration,
+    error: &dyn std::fmt::Display,
+) {
     counter!("orderflow_batch_retries_total", "consumer" => consumer.to_owned()).increment(1);
     tracing::warn!(consumer, topic, partition, attempt, ?backoff, error = %error, "batch failed transiently; retrying");
 }
 
 pub fn lag(consumer: &str, topic: &str, partition: i32, messages: i64, seconds: f64) {
-    let labels = [
-        ("consumer", consumer.to_owned()),
-        ("topic", topic.to_owned()),
-        ("partition", partition.to_string()),
-    ];
+    let labels = [("consumer", consumer.to_owned()), ("topic", topic.to_owned()), ("partition", partition.to_string())];
     gauge!("orderflow_consumer_lag_messages", &labels).set(messages.max(0) as f64);
     gauge!("orderflow_consumer_lag_seconds", &labels).set(seconds.max(0.0));
 }

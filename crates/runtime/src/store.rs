@@ -128,13 +128,20 @@ pub async fn lock_offset(tx: &mut PgConnection, topic: &str, partition: i32) -> 
         .await
 }
 
-pub async fn save_offset(tx: &mut PgConnection, topic: &str, partition: i32, next_offset: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orderflow_offsets SET next_offset = $3, updated_at = now() WHERE topic = $1 AND partition = $2")
-        .bind(topic)
-        .bind(partition)
-        .bind(next_offset)
-        .execute(&mut *tx)
-        .await?;
+pub async fn save_offset(
+    tx: &mut PgConnection,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orderflow_offsets SET next_offset = $3, updated_at = now() WHERE topic = $1 AND partition = $2",
+    )
+    .bind(topic)
+    .bind(partition)
+    .bind(next_offset)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -12,5 +12,9 @@ fn the_consumer_in_the_docs_is_the_example_that_compiles() {
         .and_then(|rest| rest.split("```").next())
         .expect("docs/adding-a-consumer.md has a rust code block");
     let code: String = example.lines().filter(|l| !l.starts_with("//!")).collect::<Vec<_>>().join("\n");
-    assert_eq!(shown.trim(), code.trim(), "docs/adding-a-consumer.md and the example differ; copy the example into the docs");
+    assert_eq!(
+        shown.trim(),
+        code.trim(),
+        "docs/adding-a-consumer.md and the example differ; copy the example into the docs"
+    );
 }

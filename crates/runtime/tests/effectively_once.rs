@@ -168,10 +168,8 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flow
 
     let dlq_topic = setup.args.dlq_topic.clone().unwrap();
     let dead = read_all(&dlq_topic, 3).await;
-    let offsets: Vec<(String, String)> = dead
-        .iter()
-        .map(|h| (h[dlq_headers::ORIGINAL_OFFSET].clone(), h[dlq_headers::ERROR_CLASS].clone()))
-        .collect();
+    let offsets: Vec<(String, String)> =
+        dead.iter().map(|h| (h[dlq_headers::ORIGINAL_OFFSET].clone(), h[dlq_headers::ERROR_CLASS].clone())).collect();
     assert_eq!(
         offsets,
         [
@@ -318,8 +316,12 @@ impl ExampleConsumer {
 
     fn spawn(&self) -> BinaryProcess {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        BinaryProcess::spawn("units-per-sku", &args, &[("KAFKA_BROKERS", &kafka_args().brokers), ("DATABASE_URL", &database_url())])
-            .unwrap()
+        BinaryProcess::spawn(
+            "units-per-sku",
+            &args,
+            &[("KAFKA_BROKERS", &kafka_args().brokers), ("DATABASE_URL", &database_url())],
+        )
+        .unwrap()
     }
 
     async fn pool(&self) -> PgPool {

@@ -49,11 +49,10 @@ pub async fn publish(producer: &FutureProducer, topic: &str, events: &[Event]) -
     let codec = Codec::new();
     let encoded: Vec<(Vec<u8>, OwnedHeaders, String)> = futures_encode(&codec, events).await;
     let sends = encoded.iter().map(|(value, headers, key)| {
-        producer
-            .send(
-                FutureRecord::to(topic).key(key.as_str()).payload(value.as_slice()).headers(headers.clone()),
-                Duration::from_secs(30),
-            )
+        producer.send(
+            FutureRecord::to(topic).key(key.as_str()).payload(value.as_slice()).headers(headers.clone()),
+            Duration::from_secs(30),
+        )
     });
     futures::future::join_all(sends)
         .await
@@ -123,7 +122,11 @@ pub async fn read_distinct(topic: &str, distinct: usize, timeout: Duration) -> V
     let (mut records, mut ids) = (Vec::new(), std::collections::HashSet::new());
     let deadline = std::time::Instant::now() + timeout;
     while ids.len() < distinct {
-        assert!(std::time::Instant::now() < deadline, "only {} of {distinct} events on {topic} after {timeout:?}", ids.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {distinct} events on {topic} after {timeout:?}",
+            ids.len()
+        );
         let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
         let message = message.expect("consumer error");
         let event = codec.decode(message.payload().unwrap_or_default()).await.expect("record decodes");

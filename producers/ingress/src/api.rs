@@ -13,9 +13,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use orderflow_events::{
-    Event, InventoryChangesRequest, OrderRequest, TraceParent, idempotent_event_id,
-};
+use orderflow_events::{Event, InventoryChangesRequest, OrderRequest, TraceParent, idempotent_event_id};
 use orderflow_publisher::{Ack, PublishError};
 use serde::Serialize;
 use tracing::{Instrument, field::Empty};
@@ -37,12 +35,7 @@ pub struct Accepted {
 
 impl From<Ack> for Accepted {
     fn from(ack: Ack) -> Self {
-        Accepted {
-            event_id: ack.event_id,
-            topic: ack.topic,
-            partition: ack.partition,
-            offset: ack.offset,
-        }
+        Accepted { event_id: ack.event_id, topic: ack.topic, partition: ack.partition, offset: ack.offset }
     }
 }
 
@@ -63,75 +56,40 @@ impl Caller {
     }
 }
 
-pub async fn post_order(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(
-        state,
-        "/v1/orders",
-        headers,
-        body,
-        |state, caller, bytes, traceparent| async move {
-            let request: OrderRequest = parse_json(&bytes)?;
-            let event_id = caller.event_id("orders", 0);
-            let event = Event::OrderPlaced(
-                request
-                    .into_event(event_id, chrono::Utc::now())
-                    .map_err(ApiError::Invalid)?,
-            );
-            tracing::Span::current().record("event_id", tracing::field::display(event_id));
-            let mut acks = publish(&state, "/v1/orders", vec![event], traceparent).await?;
-            Ok((StatusCode::ACCEPTED, Json(Accepted::from(acks.remove(0)))).into_response())
-        },
-    )
+pub async fn post_order(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    handle(state, "/v1/orders", headers, body, |state, caller, bytes, traceparent| async move {
+        let request: OrderRequest = parse_json(&bytes)?;
+        let event_id = caller.event_id("orders", 0);
+        let event = Event::OrderPlaced(request.into_event(event_id, chrono::Utc::now()).map_err(ApiError::Invalid)?);
+        tracing::Span::current().record("event_id", tracing::field::display(event_id));
+        let mut acks = publish(&state, "/v1/orders", vec![event], traceparent).await?;
+        Ok((StatusCode::ACCEPTED, Json(Accepted::from(acks.remove(0)))).into_response())
+    })
     .await
 }
 
-pub async fn post_inventory_changes(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(
-        state,
-        "/v1/inventory/changes",
-        headers,
-        body,
-        |state, caller, bytes, traceparent| async move {
-            let request: InventoryChangesRequest = parse_json(&bytes)?;
-            let count = request.changes.as_ref().map_or(0, Vec::len);
-            if count > state.max_changes {
-                return Err(ApiError::TooLarge(format!(
-                    "{count} changes in one request; at most {} are accepted, split the batch",
-                    state.max_changes
-                )));
-            }
-            let events = request
-                .into_events(|i| caller.event_id("inventory", i), chrono::Utc::now())
-                .map_err(ApiError::Invalid)?;
-            let events: Vec<Event> = events.into_iter().map(Event::InventoryChanged).collect();
-            let acks = publish(&state, "/v1/inventory/changes", events, traceparent).await?;
-            let events: Vec<Accepted> = acks.into_iter().map(Accepted::from).collect();
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "events": events })),
-            )
-                .into_response())
-        },
-    )
+pub async fn post_inventory_changes(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    handle(state, "/v1/inventory/changes", headers, body, |state, caller, bytes, traceparent| async move {
+        let request: InventoryChangesRequest = parse_json(&bytes)?;
+        let count = request.changes.as_ref().map_or(0, Vec::len);
+        if count > state.max_changes {
+            return Err(ApiError::TooLarge(format!(
+                "{count} changes in one request; at most {} are accepted, split the batch",
+                state.max_changes
+            )));
+        }
+        let events =
+            request.into_events(|i| caller.event_id("inventory", i), chrono::Utc::now()).map_err(ApiError::Invalid)?;
+        let events: Vec<Event> = events.into_iter().map(Event::InventoryChanged).collect();
+        let acks = publish(&state, "/v1/inventory/changes", events, traceparent).await?;
+        let events: Vec<Accepted> = acks.into_iter().map(Accepted::from).collect();
+        Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "events": events }))).into_response())
+    })
     .await
 }
 
 /// The steps every write request shares, inside one span that carries the trace id.
-async fn handle<F, Fut>(
-    state: Arc<AppState>,
-    route: &'static str,
-    headers: HeaderMap,
-    body: Body,
-    work: F,
-) -> Response
+async fn handle<F, Fut>(state: Arc<AppState>, route: &'static str, headers: HeaderMap, body: Body, work: F) -> Response
 where
     F: FnOnce(Arc<AppState>, Caller, axum::body::Bytes, TraceParent) -> Fut,
     Fut: Future<Output = Result<Response, ApiError>>,
@@ -173,10 +131,9 @@ where
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let client = match &state.tokens {
-        Some(tokens) => tokens
-            .authenticate(headers.get(header::AUTHORIZATION))
-            .ok_or(ApiError::Unauthorized)?
-            .to_owned(),
+        Some(tokens) => {
+            tokens.authenticate(headers.get(header::AUTHORIZATION)).ok_or(ApiError::Unauthorized)?.to_owned()
+        }
         None => "anonymous".to_owned(),
     };
     let idempotency_key = match headers.get("idempotency-key") {
@@ -186,7 +143,9 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
                 .to_str()
                 .ok()
                 .map(str::trim)
-                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
+                .filter(|k| {
+                    !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
+                })
                 .ok_or_else(|| {
                     ApiError::BadRequest(format!(
                         "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
@@ -195,24 +154,16 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
             Some(key.to_owned())
         }
     };
-    Ok(Caller {
-        client,
-        idempotency_key,
-    })
+    Ok(Caller { client, idempotency_key })
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     if media_type.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else if content_type.is_empty() {
-        Err(ApiError::UnsupportedMediaType(
-            "Content-Type is missing; send application/json".to_owned(),
-        ))
+        Err(ApiError::UnsupportedMediaType("Content-Type is missing; send application/json".to_owned()))
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
             "Content-Type {content_type:?} is not accepted; send application/json"
@@ -220,16 +171,10 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || ApiError::TooLarge(format!("request body is larger than {limit} bytes"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -241,11 +186,7 @@ async fn read_body(
             length_limit |= s.to_string().contains("length limit exceeded");
             source = s.source();
         }
-        if length_limit {
-            too_large()
-        } else {
-            ApiError::BadRequest(format!("could not read the request body: {e}"))
-        }
+        if length_limit { too_large() } else { ApiError::BadRequest(format!("could not read the request body: {e}")) }
     })
 }
 
@@ -259,17 +200,14 @@ async fn publish(
     traceparent: TraceParent,
 ) -> Result<Vec<Ack>, ApiError> {
     let started = Instant::now();
-    let outcomes = tokio::time::timeout(
-        state.publish_timeout,
-        state.publisher.publish_all(&events, Some(traceparent)),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::Unavailable(format!(
-            "the broker did not acknowledge within {:?}; retry later",
-            state.publish_timeout
-        ))
-    })?;
+    let outcomes = tokio::time::timeout(state.publish_timeout, state.publisher.publish_all(&events, Some(traceparent)))
+        .await
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "the broker did not acknowledge within {:?}; retry later",
+                state.publish_timeout
+            ))
+        })?;
     let mut acks = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
         match outcome {
@@ -283,9 +221,7 @@ async fn publish(
 
 fn publish_error(error: PublishError) -> ApiError {
     if error.is_retryable() {
-        ApiError::Unavailable(format!(
-            "could not publish: {error}; retry later with the same Idempotency-Key"
-        ))
+        ApiError::Unavailable(format!("could not publish: {error}; retry later with the same Idempotency-Key"))
     } else {
         ApiError::Internal(format!("could not publish: {error}"))
     }

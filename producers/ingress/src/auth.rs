@@ -19,9 +19,7 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.clients.iter().map(|c| &c.name))
-            .finish()
+        f.debug_list().entries(self.clients.iter().map(|c| &c.name)).finish()
     }
 }
 
@@ -38,18 +36,14 @@ impl Tokens {
             let (name, token) = match entry.split_once(':') {
                 Some((name, token)) => (name.trim().to_owned(), token.trim()),
                 None => {
-                    let id =
-                        uuid::Uuid::new_v5(&orderflow_events::EVENT_ID_NAMESPACE, entry.as_bytes())
-                            .simple()
-                            .to_string();
+                    let id = uuid::Uuid::new_v5(&orderflow_events::EVENT_ID_NAMESPACE, entry.as_bytes())
+                        .simple()
+                        .to_string();
                     (format!("token-{}", &id[..12]), entry)
                 }
             };
             if name.is_empty() || token.is_empty() {
-                bail!(
-                    "token entry {} has an empty name or token (expected `name:token` or `token`)",
-                    i + 1
-                );
+                bail!("token entry {} has an empty name or token (expected `name:token` or `token`)", i + 1);
             }
             if token.bytes().any(|b| !b.is_ascii_graphic()) {
                 bail!("token of {name:?} contains characters a header cannot carry");
@@ -57,10 +51,7 @@ impl Tokens {
             if clients.iter().any(|c| c.name == name) {
                 bail!("token name {name:?} appears twice");
             }
-            clients.push(Client {
-                name,
-                token: token.as_bytes().to_vec(),
-            });
+            clients.push(Client { name, token: token.as_bytes().to_vec() });
         }
         Ok(Tokens { clients })
     }
@@ -69,8 +60,8 @@ impl Tokens {
     pub fn load(env_list: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
         let mut list = env_list.unwrap_or_default().to_owned();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading tokens file {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading tokens file {}", path.display()))?;
             list.push('\n');
             list.push_str(&text);
         }
@@ -117,16 +108,8 @@ mod tests {
     fn named_and_plain_tokens_authenticate_their_client() {
         let tokens = Tokens::parse("checkout:s3cret-1, plain-token-2\n# comment\n").unwrap();
         assert_eq!(tokens.len(), 2);
-        assert_eq!(
-            tokens.authenticate(Some(&header("Bearer s3cret-1"))),
-            Some("checkout")
-        );
-        assert!(
-            tokens
-                .authenticate(Some(&header("bearer plain-token-2")))
-                .unwrap()
-                .starts_with("token-")
-        );
+        assert_eq!(tokens.authenticate(Some(&header("Bearer s3cret-1"))), Some("checkout"));
+        assert!(tokens.authenticate(Some(&header("bearer plain-token-2"))).unwrap().starts_with("token-"));
     }
 
     #[test]
@@ -151,9 +134,6 @@ mod tests {
     fn debug_output_names_clients_but_never_tokens() {
         let tokens = Tokens::parse("checkout:s3cret-1").unwrap();
         let shown = format!("{tokens:?}");
-        assert!(
-            shown.contains("checkout") && !shown.contains("s3cret"),
-            "{shown}"
-        );
+        assert!(shown.contains("checkout") && !shown.contains("s3cret"), "{shown}");
     }
 }

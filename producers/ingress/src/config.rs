@@ -24,11 +24,7 @@ impl std::str::FromStr for Secret {
 }
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "ingress",
-    version,
-    about = "Accept orders and stock changes over HTTP and publish them to Kafka"
-)]
+#[command(name = "ingress", version, about = "Accept orders and stock changes over HTTP and publish them to Kafka")]
 pub struct IngressConfig {
     /// Address to serve the API, /healthz, /readyz and /metrics on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]

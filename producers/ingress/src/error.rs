@@ -60,9 +60,7 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(m)
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m.clone(),
-            ApiError::Unauthorized => {
-                "missing or unknown bearer token (Authorization: Bearer <token>)".to_owned()
-            }
+            ApiError::Unauthorized => "missing or unknown bearer token (Authorization: Bearer <token>)".to_owned(),
             ApiError::Invalid(fields) => format!("{} invalid field(s)", fields.len()),
         }
     }
@@ -78,14 +76,10 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         match self {
             ApiError::Unavailable(_) => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             ApiError::Unauthorized => {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }
@@ -108,8 +102,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
             _ => ApiError::BadRequest(format!("malformed JSON: {inner}")),
         }
     })?;
-    de.end()
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    de.end().map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     Ok(value)
 }
 
@@ -129,26 +122,17 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_bad_requests() {
-        assert!(matches!(
-            parse_json::<OrderRequest>(b"{\"order_id\": "),
-            Err(ApiError::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse_json::<OrderRequest>(b"{} trailing"),
-            Err(ApiError::BadRequest(_))
-        ));
+        assert!(matches!(parse_json::<OrderRequest>(b"{\"order_id\": "), Err(ApiError::BadRequest(_))));
+        assert!(matches!(parse_json::<OrderRequest>(b"{} trailing"), Err(ApiError::BadRequest(_))));
     }
 
     #[test]
     fn wrong_types_and_unknown_fields_name_the_field() {
-        let Err(ApiError::Invalid(fields)) =
-            parse_json::<OrderRequest>(br#"{"lines": [{"quantity": "two"}]}"#)
-        else {
+        let Err(ApiError::Invalid(fields)) = parse_json::<OrderRequest>(br#"{"lines": [{"quantity": "two"}]}"#) else {
             panic!("expected 422")
         };
         assert_eq!(fields[0].field, "lines[0].quantity");
-        let Err(ApiError::Invalid(fields)) = parse_json::<OrderRequest>(br#"{"placedAt": "x"}"#)
-        else {
+        let Err(ApiError::Invalid(fields)) = parse_json::<OrderRequest>(br#"{"placedAt": "x"}"#) else {
             panic!("expected 422")
         };
         assert!(fields[0].problem.contains("placedAt"), "{fields:?}");

@@ -69,11 +69,8 @@ impl AppState {
     /// Build the state from the configuration; refuses to run without tokens unless
     /// `--insecure-no-auth` was given.
     pub fn from_config(config: &IngressConfig) -> anyhow::Result<AppState> {
-        let tokens = Tokens::load(
-            config.tokens.as_ref().map(|s| s.0.as_str()),
-            config.tokens_file.as_deref(),
-        )
-        .context("loading ingress tokens")?;
+        let tokens = Tokens::load(config.tokens.as_ref().map(|s| s.0.as_str()), config.tokens_file.as_deref())
+            .context("loading ingress tokens")?;
         let tokens = match (tokens.is_empty(), config.insecure_no_auth) {
             (false, _) => Some(tokens),
             (true, true) => {
@@ -89,12 +86,9 @@ impl AppState {
             || config.max_in_flight == 0
             || config.producer_queue == 0
         {
-            bail!(
-                "--max-body-bytes, --max-changes, --max-in-flight and --producer-queue must be at least 1"
-            );
+            bail!("--max-body-bytes, --max-changes, --max-in-flight and --producer-queue must be at least 1");
         }
-        let codec = Codec::from_config(config.schema_registry_url.as_deref())
-            .context("configuring the codec")?;
+        let codec = Codec::from_config(config.schema_registry_url.as_deref()).context("configuring the codec")?;
         let limits = Limits {
             message_timeout: config.publish_timeout(),
             max_queued_messages: config.producer_queue,
@@ -120,9 +114,7 @@ impl AppState {
             .await
             .ok()
             .and_then(Result::ok)
-            .ok_or_else(|| {
-                ApiError::Unavailable("too many requests in progress; retry later".to_owned())
-            })
+            .ok_or_else(|| ApiError::Unavailable("too many requests in progress; retry later".to_owned()))
     }
 
     /// Whether the broker answered a metadata request recently (cached [`READY_CACHE`]).
@@ -131,10 +123,7 @@ impl AppState {
         match *ready {
             Some((at, ok)) if at.elapsed() < READY_CACHE => ok,
             _ => {
-                let ok = self
-                    .publisher
-                    .broker_reachable(Duration::from_secs(2))
-                    .await;
+                let ok = self.publisher.broker_reachable(Duration::from_secs(2)).await;
                 *ready = Some((Instant::now(), ok));
                 ok
             }
@@ -167,13 +156,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 /// Bind `config.listen` and serve until `shutdown` resolves.
-pub async fn run(
-    config: IngressConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+pub async fn run(config: IngressConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     run_with_listener(config, listener, shutdown).await
 }
 
@@ -195,13 +179,7 @@ pub async fn run_with_listener(
         clients,
         "ingress listening"
     );
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
-    state
-        .publisher
-        .flush(Duration::from_secs(10))
-        .context("flushing the producer at shutdown")?;
+    axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    state.publisher.flush(Duration::from_secs(10)).context("flushing the producer at shutdown")?;
     Ok(())
 }

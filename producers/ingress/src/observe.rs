@@ -8,14 +8,9 @@ use metrics::{counter, gauge, histogram};
 use crate::error::ApiError;
 
 pub fn request_done(route: &'static str, status: StatusCode, elapsed: Duration) {
-    counter!("ingress_requests_total", "route" => route, "status" => status.as_u16().to_string())
-        .increment(1);
+    counter!("ingress_requests_total", "route" => route, "status" => status.as_u16().to_string()).increment(1);
     histogram!("ingress_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
-    tracing::info!(
-        status = status.as_u16(),
-        elapsed_ms = elapsed.as_millis() as u64,
-        "request done"
-    );
+    tracing::info!(status = status.as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request done");
 }
 
 pub fn request_failed(route: &'static str, error: &ApiError) {

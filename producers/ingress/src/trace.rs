@@ -7,17 +7,11 @@ use rand::Rng;
 /// A `traceparent` for the work this request does: a child of the caller's (same trace id
 /// and flags, new span id) when it sent a valid one, else a new sampled trace.
 pub fn continue_or_start(incoming: Option<&HeaderValue>) -> TraceParent {
-    let parent = incoming
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| TraceParent::parse(s.trim()).ok());
+    let parent = incoming.and_then(|v| v.to_str().ok()).and_then(|s| TraceParent::parse(s.trim()).ok());
     let mut rng = rand::rng();
     let span_id = format!("{:016x}", rng.random_range(1..=u64::MAX));
     let text = match parent {
-        Some(p) => format!(
-            "00-{}-{span_id}-{}",
-            p.trace_id(),
-            &p.as_str()[p.as_str().len() - 2..]
-        ),
+        Some(p) => format!("00-{}-{span_id}-{}", p.trace_id(), &p.as_str()[p.as_str().len() - 2..]),
         None => format!("00-{:032x}-{span_id}-01", rng.random_range(1..=u128::MAX)),
     };
     TraceParent::parse(&text).expect("a traceparent built from valid parts parses")

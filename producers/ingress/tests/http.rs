@@ -61,22 +61,12 @@ async fn spawn_ingress(customize: impl FnOnce(&mut IngressConfig)) -> TestIngres
             panic!("ingress failed: {e:#}");
         }
     });
-    TestIngress {
-        url,
-        orders_topic,
-        inventory_topic,
-        http: reqwest::Client::new(),
-        _stop: stop,
-    }
+    TestIngress { url, orders_topic, inventory_topic, http: reqwest::Client::new(), _stop: stop }
 }
 
 impl TestIngress {
     async fn post(&self, path: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
-        let mut request = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(TOKEN)
-            .json(body);
+        let mut request = self.http.post(format!("{}{path}", self.url)).bearer_auth(TOKEN).json(body);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -112,9 +102,7 @@ async fn read_all(topic: &str, expected: usize) -> Vec<(Event, CeHeaders, Option
         .await
         .into_iter()
         .map(|r| {
-            let headers =
-                CeHeaders::from_pairs(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                    .unwrap();
+            let headers = CeHeaders::from_pairs(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
             let traceparent = r.header("traceparent");
             (r.event, headers, traceparent)
         })
@@ -140,42 +128,22 @@ async fn every_accepted_event_is_on_its_topic_with_its_id_headers_and_trace() {
     assert_eq!(order["topic"], ingress.orders_topic.as_str());
     assert!(order["offset"].as_i64().unwrap() >= 0);
 
-    let response = ingress
-        .post(
-            "/v1/inventory/changes",
-            &changes_body(&["a", "b", "c"]),
-            None,
-        )
-        .await;
+    let response = ingress.post("/v1/inventory/changes", &changes_body(&["a", "b", "c"]), None).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let batch: Value = response.json().await.unwrap();
-    let ids: Vec<&str> = batch["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = batch["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 3);
 
     let orders = read_all(&ingress.orders_topic, 1).await;
     let (event, headers, traceparent) = &orders[0];
-    assert_eq!(
-        event.event_id().to_string(),
-        order["event_id"].as_str().unwrap()
-    );
+    assert_eq!(event.event_id().to_string(), order["event_id"].as_str().unwrap());
     assert_eq!(event.key(), "o-1");
     assert_eq!(headers.id, event.event_id());
     let traceparent = traceparent.as_deref().expect("traceparent header");
-    assert!(
-        traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
-        "trace continued: {traceparent}"
-    );
+    assert!(traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "trace continued: {traceparent}");
 
-    let mut changes: Vec<String> = read_all(&ingress.inventory_topic, 3)
-        .await
-        .iter()
-        .map(|(e, _, _)| e.event_id().to_string())
-        .collect();
+    let mut changes: Vec<String> =
+        read_all(&ingress.inventory_topic, 3).await.iter().map(|(e, _, _)| e.event_id().to_string()).collect();
     changes.sort();
     let mut expected: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     expected.sort();
@@ -188,9 +156,7 @@ async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_event_id(
     let body = order_body("o-retry");
 
     let first: Value = ingress.post_json("/v1/orders", &body, Some("key-1")).await;
-    let concurrent =
-        futures::future::join_all((0..4).map(|_| ingress.post("/v1/orders", &body, Some("key-1"))))
-            .await;
+    let concurrent = futures::future::join_all((0..4).map(|_| ingress.post("/v1/orders", &body, Some("key-1")))).await;
     let mut ids = vec![first["event_id"].as_str().unwrap().to_owned()];
     for response in concurrent {
         assert_eq!(response.status(), StatusCode::ACCEPTED);
@@ -204,28 +170,16 @@ async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_event_id(
 
     // Batches: each change keeps its own id under one key.
     let batch = changes_body(&["x", "y"]);
-    let a = ingress
-        .post_json("/v1/inventory/changes", &batch, Some("b-1"))
-        .await;
-    let b = ingress
-        .post_json("/v1/inventory/changes", &batch, Some("b-1"))
-        .await;
-    let ids = |v: &Value| {
-        v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["event_id"].clone())
-            .collect::<Vec<_>>()
-    };
+    let a = ingress.post_json("/v1/inventory/changes", &batch, Some("b-1")).await;
+    let b = ingress.post_json("/v1/inventory/changes", &batch, Some("b-1")).await;
+    let ids = |v: &Value| v["events"].as_array().unwrap().iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>();
     assert_eq!(ids(&a), ids(&b));
     assert_ne!(ids(&a)[0], ids(&a)[1]);
 
     // Published up to six times, one event id.
     let on_topic = read_all(&ingress.orders_topic, 2).await;
     assert!(high_watermark_sum(&ingress.orders_topic) >= 6);
-    let distinct: std::collections::HashSet<_> =
-        on_topic.iter().map(|(e, _, _)| e.event_id()).collect();
+    let distinct: std::collections::HashSet<_> = on_topic.iter().map(|(e, _, _)| e.event_id()).collect();
     assert_eq!(distinct.len(), 2, "key-1 and key-2");
 }
 
@@ -237,24 +191,14 @@ async fn bad_input_gets_its_status_and_a_useful_message_and_nothing_is_published
     })
     .await;
     let post_raw = |path: &str, content_type: Option<&str>, body: Vec<u8>| {
-        let mut request = ingress
-            .http
-            .post(format!("{}{path}", ingress.url))
-            .bearer_auth(TOKEN)
-            .body(body);
+        let mut request = ingress.http.post(format!("{}{path}", ingress.url)).bearer_auth(TOKEN).body(body);
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
         request.send()
     };
 
-    let r = post_raw(
-        "/v1/orders",
-        Some("application/json"),
-        b"{\"order_id\": ".to_vec(),
-    )
-    .await
-    .unwrap();
+    let r = post_raw("/v1/orders", Some("application/json"), b"{\"order_id\": ".to_vec()).await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("malformed JSON"));
 
@@ -264,82 +208,37 @@ async fn bad_input_gets_its_status_and_a_useful_message_and_nothing_is_published
     let r = ingress.post("/v1/orders", &invalid, None).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = r.json().await.unwrap();
-    let fields: Vec<&str> = body["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
+    let fields: Vec<&str> = body["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
     for expected in ["order_id", "currency", "lines[0].quantity"] {
         assert!(fields.contains(&expected), "{expected} in {body}");
     }
-    assert!(
-        body["fields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| !f["problem"].as_str().unwrap().is_empty())
-    );
+    assert!(body["fields"].as_array().unwrap().iter().all(|f| !f["problem"].as_str().unwrap().is_empty()));
 
-    let r = ingress
-        .post("/v1/orders", &json!({"order_id": 5}), None)
-        .await;
+    let r = ingress.post("/v1/orders", &json!({"order_id": 5}), None).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["fields"][0]["field"],
-        "order_id"
-    );
+    assert_eq!(r.json::<Value>().await.unwrap()["fields"][0]["field"], "order_id");
 
     let r = ingress
-        .post(
-            "/v1/inventory/changes",
-            &json!({"changes": [{"sku": "a", "delta": 1, "reason": "stolen"}]}),
-            None,
-        )
+        .post("/v1/inventory/changes", &json!({"changes": [{"sku": "a", "delta": 1, "reason": "stolen"}]}), None)
         .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let text = r.text().await.unwrap();
-    assert!(
-        text.contains("changes[0].reason") && text.contains("changes[0].warehouse"),
-        "{text}"
-    );
+    assert!(text.contains("changes[0].reason") && text.contains("changes[0].warehouse"), "{text}");
 
-    let r = ingress
-        .post(
-            "/v1/inventory/changes",
-            &changes_body(&["a", "b", "c"]),
-            None,
-        )
-        .await;
+    let r = ingress.post("/v1/inventory/changes", &changes_body(&["a", "b", "c"]), None).await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(r.text().await.unwrap().contains("at most 2"));
 
     let big = format!("{{\"order_id\": \"{}\"}}", "x".repeat(4096)).into_bytes();
-    let r = post_raw("/v1/orders", Some("application/json"), big)
-        .await
-        .unwrap();
+    let r = post_raw("/v1/orders", Some("application/json"), big).await.unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    let r = post_raw(
-        "/v1/orders",
-        Some("text/plain"),
-        serde_json::to_vec(&order_body("o-2")).unwrap(),
-    )
-    .await
-    .unwrap();
+    let r = post_raw("/v1/orders", Some("text/plain"), serde_json::to_vec(&order_body("o-2")).unwrap()).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let r = post_raw(
-        "/v1/orders",
-        None,
-        serde_json::to_vec(&order_body("o-2")).unwrap(),
-    )
-    .await
-    .unwrap();
+    let r = post_raw("/v1/orders", None, serde_json::to_vec(&order_body("o-2")).unwrap()).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
-    let r = ingress
-        .post("/v1/orders", &order_body("o-3"), Some(&"k".repeat(300)))
-        .await;
+    let r = ingress.post("/v1/orders", &order_body("o-3"), Some(&"k".repeat(300))).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("Idempotency-Key"));
 
@@ -353,22 +252,9 @@ async fn a_missing_or_wrong_token_is_refused_and_nothing_is_published() {
     let url = format!("{}/v1/orders", ingress.url);
     let body = order_body("o-auth");
     let none = ingress.http.post(&url).json(&body).send().await.unwrap();
-    let wrong = ingress
-        .http
-        .post(&url)
-        .bearer_auth("tok-checkout-0123456780")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let basic = ingress
-        .http
-        .post(&url)
-        .header("authorization", format!("Basic {TOKEN}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let wrong = ingress.http.post(&url).bearer_auth("tok-checkout-0123456780").json(&body).send().await.unwrap();
+    let basic =
+        ingress.http.post(&url).header("authorization", format!("Basic {TOKEN}")).json(&body).send().await.unwrap();
     for r in [none, wrong, basic] {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
@@ -385,24 +271,13 @@ async fn an_unreachable_broker_gets_a_quick_503_with_retry_after() {
     })
     .await;
     let started = Instant::now();
-    let r = ingress
-        .post("/v1/orders", &order_body("o-down"), Some("k-down"))
-        .await;
+    let r = ingress.post("/v1/orders", &order_body("o-down"), Some("k-down")).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(r.headers().contains_key("retry-after"));
     assert!(r.text().await.unwrap().contains("retry"));
 
-    let ready = ingress
-        .http
-        .get(format!("{}/readyz", ingress.url))
-        .send()
-        .await
-        .unwrap();
+    let ready = ingress.http.get(format!("{}/readyz", ingress.url)).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -415,31 +290,17 @@ async fn health_readiness_and_metrics_are_served() {
         (get("/readyz").await.unwrap().status() == StatusCode::OK).then_some(())
     })
     .await;
-    assert_eq!(
-        ingress
-            .post("/v1/orders", &order_body("o-m"), None)
-            .await
-            .status(),
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(ingress.post("/v1/orders", &order_body("o-m"), None).await.status(), StatusCode::ACCEPTED);
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
-    assert!(
-        metrics.contains("ingress_requests_total{route=\"/v1/orders\",status=\"202\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("ingress_publish_duration_seconds"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("ingress_requests_total{route=\"/v1/orders\",status=\"202\"}"), "{metrics}");
+    assert!(metrics.contains("ingress_publish_duration_seconds"), "{metrics}");
 }
 
 #[test]
 fn refuses_to_start_without_tokens_unless_told_to_be_insecure() {
     let mut config = base_config("127.0.0.1:9092", "o", "i");
     config.tokens = None;
-    let error = AppState::from_config(&config)
-        .err()
-        .expect("no tokens must be refused");
+    let error = AppState::from_config(&config).err().expect("no tokens must be refused");
     assert!(format!("{error:#}").contains("INGRESS_TOKENS"));
     config.insecure_no_auth = true;
     let _rt = tokio::runtime::Runtime::new().unwrap();
@@ -461,24 +322,10 @@ async fn a_full_producer_queue_sheds_load_at_once_with_503() {
     let first = ingress.post("/v1/orders", &first_body, None);
     let second = async {
         // Let the first request reach the producer before the second is sent.
-        wait_until(
-            "the first record queued",
-            Duration::from_secs(5),
-            || async {
-                let metrics = ingress
-                    .http
-                    .get(format!("{}/metrics", ingress.url))
-                    .send()
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
-                metrics
-                    .contains("ingress_producer_in_flight_records 1")
-                    .then_some(())
-            },
-        )
+        wait_until("the first record queued", Duration::from_secs(5), || async {
+            let metrics = ingress.http.get(format!("{}/metrics", ingress.url)).send().await.ok()?.text().await.ok()?;
+            metrics.contains("ingress_producer_in_flight_records 1").then_some(())
+        })
         .await;
         let started = Instant::now();
         let response = ingress.post("/v1/orders", &order_body("o-q2"), None).await;
@@ -487,10 +334,7 @@ async fn a_full_producer_queue_sheds_load_at_once_with_503() {
     let (first, (second, second_took)) = tokio::join!(first, second);
     assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(second.headers().contains_key("retry-after"));
-    assert!(
-        second_took < Duration::from_secs(1),
-        "refused at once, took {second_took:?}"
-    );
+    assert!(second_took < Duration::from_secs(1), "refused at once, took {second_took:?}");
     assert!(second.text().await.unwrap().contains("queue is full"));
     assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
@@ -505,9 +349,5 @@ fn the_ingress_binary_refuses_to_start_without_tokens_and_says_why() {
     .unwrap();
     let status = ingress.wait(Duration::from_secs(30)).unwrap();
     assert!(!status.success());
-    assert!(
-        ingress.output().contains("no ingress tokens configured"),
-        "{}",
-        ingress.output()
-    );
+    assert!(ingress.output().contains("no ingress tokens configured"), "{}", ingress.output());
 }

@@ -35,11 +35,7 @@ pub use outbox::Outbox;
 pub use relay::{Relay, RelaySettings};
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "outbox-relay",
-    version,
-    about = "Publish a transactional outbox table to Kafka"
-)]
+#[command(name = "outbox-relay", version, about = "Publish a transactional outbox table to Kafka")]
 pub struct RelayConfig {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -85,25 +81,15 @@ pub struct RelayConfig {
 }
 
 /// Migrate the outbox, serve /healthz and /metrics, and relay until `shutdown`.
-pub async fn run(
-    config: RelayConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let outbox = Outbox::new(&config.schema)?;
     if config.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
     outbox.migrate(&config.database_url).await?;
-    let options: PgConnectOptions = config
-        .database_url
-        .parse()
-        .context("DATABASE_URL is not a valid Postgres URL")?;
-    let codec = Codec::from_config(config.schema_registry_url.as_deref())
-        .context("configuring the codec")?;
-    let limits = Limits {
-        message_timeout: Duration::from_secs(30),
-        ..Limits::default()
-    };
+    let options: PgConnectOptions = config.database_url.parse().context("DATABASE_URL is not a valid Postgres URL")?;
+    let codec = Codec::from_config(config.schema_registry_url.as_deref()).context("configuring the codec")?;
+    let limits = Limits { message_timeout: Duration::from_secs(30), ..Limits::default() };
     let publisher = Publisher::with_limits(&config.kafka, codec, "orderflow/outbox-relay", limits)
         .context("creating the Kafka producer")?
         .with_topics(&config.orders_topic, &config.inventory_topic);
@@ -112,9 +98,8 @@ pub async fn run(
         poll_interval: Duration::from_millis(config.poll_interval_ms.max(10)),
         retention: Duration::from_secs(config.retention_hours * 3600),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let prometheus = orderflow_runtime::observe::prometheus();
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -128,13 +113,9 @@ pub async fn run(
             })
             .await
     });
-    Relay::new(outbox, options, publisher.clone(), settings)
-        .run(shutdown)
-        .await;
+    Relay::new(outbox, options, publisher.clone(), settings).run(shutdown).await;
     let _ = stop_http.send(());
     http.await.context("HTTP task")?.context("serving HTTP")?;
-    publisher
-        .flush(Duration::from_secs(10))
-        .context("flushing the producer at shutdown")?;
+    publisher.flush(Duration::from_secs(10)).context("flushing the producer at shutdown")?;
     Ok(())
 }

@@ -23,18 +23,13 @@ impl Outbox {
     pub fn new(schema: &str) -> anyhow::Result<Outbox> {
         let valid = schema.len() <= 63
             && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid {
             bail!(
                 "outbox schema {schema:?} must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 characters)"
             );
         }
-        Ok(Outbox {
-            schema: schema.to_owned(),
-            table: format!("{schema}.orderflow_outbox"),
-        })
+        Ok(Outbox { schema: schema.to_owned(), table: format!("{schema}.orderflow_outbox") })
     }
 
     pub fn schema(&self) -> &str {
@@ -53,9 +48,7 @@ impl Outbox {
 
     /// Create the schema if needed and apply the outbox migrations in it.
     pub async fn migrate(&self, database_url: &str) -> anyhow::Result<()> {
-        let options: PgConnectOptions = database_url
-            .parse()
-            .context("DATABASE_URL is not a valid Postgres URL")?;
+        let options: PgConnectOptions = database_url.parse().context("DATABASE_URL is not a valid Postgres URL")?;
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .connect_with(options.options([("search_path", self.schema.as_str())]))
@@ -64,10 +57,7 @@ impl Outbox {
         pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema).as_str())
             .await
             .with_context(|| format!("creating schema {}", self.schema))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .with_context(|| format!("migrating the outbox in schema {}", self.schema))?;
+        MIGRATOR.run(&pool).await.with_context(|| format!("migrating the outbox in schema {}", self.schema))?;
         pool.close().await;
         Ok(())
     }
@@ -86,9 +76,9 @@ impl Outbox {
         event: &Event,
         traceparent: Option<&TraceParent>,
     ) -> Result<(), sqlx::Error> {
-        event.validate().map_err(|(field, problem)| {
-            sqlx::Error::Encode(format!("invalid event: {field}: {problem}").into())
-        })?;
+        event
+            .validate()
+            .map_err(|(field, problem)| sqlx::Error::Encode(format!("invalid event: {field}: {problem}").into()))?;
         let payload = serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let sql = format!(
             "INSERT INTO {} (event_id, topic, key, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
@@ -114,14 +104,7 @@ mod tests {
     fn schema_names_that_are_not_plain_identifiers_are_refused() {
         assert!(Outbox::new("checkout").is_ok());
         assert!(Outbox::new("t_1").is_ok());
-        for bad in [
-            "",
-            "Checkout",
-            "a;drop table x",
-            "1abc",
-            "a.b",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "Checkout", "a;drop table x", "1abc", "a.b", &"a".repeat(64)] {
             assert!(Outbox::new(bad).is_err(), "{bad:?}");
         }
     }

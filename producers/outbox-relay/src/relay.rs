@@ -51,18 +51,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(
-        outbox: Outbox,
-        options: PgConnectOptions,
-        publisher: Publisher,
-        settings: RelaySettings,
-    ) -> Relay {
-        Relay {
-            outbox,
-            options,
-            publisher,
-            settings,
-        }
+    pub fn new(outbox: Outbox, options: PgConnectOptions, publisher: Publisher, settings: RelaySettings) -> Relay {
+        Relay { outbox, options, publisher, settings }
     }
 
     /// Relay until `shutdown` resolves. Errors (database or broker down) are logged and
@@ -90,24 +80,17 @@ impl Relay {
 
     /// Connect, wait to become the active relay, and publish until an error.
     async fn serve(&self) -> anyhow::Result<()> {
-        let mut conn = PgConnection::connect_with(&self.options)
-            .await
-            .context("connecting to Postgres")?;
+        let mut conn = PgConnection::connect_with(&self.options).await.context("connecting to Postgres")?;
         let lock_key = advisory_key(self.outbox.table());
         let mut announced = false;
         loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(lock_key)
-                .fetch_one(&mut conn)
-                .await?;
+            let locked: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lock_key).fetch_one(&mut conn).await?;
             if locked {
                 break;
             }
             if !announced {
-                tracing::info!(
-                    table = self.outbox.table(),
-                    "another relay is active; standing by"
-                );
+                tracing::info!(table = self.outbox.table(), "another relay is active; standing by");
                 announced = true;
             }
             tokio::time::sleep(self.settings.poll_interval).await;
@@ -120,14 +103,10 @@ impl Relay {
     }
 
     async fn publish_while_active(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
-        let mut listener =
-            PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(self.options.clone()))
-                .await
-                .context("connecting the LISTEN session")?;
-        listener
-            .listen(&self.outbox.channel())
+        let mut listener = PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(self.options.clone()))
             .await
-            .context("LISTEN on the outbox channel")?;
+            .context("connecting the LISTEN session")?;
+        listener.listen(&self.outbox.channel()).await.context("LISTEN on the outbox channel")?;
         let mut last_cleanup: Option<Instant> = None;
         loop {
             let outcome = self.relay_batch(conn).await?;
@@ -182,34 +161,20 @@ impl Relay {
             }
         }
         let started = Instant::now();
-        let outcomes = self
-            .publisher
-            .publish_traced(events.iter().map(|(e, t)| (e, t.clone())).collect())
-            .await;
+        let outcomes = self.publisher.publish_traced(events.iter().map(|(e, t)| (e, t.clone())).collect()).await;
         if let Some(error) = outcomes.into_iter().find_map(Result::err) {
             tx.rollback().await?;
-            return Err(
-                anyhow::Error::new(error).context("publishing an outbox batch (it stays pending)")
-            );
+            return Err(anyhow::Error::new(error).context("publishing an outbox batch (it stays pending)"));
         }
-        sqlx::query(&format!(
-            "UPDATE {table} SET published_at = now() WHERE id = ANY($1)"
-        ))
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(&format!("UPDATE {table} SET published_at = now() WHERE id = ANY($1)"))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await.context("marking the batch published")?;
         metrics::counter!("outbox_relay_published_total").increment(ids.len() as u64);
         metrics::histogram!("outbox_relay_batch_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(
-            published = ids.len(),
-            first_id = ids.first(),
-            "outbox batch published"
-        );
-        Ok(BatchOutcome {
-            published: ids.len(),
-            unreadable,
-        })
+        tracing::debug!(published = ids.len(), first_id = ids.first(), "outbox batch published");
+        Ok(BatchOutcome { published: ids.len(), unreadable })
     }
 
     async fn delete_old(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
@@ -230,25 +195,16 @@ impl Relay {
 }
 
 fn read_row(event_id: Uuid, payload: serde_json::Value) -> Result<Event, String> {
-    let event: Event =
-        serde_json::from_value(payload).map_err(|e| format!("payload is not an event: {e}"))?;
+    let event: Event = serde_json::from_value(payload).map_err(|e| format!("payload is not an event: {e}"))?;
     if event.event_id() != event_id {
-        return Err(format!(
-            "payload's event id {} differs from the row's",
-            event.event_id()
-        ));
+        return Err(format!("payload's event id {} differs from the row's", event.event_id()));
     }
-    event
-        .validate()
-        .map_err(|(field, problem)| format!("invalid event: {field}: {problem}"))?;
+    event.validate().map_err(|(field, problem)| format!("invalid event: {field}: {problem}"))?;
     Ok(event)
 }
 
 /// A stable 64-bit advisory lock key for one outbox table.
 fn advisory_key(table: &str) -> i64 {
-    let id = Uuid::new_v5(
-        &orderflow_events::EVENT_ID_NAMESPACE,
-        format!("outbox-relay:{table}").as_bytes(),
-    );
+    let id = Uuid::new_v5(&orderflow_events::EVENT_ID_NAMESPACE, format!("outbox-relay:{table}").as_bytes());
     i64::from_be_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"))
 }

@@ -52,32 +52,23 @@ impl Fixture {
                 "--poll-interval-ms",
                 "200",
             ],
-            &[
-                ("KAFKA_BROKERS", brokers.as_str()),
-                ("DATABASE_URL", db.as_str()),
-                ("RUST_LOG", "info"),
-            ],
+            &[("KAFKA_BROKERS", brokers.as_str()), ("DATABASE_URL", db.as_str()), ("RUST_LOG", "info")],
         )
         .unwrap()
     }
 
     async fn count(&self, condition: &str) -> i64 {
-        sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {} WHERE {condition}",
-            self.outbox.table()
-        ))
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {} WHERE {condition}", self.outbox.table()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     /// `per_sku` stock changes for each of `skus` skus, delta = 1, 2, 3... per sku, enqueued
     /// in that order, in transactions of 500.
     async fn enqueue_sequences(&self, skus: usize, per_sku: i64) -> usize {
         let events: Vec<Event> = (1..=per_sku)
-            .flat_map(|n| {
-                (0..skus).map(move |s| stock_change(&format!("sku-{s}"), n, "received", None))
-            })
+            .flat_map(|n| (0..skus).map(move |s| stock_change(&format!("sku-{s}"), n, "received", None)))
             .collect();
         for chunk in events.chunks(500) {
             let mut conn = self.pool.acquire().await.unwrap();
@@ -92,11 +83,7 @@ impl Fixture {
 }
 
 async fn read_topic(topic: &str, expected: usize) -> Vec<Event> {
-    read_distinct(topic, expected, Duration::from_secs(60))
-        .await
-        .into_iter()
-        .map(|r| r.event)
-        .collect()
+    read_distinct(topic, expected, Duration::from_secs(60)).await.into_iter().map(|r| r.event).collect()
 }
 
 #[tokio::test]
@@ -105,25 +92,18 @@ async fn a_relay_killed_mid_batch_and_restarted_publishes_every_row_in_order_per
     let total = f.enqueue_sequences(10, 600).await;
 
     let mut relay = f.spawn_relay(50);
-    wait_until(
-        "some batches published",
-        Duration::from_secs(60),
-        || async { (f.count("published_at IS NOT NULL").await >= 500).then_some(()) },
-    )
+    wait_until("some batches published", Duration::from_secs(60), || async {
+        (f.count("published_at IS NOT NULL").await >= 500).then_some(())
+    })
     .await;
     relay.kill_hard().unwrap();
     let published_before_kill = f.count("published_at IS NOT NULL").await;
-    assert!(
-        (published_before_kill as usize) < total,
-        "the kill must land before the relay finished"
-    );
+    assert!((published_before_kill as usize) < total, "the kill must land before the relay finished");
 
     let mut relay = f.spawn_relay(50);
-    wait_until(
-        "every row marked published",
-        Duration::from_secs(120),
-        || async { (f.count("published_at IS NULL").await == 0).then_some(()) },
-    )
+    wait_until("every row marked published", Duration::from_secs(120), || async {
+        (f.count("published_at IS NULL").await == 0).then_some(())
+    })
     .await;
     relay.terminate(Duration::from_secs(10)).unwrap();
 
@@ -134,21 +114,12 @@ async fn a_relay_killed_mid_batch_and_restarted_publishes_every_row_in_order_per
     let mut per_key: HashMap<String, Vec<i64>> = HashMap::new();
     for event in &records {
         if seen.insert(event.event_id()) {
-            let Event::InventoryChanged(change) = event else {
-                panic!("unexpected {event:?}")
-            };
-            per_key
-                .entry(event.key().to_owned())
-                .or_default()
-                .push(change.delta.get());
+            let Event::InventoryChanged(change) = event else { panic!("unexpected {event:?}") };
+            per_key.entry(event.key().to_owned()).or_default().push(change.delta.get());
         }
     }
     assert_eq!(seen.len(), total);
-    println!(
-        "{} records for {total} events ({} published before the kill)",
-        records.len(),
-        published_before_kill
-    );
+    println!("{} records for {total} events ({} published before the kill)", records.len(), published_before_kill);
     for (key, deltas) in per_key {
         assert_eq!(deltas, (1..=600).collect::<Vec<_>>(), "order of {key}");
     }
@@ -168,11 +139,9 @@ async fn only_committed_enqueues_are_published() {
     tx.commit().await.unwrap();
 
     let mut relay = f.spawn_relay(10);
-    wait_until(
-        "the committed row published",
-        Duration::from_secs(30),
-        || async { (f.count("published_at IS NOT NULL").await == 1).then_some(()) },
-    )
+    wait_until("the committed row published", Duration::from_secs(30), || async {
+        (f.count("published_at IS NOT NULL").await == 1).then_some(())
+    })
     .await;
     let records = read_topic(&f.inventory_topic, 1).await;
     assert_eq!(records[0].event_id(), kept.event_id());
@@ -183,11 +152,9 @@ async fn only_committed_enqueues_are_published() {
     let mut tx = conn.begin().await.unwrap();
     f.outbox.enqueue(&mut tx, &later).await.unwrap();
     tx.commit().await.unwrap();
-    wait_until(
-        "the later row published",
-        Duration::from_secs(30),
-        || async { (f.count("published_at IS NOT NULL").await == 2).then_some(()) },
-    )
+    wait_until("the later row published", Duration::from_secs(30), || async {
+        (f.count("published_at IS NOT NULL").await == 2).then_some(())
+    })
     .await;
     relay.terminate(Duration::from_secs(10)).unwrap();
 }
@@ -202,29 +169,18 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
         (f.count("published_at IS NULL").await == 0).then_some(())
     })
     .await;
-    let (active, standby) = if first.output().contains("active relay") {
-        (&mut first, &mut second)
-    } else {
-        (&mut second, &mut first)
-    };
-    assert!(
-        standby.output().contains("standing by"),
-        "exactly one relay is active"
-    );
+    let (active, standby) =
+        if first.output().contains("active relay") { (&mut first, &mut second) } else { (&mut second, &mut first) };
+    assert!(standby.output().contains("standing by"), "exactly one relay is active");
     active.kill_hard().unwrap();
 
     let more = f.enqueue_sequences(2, 50).await;
-    wait_until(
-        "the standby published the rest",
-        Duration::from_secs(60),
-        || async { (f.count("published_at IS NULL").await == 0).then_some(()) },
-    )
+    wait_until("the standby published the rest", Duration::from_secs(60), || async {
+        (f.count("published_at IS NULL").await == 0).then_some(())
+    })
     .await;
     assert!(standby.output().contains("active relay"));
-    assert_eq!(
-        f.count("published_at IS NOT NULL").await as usize,
-        total + more
-    );
+    assert_eq!(f.count("published_at IS NOT NULL").await as usize, total + more);
     standby.terminate(Duration::from_secs(10)).unwrap();
 }
 
@@ -245,23 +201,15 @@ async fn an_unreadable_row_is_marked_with_its_error_and_never_blocks_the_rows_af
     tx.commit().await.unwrap();
 
     let mut relay = f.spawn_relay(10);
-    wait_until(
-        "the good row published",
-        Duration::from_secs(30),
-        || async { (f.count("published_at IS NOT NULL").await == 1).then_some(()) },
-    )
+    wait_until("the good row published", Duration::from_secs(30), || async {
+        (f.count("published_at IS NOT NULL").await == 1).then_some(())
+    })
     .await;
-    assert_eq!(
-        read_topic(&f.inventory_topic, 1).await[0].event_id(),
-        good.event_id()
-    );
-    let error: String = sqlx::query_scalar(&format!(
-        "SELECT error FROM {} WHERE error IS NOT NULL",
-        f.outbox.table()
-    ))
-    .fetch_one(&f.pool)
-    .await
-    .unwrap();
+    assert_eq!(read_topic(&f.inventory_topic, 1).await[0].event_id(), good.event_id());
+    let error: String = sqlx::query_scalar(&format!("SELECT error FROM {} WHERE error IS NOT NULL", f.outbox.table()))
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
     assert!(error.contains("payload is not an event"), "{error}");
     relay.terminate(Duration::from_secs(10)).unwrap();
 }

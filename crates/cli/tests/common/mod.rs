@@ -26,37 +26,18 @@ impl Handler for Recorder {
         vec![]
     }
 
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Envelope],
-        _ctx: &BatchContext,
-    ) -> Result<(), HandlerError> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS applied (order_id text NOT NULL, units bigint NOT NULL)",
-        )
-        .execute(&mut *tx)
-        .await?;
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS applied (order_id text NOT NULL, units bigint NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
         for envelope in batch {
             let Event::OrderPlaced(order) = &envelope.event else {
                 continue;
             };
-            if !self.accept_poison
-                && order
-                    .lines
-                    .iter()
-                    .any(|l| l.sku.as_str().starts_with("POISON"))
-            {
-                return Err(HandlerError::permanent(format!(
-                    "order {} has a poisoned sku",
-                    order.order_id.as_str()
-                )));
+            if !self.accept_poison && order.lines.iter().any(|l| l.sku.as_str().starts_with("POISON")) {
+                return Err(HandlerError::permanent(format!("order {} has a poisoned sku", order.order_id.as_str())));
             }
-            let units: i64 = order
-                .lines
-                .iter()
-                .map(|l| i64::from(l.quantity.get()))
-                .sum();
+            let units: i64 = order.lines.iter().map(|l| i64::from(l.quantity.get())).sum();
             sqlx::query("INSERT INTO applied (order_id, units) VALUES ($1, $2)")
                 .bind(order.order_id.as_str())
                 .bind(units)
@@ -69,20 +50,12 @@ impl Handler for Recorder {
 
 /// `n` one-line orders `<prefix>-<i>`.
 pub fn orders(prefix: &str, n: usize) -> Vec<Event> {
-    (0..n)
-        .map(|i| orderflow_testkit::events::order(&format!("{prefix}-{i}"), &[("sku-a", 1)]))
-        .collect()
+    (0..n).map(|i| orderflow_testkit::events::order(&format!("{prefix}-{i}"), &[("sku-a", 1)])).collect()
 }
 
 /// A future that completes once `path` exists (stops an export after its first chunk).
 pub fn when_exists(path: std::path::PathBuf) -> impl std::future::Future<Output = ()> {
-    std::future::poll_fn(move |_| {
-        if path.exists() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
+    std::future::poll_fn(move |_| if path.exists() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending })
 }
 
 /// Runtime settings for a consumer of `topic` with a fresh name, schema and group.
@@ -109,14 +82,9 @@ pub async fn start(handler: Recorder, args: RuntimeArgs) -> Running {
     let pool = runtime.pool().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runtime.run_with_listener(
-        handler,
-        axum::Router::new(),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let task = tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, async move {
+        let _ = stopped.await;
+    }));
     Running { pool, stop, task }
 }
 
@@ -141,23 +109,16 @@ pub async fn stored_offsets_sum(pool: &PgPool) -> i64 {
 
 /// How many times each order was applied.
 pub async fn applied_counts(pool: &PgPool) -> std::collections::BTreeMap<String, i64> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT order_id, count(*) FROM applied GROUP BY order_id")
-            .fetch_all(pool)
-            .await
-            .unwrap_or_default();
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT order_id, count(*) FROM applied GROUP BY order_id")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
     rows.into_iter().collect()
 }
 
 /// Tail with `args` into memory and parse the JSON lines.
 pub async fn tail_json(args: &TailArgs) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    tail(&kafka_args(), args, &mut out, std::future::pending())
-        .await
-        .unwrap();
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    tail(&kafka_args(), args, &mut out, std::future::pending()).await.unwrap();
+    String::from_utf8(out).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }

@@ -21,10 +21,7 @@ pub fn inventory_v0_datum(event_id: &str, sku: &str, delta: i64, reason: u32) ->
         ("warehouse".into(), Value::String("w1".into())),
         ("delta".into(), Value::Long(delta)),
         ("reason".into(), Value::Enum(reason, symbol.into())),
-        (
-            "occurred_at".into(),
-            Value::TimestampMicros(1_700_000_000_000_000),
-        ),
+        ("occurred_at".into(), Value::TimestampMicros(1_700_000_000_000_000)),
     ]);
     apache_avro::to_avro_datum(&schema, value).unwrap()
 }
