@@ -11,9 +11,9 @@ use orderflow_runtime::{Handler, Runtime, RuntimeArgs};
 use orderflow_testkit::events::{order, producer, publish, stock_change};
 use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
 
-/// Run `handler` live over `topics` until it applied `records`, stop it, then replay it into
-/// a shadow schema and assert every table equals the live one.
-async fn live_store_equals_its_replay<H: Handler>(handler: impl Fn() -> H, topics: &[String], records: i64) {
+/// Run `handler` live over `topics` (fresh schema and group) until it applied `records`, stop
+/// it, and return replay arguments for its store plus a pool on that database.
+async fn run_live<H: Handler>(handler: impl Fn() -> H, topics: &[String], records: i64) -> (ReplayArgs, sqlx::PgPool) {
     let name = handler().name().to_owned();
     let schema = unique_ident(&name.replace('-', "_"));
     let group = fresh_group(&name);
@@ -40,11 +40,9 @@ async fn live_store_equals_its_replay<H: Handler>(handler: impl Fn() -> H, topic
     .await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();
-    pool.close().await;
-
     let replay_args = ReplayArgs {
         consumer: ConsumerArgs {
-            consumer: name.clone(),
+            consumer: name,
             schema: Some(schema),
             group: Some(group),
             db: DbArgs { database_url: database_url() },
@@ -56,6 +54,15 @@ async fn live_store_equals_its_replay<H: Handler>(handler: impl Fn() -> H, topic
         sample: 5,
         stall_timeout: 60,
     };
+    (replay_args, pool)
+}
+
+/// Run `handler` live, then replay it into a shadow schema and assert every table equals
+/// the live one.
+async fn live_store_equals_its_replay<H: Handler>(handler: impl Fn() -> H, topics: &[String], records: i64) {
+    let (replay_args, pool) = run_live(&handler, topics, records).await;
+    pool.close().await;
+    let name = replay_args.consumer.consumer.clone();
     let report = replay(handler(), &kafka_args(), &replay_args).await.unwrap();
     assert_eq!(report.records_replayed, records, "{name}: {report:#?}");
     assert!(!report.tables.is_empty(), "{name}: no tables compared");
@@ -97,44 +104,10 @@ async fn replay_from_an_offset_rebuilds_only_the_records_from_there_and_refuses_
     publish(&producer(), &orders_topic, &orders).await;
     let topics = [orders_topic, inventory_topic];
     let handler = || orderflow_fulfillment::handler::Fulfillment;
-    let schema = unique_ident("fulfillment_from");
-    let group = fresh_group("fulfillment-from");
-    let mut args = RuntimeArgs::new(kafka_args(), database_url());
-    args.schema = Some(schema.clone());
-    args.group = Some(group.clone());
-    args.topics = topics.to_vec();
-    args.dlq_topic = Some(format!("{schema}.dlq"));
-    let runtime = Runtime::connect(&handler(), args).await.unwrap();
-    let pool = runtime.pool().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runtime.run_with_listener(handler(), axum::Router::new(), listener, async move {
-        let _ = stopped.await;
-    }));
-    wait_until("live caught up", Duration::from_secs(60), || async {
-        let done: i64 = sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM orderflow_offsets")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(-1);
-        (done == 10).then_some(())
-    })
-    .await;
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
-    let mut replay_args = ReplayArgs {
-        consumer: ConsumerArgs {
-            consumer: "fulfillment".into(),
-            schema: Some(schema.clone()),
-            group: Some(group),
-            db: DbArgs { database_url: database_url() },
-        },
-        topics: topics.to_vec(),
-        promote: false,
-        since: None,
-        from_offset: Some(6),
-        sample: 20,
-        stall_timeout: 60,
-    };
+    let (mut replay_args, pool) = run_live(handler, &topics, 10).await;
+    let schema = replay_args.consumer.schema.clone().unwrap();
+    replay_args.from_offset = Some(6);
+    replay_args.sample = 20;
 
     // Act
     let report = replay(handler(), &kafka_args(), &replay_args).await.unwrap();
