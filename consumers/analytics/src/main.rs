@@ -4,6 +4,6 @@ use orderflow_analytics::{Config, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    orderflow_telemetry::init("analytics");
+    let _telemetry = orderflow_telemetry::init("analytics");
     run(config, orderflow_runtime::shutdown_signal()).await
 }

@@ -4,6 +4,6 @@ use orderflow_email::{Config, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    orderflow_telemetry::init("email");
+    let _telemetry = orderflow_telemetry::init("email");
     run(config, orderflow_runtime::shutdown_signal()).await
 }

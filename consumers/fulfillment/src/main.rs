@@ -4,6 +4,6 @@ use orderflow_fulfillment::{Config, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    orderflow_telemetry::init("fulfillment");
+    let _telemetry = orderflow_telemetry::init("fulfillment");
     run(config, orderflow_runtime::shutdown_signal()).await
 }

@@ -3,7 +3,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = orderflow_cli::Cli::parse();
-    orderflow_telemetry::init("orderflow");
+    let _telemetry = orderflow_telemetry::init("orderflow");
     match orderflow_cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

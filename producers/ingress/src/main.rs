@@ -4,6 +4,6 @@ use orderflow_ingress::IngressConfig;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = IngressConfig::parse();
-    orderflow_telemetry::init("ingress");
+    let _telemetry = orderflow_telemetry::init("ingress");
     orderflow_ingress::run(config, orderflow_runtime::shutdown_signal()).await
 }

@@ -4,6 +4,6 @@ use orderflow_outbox_relay::RelayConfig;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = RelayConfig::parse();
-    orderflow_telemetry::init("outbox-relay");
+    let _telemetry = orderflow_telemetry::init("outbox-relay");
     orderflow_outbox_relay::run(config, orderflow_runtime::shutdown_signal()).await
 }

@@ -62,7 +62,8 @@ struct Config {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    orderflow_telemetry::init("units-per-sku");
+    // Held until main returns: dropping it flushes the spans not yet exported.
+    let _telemetry = orderflow_telemetry::init("units-per-sku");
     let runtime = Runtime::connect(&UnitsPerSku, config.runtime).await?;
     runtime.run(UnitsPerSku, axum::Router::new(), config.listen, orderflow_runtime::shutdown_signal()).await
 }
