@@ -95,15 +95,18 @@ where
     Fut: Future<Output = Result<Response, ApiError>>,
 {
     let started = Instant::now();
-    let traceparent = crate::trace::continue_or_start(headers.get("traceparent"));
     let span = tracing::info_span!(
         "ingress_request",
+        otel.kind = "server",
         route,
-        trace_id = traceparent.trace_id(),
-        traceparent = traceparent.as_str(),
+        trace_id = Empty,
+        traceparent = Empty,
         client = Empty,
         event_id = Empty,
     );
+    let traceparent = crate::trace::for_request(&span, headers.get("traceparent"));
+    span.record("trace_id", traceparent.trace_id());
+    span.record("traceparent", traceparent.as_str());
     async move {
         let _in_flight = observe::InFlight::start();
         let result = async {

@@ -1,8 +1,23 @@
 //! W3C trace context for a request: continue the caller's trace, or start one.
+//!
+//! The `traceparent` a request writes on its records (and echoes in its response) names the
+//! request's own span, so the consumers' spans become its children. While spans are exported
+//! (OpenTelemetry on) that is the OTel span of the request, whose parent is the caller's span;
+//! without an exporter it is built here by hand with the same shape.
 
 use axum::http::HeaderValue;
 use orderflow_events::TraceParent;
 use rand::Rng;
+
+/// Make `span` (the request's span, not yet entered) continue the caller's `traceparent`, and
+/// return the `traceparent` naming `span` itself.
+pub fn for_request(span: &tracing::Span, incoming: Option<&HeaderValue>) -> TraceParent {
+    let incoming_text = incoming.and_then(|v| v.to_str().ok()).map(str::trim);
+    orderflow_telemetry::continue_trace(span, incoming_text);
+    orderflow_telemetry::traceparent(span)
+        .and_then(|own| TraceParent::parse(&own).ok())
+        .unwrap_or_else(|| continue_or_start(incoming))
+}
 
 /// A `traceparent` for the work this request does: a child of the caller's (same trace id
 /// and flags, new span id) when it sent a valid one, else a new sampled trace.
