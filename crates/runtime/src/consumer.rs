@@ -70,6 +70,21 @@ pub struct PartitionStatus {
     pub oldest_pending_ms: AtomicI64,
     /// High watermark last seen by the polling thread, -1 until known.
     pub high_watermark: AtomicI64,
+    /// Low watermark last seen, -1 until known: where a partition with no stored offset starts,
+    /// so its lag is known before its first commit.
+    pub low_watermark: AtomicI64,
+}
+
+impl PartitionStatus {
+    /// Lag in messages, `None` while the watermarks needed to tell are unknown.
+    pub fn lag(&self) -> Option<i64> {
+        let high = self.high_watermark.load(Ordering::Relaxed);
+        let next = match self.next_offset.load(Ordering::Relaxed) {
+            next if next >= 0 => next,
+            _ => self.low_watermark.load(Ordering::Relaxed),
+        };
+        (high >= 0 && next >= 0).then(|| (high - next).max(0))
+    }
 }
 
 /// What the HTTP server may ask the loop.
@@ -81,26 +96,29 @@ pub struct Health {
 }
 
 impl Health {
-    /// Total lag in messages over the assigned partitions whose watermark is known.
-    pub fn total_lag(&self) -> i64 {
+    /// Total lag in messages over the assigned partitions whose lag is known, and how many
+    /// partitions' lag is not known yet (their watermarks arrive with the first statistics).
+    pub fn total_lag(&self) -> (i64, usize) {
         let partitions = self.partitions.lock().unwrap();
-        partitions
-            .values()
-            .map(|s| {
-                let (high, next) = (s.high_watermark.load(Ordering::Relaxed), s.next_offset.load(Ordering::Relaxed));
-                if high >= 0 && next >= 0 { (high - next).max(0) } else { 0 }
-            })
-            .sum()
+        partitions.values().fold((0, 0), |(lag, unknown), s| match s.lag() {
+            Some(l) => (lag + l, unknown),
+            None => (lag, unknown + 1),
+        })
     }
 
     /// Ready: joined the group (an assignment arrived, possibly empty) and caught up enough.
+    /// A partition whose lag is not known yet counts as not caught up: a fresh consumer facing
+    /// a backlog must not report ready in the second before its first statistics.
     pub fn ready(&self) -> (bool, String) {
         if !self.joined.load(Ordering::Relaxed) {
             return (false, "not yet assigned partitions by the group".into());
         }
-        let lag = self.total_lag();
+        let (lag, unknown) = self.total_lag();
         let max = self.ready_max_lag.load(Ordering::Relaxed);
         let assigned = self.partitions.lock().unwrap().len();
+        if unknown > 0 {
+            return (false, format!("{assigned} partitions assigned, lag of {unknown} not known yet"));
+        }
         (lag <= max, format!("{assigned} partitions assigned, lag {lag} messages (ready at <= {max})"))
     }
 }
@@ -188,10 +206,13 @@ impl<H: Handler> ClientContext for LoopContext<H> {
         let partitions = self.shared.health.partitions.lock().unwrap();
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
-                if let Some(status) = partitions.get(&(topic.clone(), *partition))
-                    && p.hi_offset >= 0
-                {
-                    status.high_watermark.store(p.hi_offset, Ordering::Relaxed);
+                if let Some(status) = partitions.get(&(topic.clone(), *partition)) {
+                    if p.hi_offset >= 0 {
+                        status.high_watermark.store(p.hi_offset, Ordering::Relaxed);
+                    }
+                    if p.lo_offset >= 0 {
+                        status.low_watermark.store(p.lo_offset, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -258,6 +279,7 @@ impl<H: Handler> LoopContext<H> {
             let status = Arc::new(PartitionStatus::default());
             status.next_offset.store(next.unwrap_or(-1), Ordering::Relaxed);
             status.high_watermark.store(-1, Ordering::Relaxed);
+            status.low_watermark.store(-1, Ordering::Relaxed);
             // Four batches of buffer per partition: the rest waits in librdkafka, which is
             // itself bounded (queued.max.messages.kbytes), and the partition is paused.
             let (sender, receiver) = mpsc::channel(shared.settings.batch_size * 4);
@@ -461,9 +483,7 @@ fn update_lag<H: Handler>(shared: &Shared<H>) {
     let workers = shared.workers.lock().unwrap();
     let now_ms = chrono::Utc::now().timestamp_millis();
     for ((topic, partition), worker) in workers.iter() {
-        let high = worker.status.high_watermark.load(Ordering::Relaxed);
-        let next = worker.status.next_offset.load(Ordering::Relaxed);
-        let lag = if high >= 0 && next >= 0 { high - next } else { 0 };
+        let lag = worker.status.lag().unwrap_or(0);
         let oldest = worker.status.oldest_pending_ms.load(Ordering::Relaxed);
         let seconds = if lag > 0 && oldest > 0 { (now_ms - oldest) as f64 / 1000.0 } else { 0.0 };
         observe::lag(shared.consumer_name(), topic, *partition, lag, seconds);
@@ -517,7 +537,8 @@ async fn worker_loop<H: Handler>(
                 return; // abandon: nothing of this batch was committed; the next owner redoes it
             }
             let span = tracing::info_span!("batch", consumer = %settings.consumer, topic = %tp.0,
-                partition = tp.1, first_offset = batch[0].offset(), size = batch.len());
+                partition = tp.1, first_offset = batch[0].offset(), size = batch.len(), trace_id = tracing::field::Empty);
+            orderflow_telemetry::record_trace_id(&span);
             match process_batch(&shared, &tp, &batch).instrument(span).await {
                 Ok(next_offset) => {
                     status.next_offset.store(next_offset, Ordering::SeqCst);
@@ -615,6 +636,9 @@ async fn process_batch<H: Handler>(shared: &Shared<H>, tp: &Tp, batch: &[OwnedMe
         }
     }
 
+    // Held until this function returns: each event's span lasts until its batch committed.
+    let event_spans = observe::event_spans(&shared.settings.consumer, &envelopes);
+
     let (applied, duplicates) = match apply_all(shared, &mut tx, topic, partition, &envelopes, &ctx).await {
         Ok(counts) => counts,
         Err(HandlerError::Transient(error)) => return Err(error),
@@ -641,6 +665,7 @@ async fn process_batch<H: Handler>(shared: &Shared<H>, tp: &Tp, batch: &[OwnedMe
                         let message =
                             fresh.iter().find(|m| m.offset() == envelope.offset).expect("envelope from batch");
                         dead.push((message, ErrorClass::Permanent, format!("{error:#}")));
+                        observe::event_span_failed(&event_spans, &envelopes, envelope.offset);
                     }
                 }
             }
