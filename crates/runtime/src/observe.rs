@@ -88,26 +88,24 @@ pub fn event_spans(consumer: &str, envelopes: &[Envelope]) -> Vec<Span> {
     envelopes
         .iter()
         .map(|envelope| {
-            let span = tracing::info_span!(parent: None, "event", otel.kind = "consumer", otel.status_code = Empty,
-                consumer, event_id = %envelope.event.event_id(), event_type = envelope.event.ce_type(),
-                order_id = Empty, sku = Empty, topic = envelope.topic.as_str(), partition = envelope.partition,
-                offset = envelope.offset, trace_id = Empty);
-            match &envelope.event {
-                Event::OrderPlaced(order) => {
-                    span.record("order_id", order.order_id.as_str());
-                }
+            // Every field is given here, none recorded later: recording re-formats a span's fields.
+            let (order_id, sku) = match &envelope.event {
+                Event::OrderPlaced(order) => (Some(order.order_id.as_str()), None),
                 Event::InventoryChanged(change) => {
-                    span.record("sku", change.sku.as_str());
-                    if let Some(order_id) = &change.order_id {
-                        span.record("order_id", order_id.as_str());
-                    }
+                    (change.order_id.as_ref().map(|o| o.as_str()), Some(change.sku.as_str()))
                 }
-            }
-            orderflow_telemetry::continue_trace(&span, envelope.traceparent.as_deref());
+            };
+            let traceparent = envelope.traceparent.as_deref();
+            // The trace this span joins is the record's (the exporter checks the header's shape).
+            let trace_id = traceparent.and_then(|t| t.get(3..35));
+            let span = tracing::info_span!(target: orderflow_telemetry::TRACE_ONLY, parent: None, "event",
+                otel.kind = "consumer", otel.status_code = Empty, consumer, event_id = %envelope.event.event_id(),
+                event_type = envelope.event.ce_type(), order_id, sku, topic = envelope.topic.as_str(),
+                partition = envelope.partition, offset = envelope.offset, trace_id);
+            orderflow_telemetry::continue_trace(&span, traceparent);
             if let Some(batch) = &batch {
                 orderflow_telemetry::link(&span, batch);
             }
-            orderflow_telemetry::record_trace_id(&span);
             span
         })
         .collect()

@@ -29,6 +29,10 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 mod export;
 
+/// Target of spans that are for traces only: the exporter gets them, the log output does not
+/// (formatting their fields for logs that never mention them would cost more than the span).
+pub const TRACE_ONLY: &str = "orderflow::trace";
+
 /// Set once an OTLP exporter is installed; read on hot paths (one relaxed load).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
@@ -106,7 +110,8 @@ pub fn init(service: &'static str) -> Telemetry {
         Format::Pretty => {
             tracing_subscriber::fmt::layer().with_span_events(FmtSpan::NONE).with_writer(std::io::stderr).boxed()
         }
-    };
+    }
+    .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.target() != TRACE_ONLY));
     let result = tracing_subscriber::registry().with(filter).with(fmt_layer).with(otel_layer).try_init();
     if result.is_err() {
         // Someone else's subscriber is installed: spans would not reach our exporter.
