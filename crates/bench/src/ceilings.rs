@@ -61,11 +61,14 @@ pub fn orders(n: usize) -> anyhow::Result<Vec<OrderPlaced>> {
 
 /// `n` distinct encoded OrderPlaced records: (key, value, headers).
 pub fn encoded_orders(n: usize) -> anyhow::Result<Vec<(String, Vec<u8>, OwnedHeaders)>> {
+    encoded(orders(n)?.into_iter().map(Event::OrderPlaced))
+}
+
+/// `events` as the producers send them: (key, single-object Avro value, CloudEvents headers).
+pub fn encoded(events: impl Iterator<Item = Event>) -> anyhow::Result<Vec<(String, Vec<u8>, OwnedHeaders)>> {
     let codec = Codec::new();
-    orders(n)?
-        .into_iter()
-        .map(|order| {
-            let event = Event::OrderPlaced(order);
+    events
+        .map(|event| {
             let value = codec.encode_single_object(&event)?;
             let mut headers = OwnedHeaders::new();
             for (key, value) in CeHeaders::for_event(&event, "orderflow-bench", None).to_pairs() {

@@ -7,6 +7,8 @@
 //!   upserts (with the runtime's ledger and offset writes), binary COPY, one-row commits/s.
 //! - [`pipeline`]: the consumer runtime's apply rate and replay rate (a child process running
 //!   a batched projection), its peak RSS and CPU per 1000 events under a backlog, codec cost.
+//! - [`consumers`]: the same figures for each real consumer binary (`fulfillment`, `email`,
+//!   `analytics`, `inventory-projection`) over orders and stock changes.
 //! - [`report`]: the markdown written between the markers in `docs/benchmarks.md`.
 //!
 //! `scripts/bench` builds in release mode and runs it; `--quick` is the smoke mode CI runs
@@ -15,6 +17,7 @@
 
 pub mod ceilings;
 pub mod child;
+pub mod consumers;
 pub mod pipeline;
 pub mod report;
 
@@ -133,12 +136,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
 /// Measure everything `settings.runs` times.
 pub async fn run(env: &Env, settings: &Settings) -> anyhow::Result<report::Figures> {
     let mut figures = report::Figures::default();
+    let workload = consumers::Workload::fill(env, settings).await?;
     for round in 0..settings.runs {
         tracing::info!(round, "benchmark round");
         let ceil = ceilings::measure(env, settings).await?;
         let pipe = pipeline::measure(env, settings, &ceil.topic, round == 0).await?;
+        let consumers = consumers::measure(env, settings, &workload, &ceil.topic).await?;
         figures.push_ceilings(&ceil);
         figures.push_pipeline(&pipe);
+        figures.push_consumers(&consumers);
     }
     Ok(figures)
 }

@@ -27,10 +27,10 @@ pub struct Pipeline {
 }
 
 /// A consumer child process and what it cost.
-struct Measured {
-    per_sec: f64,
-    peak_rss_mb: f64,
-    cpu_seconds: f64,
+pub(crate) struct Measured {
+    pub per_sec: f64,
+    pub peak_rss_mb: f64,
+    pub cpu_seconds: f64,
 }
 
 fn clock_ticks() -> f64 {
@@ -59,31 +59,41 @@ fn proc_stats(pid: u32) -> (f64, f64) {
     (hwm_kb / 1024.0, ticks / clock_ticks())
 }
 
-/// Run the benchmark consumer over `topic` (holding `n` events) until its stored offsets
-/// cover all of them. The rate is timed from 1% to 100% so group join time is left out.
-async fn run_consumer(env: &Env, topic: &str, n: usize, batch_size: usize, replay: bool) -> anyhow::Result<Measured> {
+/// Run the benchmark consumer over `topic` (holding `n` events); see [`run_consumer`].
+async fn run_bench_consumer(
+    env: &Env,
+    topic: &str,
+    n: usize,
+    batch_size: usize,
+    replay: bool,
+) -> anyhow::Result<Measured> {
     let schema = unique("bench_apply");
-    let exe = std::env::current_exe()?;
-    let mut command = Command::new(exe);
+    let mut command = Command::new(std::env::current_exe()?);
     command
         .args(["--kafka-brokers", &env.kafka.brokers, "--database-url", &env.database_url, "consume-child"])
         .args(["--topic", topic, "--schema", &schema, "--group", &unique("bench-group")])
-        .args(["--batch-size", &batch_size.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .args(["--batch-size", &batch_size.to_string()]);
     if replay {
         command.arg("--replay");
     }
-    let child = command.spawn().context("starting the benchmark consumer")?;
+    run_consumer(env, command, &schema, n).await
+}
+
+/// Start the consumer process `command` (which writes its store in `schema`) and let it run
+/// until its stored offsets cover the `n` events of its topics. The rate is timed from 1% to
+/// 100% so group join time is left out. The process is killed and `schema` dropped after.
+pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, n: usize) -> anyhow::Result<Measured> {
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let program = command.get_program().to_string_lossy().into_owned();
+    let child = command.spawn().with_context(|| format!("starting the consumer {program}"))?;
     let mut child = KillOnDrop(child);
-    let pool = connect_when_ready(env, &schema).await?;
+    let pool = connect_when_ready(env, schema, &mut child.0, &program).await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut started: Option<(Instant, i64)> = None;
     let mut peak_rss_mb: f64 = 0.0;
     loop {
         if let Some(status) = child.0.try_wait()? {
-            bail!("benchmark consumer exited early: {status}");
+            bail!("consumer {program} exited early: {status}");
         }
         let done: i64 = sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM orderflow_offsets")
             .fetch_one(&pool)
@@ -97,7 +107,7 @@ async fn run_consumer(env: &Env, topic: &str, n: usize, batch_size: usize, repla
             break;
         }
         if Instant::now() > deadline {
-            bail!("benchmark consumer applied only {done} of {n} events within 30 minutes");
+            bail!("consumer {program} applied only {done} of {n} events within 30 minutes");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -106,17 +116,20 @@ async fn run_consumer(env: &Env, topic: &str, n: usize, batch_size: usize, repla
     let (rss, cpu_seconds) = proc_stats(child.0.id());
     pool.close().await;
     drop(child);
-    ceilings::drop_schema(env, &schema).await;
+    ceilings::drop_schema(env, schema).await;
     Ok(Measured { per_sec, peak_rss_mb: peak_rss_mb.max(rss), cpu_seconds })
 }
 
-async fn connect_when_ready(env: &Env, schema: &str) -> anyhow::Result<PgPool> {
+async fn connect_when_ready(env: &Env, schema: &str, child: &mut Child, program: &str) -> anyhow::Result<PgPool> {
     let options: sqlx::postgres::PgConnectOptions = env.database_url.parse()?;
     let pool = PgPool::connect_with(options.options([("search_path", schema)])).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while sqlx::query("SELECT 1 FROM orderflow_offsets LIMIT 1").execute(&pool).await.is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("consumer {program} exited before creating its tables: {status}");
+        }
         if Instant::now() > deadline {
-            bail!("benchmark consumer did not create its tables within 60s");
+            bail!("consumer {program} did not create its tables within 60s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -184,10 +197,10 @@ fn codec_figures(pipeline: &mut Pipeline) -> anyhow::Result<()> {
 
 pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: bool) -> anyhow::Result<Pipeline> {
     let mut pipeline = Pipeline::default();
-    let apply = run_consumer(env, topic, settings.records, settings.batch_size, false).await?;
+    let apply = run_bench_consumer(env, topic, settings.records, settings.batch_size, false).await?;
     pipeline.apply_per_sec = apply.per_sec;
     pipeline.apply_cpu_ms_per_1000 = apply.cpu_seconds * 1000.0 / settings.records as f64 * 1000.0;
-    let replay = run_consumer(env, topic, settings.records, settings.batch_size, true).await?;
+    let replay = run_bench_consumer(env, topic, settings.records, settings.batch_size, true).await?;
     pipeline.replay_per_sec = replay.per_sec;
 
     // Memory under a backlog (once per harness run: filling it takes a while): fill a topic
@@ -205,7 +218,7 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
         ceilings::produce(env, &backlog_topic, &records).await?;
         filled += records.len();
     }
-    let backlog = run_consumer(env, &backlog_topic, settings.backlog, settings.batch_size, false).await?;
+    let backlog = run_bench_consumer(env, &backlog_topic, settings.backlog, settings.batch_size, false).await?;
     pipeline.backlog_events = settings.backlog;
     pipeline.backlog_peak_rss_mb = backlog.peak_rss_mb;
     pipeline.backlog_apply_per_sec = backlog.per_sec;

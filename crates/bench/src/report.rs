@@ -21,7 +21,7 @@ pub struct Figures {
 }
 
 impl Figures {
-    fn push(&mut self, name: &'static str, value: f64) {
+    pub(crate) fn push(&mut self, name: &'static str, value: f64) {
         self.values.entry(name).or_default().push(value);
     }
 
@@ -64,9 +64,14 @@ impl Figures {
     pub fn median(&self, name: &str) -> f64 {
         self.stats(name).map(|s| s.0).unwrap_or(f64::NAN)
     }
+
+    /// The ceiling the consumers' rates are compared with: min(raw consume, raw upsert).
+    pub fn raw_ceiling(&self) -> f64 {
+        self.median("consume").min(self.median("upsert"))
+    }
 }
 
-fn fmt_num(v: f64) -> String {
+pub(crate) fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         return "n/a".into();
     }
@@ -87,7 +92,7 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-fn cell(f: &Figures, name: &str) -> String {
+pub(crate) fn cell(f: &Figures, name: &str) -> String {
     match f.stats(name) {
         Some((m, lo, hi)) => format!("{} ({}–{})", fmt_num(m), fmt_num(lo), fmt_num(hi)),
         None => "n/a".into(),
@@ -164,7 +169,7 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
     let _ = writeln!(md, "| one-row commits, 1 connection (commits/s) | {} |", cell(f, "commits_1"));
     let _ = writeln!(md, "| one-row commits, 8 connections (commits/s) | {} |", cell(f, "commits_8"));
 
-    let smaller = f.median("consume").min(f.median("upsert"));
+    let smaller = f.raw_ceiling();
     let ratio = |v: f64| if smaller.is_finite() && smaller > 0.0 { v / smaller } else { f64::NAN };
     let mark = |ok: bool| if ok { "met" } else { "**missed**" };
     let _ = writeln!(md, "\n### Pipeline\n");
@@ -214,6 +219,7 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
         let v = f.median(name);
         let _ = writeln!(md, "| {label} | {} | | | ≤ {} ns | {} |", cell(f, name), target, mark(v <= target));
     }
+    crate::consumers::render(&mut md, settings, f);
     let _ = writeln!(
         md,
         "\nNot measured by this harness yet: ingress requests/s and latency, end-to-end latency under open-loop load (they need the ingress binary; see the notes below)."

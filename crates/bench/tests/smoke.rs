@@ -11,6 +11,11 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
     // The child consumer is this crate's binary; run the harness through it so
     // `current_exe()` is the harness, as in a real run.
     let exe = orderflow_testkit::process::bin_path("orderflow-bench").unwrap();
+    // The harness runs the real consumer binaries beside it: a workspace run builds them;
+    // `-p orderflow-bench` alone does not (build them first, or this fails here, clearly).
+    for spec in &orderflow_bench::consumers::CONSUMERS {
+        orderflow_testkit::process::bin_path(spec.binary).unwrap();
+    }
     let out = std::env::temp_dir().join(orderflow_testkit::unique_name("bench-report")).with_extension("md");
     let status = std::process::Command::new(exe)
         .args(["--kafka-brokers", &env.kafka.brokers, "--database-url", &env.database_url, "run", "--quick", "--out"])
@@ -29,6 +34,10 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
         "replay rate",
         "peak RSS",
         "codec: decode OrderPlaced",
+        "`fulfillment` consumer",
+        "`email` consumer",
+        "`analytics` consumer",
+        "`inventory-projection` consumer",
     ] {
         let line = report.lines().find(|l| l.contains(figure)).unwrap_or_else(|| panic!("no `{figure}` in:\n{report}"));
         assert!(!line.contains("n/a"), "{figure} was not measured: {line}");
