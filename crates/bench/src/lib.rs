@@ -7,6 +7,10 @@
 //!   upserts (with the runtime's ledger and offset writes), binary COPY, one-row commits/s.
 //! - [`pipeline`]: the consumer runtime's apply rate and replay rate (a child process running
 //!   a batched projection), its peak RSS and CPU per 1000 events under a backlog, codec cost.
+//! - [`ingress`]: the real `ingress` binary's maximum requests/s (closed loop) against raw
+//!   produce, and its latency under an open loop at half that rate.
+//! - [`e2e`]: ingress + the real `fulfillment` binary: the maximum sustainable rate, latency
+//!   from the scheduled POST to the row's visibility at 50% and 80% of it, RSS and CPU.
 //! - [`report`]: the markdown written between the markers in `docs/benchmarks.md`.
 //!
 //! `scripts/bench` builds in release mode and runs it; `--quick` is the smoke mode CI runs
@@ -15,6 +19,8 @@
 
 pub mod ceilings;
 pub mod child;
+pub mod e2e;
+pub mod ingress;
 pub mod pipeline;
 pub mod report;
 
@@ -64,6 +70,9 @@ pub struct Settings {
     /// Batch size of the consumer and of the raw upsert ceiling.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
+    /// Seconds of each ingress / end-to-end open loop (each closed loop takes half).
+    #[arg(long, default_value_t = 20)]
+    pub load_secs: u64,
     /// Smoke mode: tiny sizes, one run (CI keeps the harness working with it).
     #[arg(long)]
     pub quick: bool,
@@ -82,6 +91,7 @@ impl Settings {
             records: 2_000,
             backlog: 5_000,
             batch_size: 200,
+            load_secs: 2,
             quick: true,
             out: None,
             command_line: "orderflow-bench run --quick".into(),
@@ -137,8 +147,12 @@ pub async fn run(env: &Env, settings: &Settings) -> anyhow::Result<report::Figur
         tracing::info!(round, "benchmark round");
         let ceil = ceilings::measure(env, settings).await?;
         let pipe = pipeline::measure(env, settings, &ceil.topic, round == 0).await?;
+        let ingress = ingress::measure(env, settings).await?;
+        let e2e = e2e::measure(env, settings, &ingress).await?;
         figures.push_ceilings(&ceil);
         figures.push_pipeline(&pipe);
+        figures.push_ingress(&ceil, &ingress);
+        figures.push_e2e(&e2e);
     }
     Ok(figures)
 }

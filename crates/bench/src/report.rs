@@ -21,7 +21,7 @@ pub struct Figures {
 }
 
 impl Figures {
-    fn push(&mut self, name: &'static str, value: f64) {
+    pub(crate) fn push(&mut self, name: &'static str, value: f64) {
         self.values.entry(name).or_default().push(value);
     }
 
@@ -66,7 +66,7 @@ impl Figures {
     }
 }
 
-fn fmt_num(v: f64) -> String {
+pub(crate) fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         return "n/a".into();
     }
@@ -87,7 +87,7 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-fn cell(f: &Figures, name: &str) -> String {
+pub(crate) fn cell(f: &Figures, name: &str) -> String {
     match f.stats(name) {
         Some((m, lo, hi)) => format!("{} ({}–{})", fmt_num(m), fmt_num(lo), fmt_num(hi)),
         None => "n/a".into(),
@@ -214,10 +214,7 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
         let v = f.median(name);
         let _ = writeln!(md, "| {label} | {} | | | ≤ {} ns | {} |", cell(f, name), target, mark(v <= target));
     }
-    let _ = writeln!(
-        md,
-        "\nNot measured by this harness yet: ingress requests/s and latency, end-to-end latency under open-loop load (they need the ingress binary; see the notes below)."
-    );
+    crate::ingress::render(&mut md, f);
     md
 }
 
