@@ -9,6 +9,10 @@
 //!   a batched projection), its peak RSS and CPU per 1000 events under a backlog, codec cost.
 //! - [`consumers`]: the same figures for each real consumer binary (`fulfillment`, `email`,
 //!   `analytics`, `inventory-projection`) over orders and stock changes.
+//! - [`ingress`]: the real `ingress` binary's maximum requests/s (closed loop) against raw
+//!   produce, and its latency under an open loop at half that rate.
+//! - [`e2e`]: ingress + the real `fulfillment` binary: the maximum sustainable rate, latency
+//!   from the scheduled POST to the row's visibility at 50% and 80% of it, RSS and CPU.
 //! - [`report`]: the markdown written between the markers in `docs/benchmarks.md`.
 //!
 //! `scripts/bench` builds in release mode and runs it; `--quick` is the smoke mode CI runs
@@ -18,6 +22,8 @@
 pub mod ceilings;
 pub mod child;
 pub mod consumers;
+pub mod e2e;
+pub mod ingress;
 pub mod pipeline;
 pub mod report;
 
@@ -67,6 +73,9 @@ pub struct Settings {
     /// Batch size of the consumer and of the raw upsert ceiling.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
+    /// Seconds of each ingress / end-to-end open loop (each closed loop takes half).
+    #[arg(long, default_value_t = 20)]
+    pub load_secs: u64,
     /// Smoke mode: tiny sizes, one run (CI keeps the harness working with it).
     #[arg(long)]
     pub quick: bool,
@@ -85,6 +94,7 @@ impl Settings {
             records: 2_000,
             backlog: 5_000,
             batch_size: 200,
+            load_secs: 2,
             quick: true,
             out: None,
             command_line: "orderflow-bench run --quick".into(),
@@ -142,9 +152,13 @@ pub async fn run(env: &Env, settings: &Settings) -> anyhow::Result<report::Figur
         let ceil = ceilings::measure(env, settings).await?;
         let pipe = pipeline::measure(env, settings, &ceil.topic, round == 0).await?;
         let consumers = consumers::measure(env, settings, &workload, &ceil.topic).await?;
+        let ingress = ingress::measure(env, settings).await?;
+        let e2e = e2e::measure(env, settings, &ingress).await?;
         figures.push_ceilings(&ceil);
         figures.push_pipeline(&pipe);
         figures.push_consumers(&consumers);
+        figures.push_ingress(&ceil, &ingress);
+        figures.push_e2e(&e2e);
     }
     Ok(figures)
 }

@@ -43,7 +43,8 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn proc_stats(pid: u32) -> (f64, f64) {
+/// (peak RSS in MB, CPU seconds so far) of process `pid`.
+pub(crate) fn proc_stats(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kb: f64 = status
         .lines()
@@ -136,7 +137,7 @@ async fn connect_when_ready(env: &Env, schema: &str, child: &mut Child, program:
     Ok(pool)
 }
 
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -220,10 +220,7 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
         let _ = writeln!(md, "| {label} | {} | | | ≤ {} ns | {} |", cell(f, name), target, mark(v <= target));
     }
     crate::consumers::render(&mut md, settings, f);
-    let _ = writeln!(
-        md,
-        "\nNot measured by this harness yet: ingress requests/s and latency, end-to-end latency under open-loop load (they need the ingress binary; see the notes below)."
-    );
+    crate::ingress::render(&mut md, f);
     md
 }
 

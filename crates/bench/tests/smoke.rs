@@ -9,7 +9,9 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
         database_url: orderflow_testkit::database_url(),
     };
     // The child consumer is this crate's binary; run the harness through it so
-    // `current_exe()` is the harness, as in a real run.
+    // `current_exe()` is the harness, as in a real run. The ingress and fulfillment it spawns
+    // are the debug binaries next to it (a workspace test run builds them; with
+    // `-p orderflow-bench` alone, `cargo build -p orderflow-ingress -p orderflow-fulfillment` first).
     let exe = orderflow_testkit::process::bin_path("orderflow-bench").unwrap();
     // The harness runs the real consumer binaries beside it: a workspace run builds them;
     // `-p orderflow-bench` alone does not (build them first, or this fails here, clearly).
@@ -38,6 +40,24 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
         "`email` consumer",
         "`analytics` consumer",
         "`inventory-projection` consumer",
+        "ingress requests/s, closed loop, 64 in flight",
+        "ingress requests/s, closed loop, 256 in flight",
+        "ingress maximum requests/s",
+        "ingress latency at 50% load, from scheduled send, p50",
+        "ingress latency at 50% load, from scheduled send, p99 ",
+        "ingress latency at 50% load, from scheduled send, p99.9",
+        "maximum sustainable rate",
+        "end-to-end latency at 50%: scheduled send → row visible, p50",
+        "end-to-end latency at 50%: scheduled send → row visible, p99 ",
+        "end-to-end latency at 50%: scheduled send → row visible, p99.9",
+        "end-to-end latency at 80%: scheduled send → row visible, p50",
+        "end-to-end latency at 80%: scheduled send → row visible, p99 ",
+        "end-to-end latency at 80%: scheduled send → row visible, p99.9",
+        "`pg_notify` delay",
+        "ingress peak RSS",
+        "ingress CPU per 1000",
+        "fulfillment peak RSS",
+        "fulfillment CPU per 1000",
     ] {
         let line = report.lines().find(|l| l.contains(figure)).unwrap_or_else(|| panic!("no `{figure}` in:\n{report}"));
         assert!(!line.contains("n/a"), "{figure} was not measured: {line}");
