@@ -19,18 +19,27 @@
 //!
 //! # Flow
 //! ```text
-//! poll thread ──bounded channel per partition──> worker (batch by size/time)
-//!      ▲  pause when a channel is full                │ BEGIN; lock offset; ledger; handler; offset; COMMIT
-//!      └────────── commit request (next offset) ──────┘ then commit to Kafka for lag tools
+//! librdkafka fetcher ──one queue per partition (split)──> worker (pulls; batches by size/time)
+//! poll thread: rebalances, statistics, commits                │ BEGIN; lock offset; ledger; handler; offset; COMMIT
+//!      ▲────────── commit request (next offset) ──────────────┘ then commit to Kafka for lag tools
 //! ```
+//!
+//! Each assigned partition's fetch queue is split off the consumer's main queue, and its worker
+//! pulls from it only when it is ready for more. So backpressure needs no pause/resume: a
+//! partition nobody pulls from stops being fetched once librdkafka's prefetch for it reaches
+//! `queued.max.messages.kbytes` (per partition with split queues). Pausing did the same job
+//! worse: a pause drops librdkafka's prefetched records and a resume fetches them again, which
+//! made the broker serve every record two to three times (measured on Tansu: 184 ms of broker
+//! CPU per 1000 events with pause/resume, 67 ms with split queues; see docs/benchmarks.md).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use orderflow_events::Codec;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -38,7 +47,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sqlx::{Acquire, PgConnection, PgPool};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -124,7 +133,6 @@ impl Health {
 }
 
 struct Worker {
-    sender: mpsc::Sender<OwnedMessage>,
     stop: Arc<StopFlag>,
     join: tokio::task::JoinHandle<()>,
     status: Arc<PartitionStatus>,
@@ -165,6 +173,9 @@ pub(crate) struct Shared<H: Handler> {
     pub health: Arc<Health>,
     workers: Mutex<HashMap<Tp, Worker>>,
     commits: Mutex<Vec<(Tp, i64)>>,
+    /// The consumer, set once the polling thread created it: the rebalance callback splits
+    /// partition queues off it, which takes an `Arc`.
+    consumer: OnceLock<Weak<BaseConsumer<LoopContext<H>>>>,
 }
 
 impl<H: Handler> Shared<H> {
@@ -187,6 +198,7 @@ impl<H: Handler> Shared<H> {
             health,
             workers: Mutex::new(HashMap::new()),
             commits: Mutex::new(Vec::new()),
+            consumer: OnceLock::new(),
         }
     }
 
@@ -266,6 +278,22 @@ impl<H: Handler> LoopContext<H> {
                 tracing::error!(topic, partition, error = %error, "could not set the start offset");
             }
         }
+        // Split each partition's queue off before fetching starts, so no record of it can land
+        // on the main queue (librdkafka keeps an application's split across the fetch start).
+        let mut feeds: HashMap<Tp, Feed<H>> = HashMap::new();
+        match shared.consumer.get().and_then(Weak::upgrade) {
+            Some(owner) => {
+                for (topic, partition, _) in &starts {
+                    match owner.split_partition_queue(topic, *partition) {
+                        Some(queue) => {
+                            feeds.insert((topic.clone(), *partition), Feed::new(queue));
+                        }
+                        None => tracing::error!(topic, partition, "could not split the partition's queue"),
+                    }
+                }
+            }
+            None => tracing::error!(consumer = shared.consumer_name(), "rebalance before the consumer was registered"),
+        }
         if let Err(error) = consumer.incremental_assign(tpl) {
             tracing::error!(consumer = shared.consumer_name(), error = %error, "incremental assign failed");
             return;
@@ -276,18 +304,16 @@ impl<H: Handler> LoopContext<H> {
             if workers.contains_key(&tp) {
                 continue;
             }
+            let Some(feed) = feeds.remove(&tp) else { continue };
             let status = Arc::new(PartitionStatus::default());
             status.next_offset.store(next.unwrap_or(-1), Ordering::Relaxed);
             status.high_watermark.store(-1, Ordering::Relaxed);
             status.low_watermark.store(-1, Ordering::Relaxed);
-            // Four batches of buffer per partition: the rest waits in librdkafka, which is
-            // itself bounded (queued.max.messages.kbytes), and the partition is paused.
-            let (sender, receiver) = mpsc::channel(shared.settings.batch_size * 4);
             let stop = Arc::new(StopFlag::default());
             let join =
-                shared.runtime.spawn(worker_loop(shared.clone(), tp.clone(), receiver, stop.clone(), status.clone()));
+                shared.runtime.spawn(worker_loop(shared.clone(), tp.clone(), feed, stop.clone(), status.clone()));
             shared.health.partitions.lock().unwrap().insert(tp.clone(), status.clone());
-            workers.insert(tp, Worker { sender, stop, join, status });
+            workers.insert(tp, Worker { stop, join, status });
         }
         tracing::info!(consumer = shared.consumer_name(), assigned = workers.len(), "partitions assigned");
         observe::partitions_assigned(shared.consumer_name(), workers.len());
@@ -336,7 +362,6 @@ fn stop_workers<H: Handler>(shared: &Shared<H>, partitions: &[Tp]) -> Vec<(Tp, i
     let mut finals = Vec::new();
     for (tp, worker) in stopping {
         worker.stop.stop();
-        drop(worker.sender);
         // The timer must be created inside the runtime context, hence the async block.
         let joined =
             shared.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(60), worker.join).await });
@@ -366,21 +391,24 @@ fn commit_to_kafka<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets: &[(T
     }
 }
 
-/// The polling thread: route records to partition workers, pause partitions whose worker is
-/// behind, commit progress to Kafka, update lag, until `shutdown` is set.
+/// The polling thread: serve rebalances and statistics, commit progress to Kafka, update lag,
+/// until `shutdown` is set. Records do not pass through it: each worker pulls from its
+/// partition's own queue.
 pub(crate) fn poll_loop<H: Handler>(
     shared: Arc<Shared<H>>,
     config: rdkafka::ClientConfig,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<LoopContext<H>> = config
-        .create_with_context(LoopContext { shared: shared.clone() })
-        .context("Failed to create the Kafka consumer")?;
+    let consumer: Arc<BaseConsumer<LoopContext<H>>> = Arc::new(
+        config
+            .create_with_context(LoopContext { shared: shared.clone() })
+            .context("Failed to create the Kafka consumer")?,
+    );
+    let _ = shared.consumer.set(Arc::downgrade(&consumer));
     let topics: Vec<&str> = shared.settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).with_context(|| format!("Failed to subscribe to {topics:?}"))?;
     tracing::info!(consumer = shared.consumer_name(), group = shared.settings.group, ?topics, "consuming");
 
-    let mut held: HashMap<Tp, VecDeque<OwnedMessage>> = HashMap::new();
     let mut last_lag = Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
         let commits = std::mem::take(&mut *shared.commits.lock().unwrap());
@@ -390,10 +418,18 @@ pub(crate) fn poll_loop<H: Handler>(
             drop(assigned);
             commit_to_kafka(&consumer, &current, CommitMode::Async);
         }
-        drain_held(&shared, &consumer, &mut held);
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Ok(message)) => route(&shared, &consumer, &mut held, message.detach()),
+            // Every assigned partition's queue is split off, so a record here means a split
+            // failed (logged at assignment); its partition's worker never sees it and the
+            // stored offset does not move past it, so nothing is lost, but it is stuck.
+            Some(Ok(message)) => tracing::error!(
+                consumer = shared.consumer_name(),
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                "record on the main queue; not applied"
+            ),
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(error)) => {
                 tracing::warn!(consumer = shared.consumer_name(), error = %error, "Kafka consumer error")
@@ -409,74 +445,51 @@ pub(crate) fn poll_loop<H: Handler>(
     let finals = stop_workers(&shared, &all);
     commit_to_kafka(&consumer, &finals, CommitMode::Sync);
     consumer.unsubscribe();
-    drop(consumer); // closes the consumer: leaves the group
+    drop(consumer); // the workers (and their partition queues) are gone: this closes it and leaves the group
     tracing::info!(consumer = shared.consumer_name(), "left the group");
     Ok(())
 }
 
-fn route<H: Handler>(
-    shared: &Shared<H>,
-    consumer: &BaseConsumer<LoopContext<H>>,
-    held: &mut HashMap<Tp, VecDeque<OwnedMessage>>,
-    message: OwnedMessage,
-) {
-    let tp = (message.topic().to_owned(), message.partition());
-    if let Some(queue) = held.get_mut(&tp).filter(|q| !q.is_empty()) {
-        queue.push_back(message);
-        return;
-    }
-    let workers = shared.workers.lock().unwrap();
-    let Some(worker) = workers.get(&tp) else { return };
-    match worker.sender.try_send(message) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(message)) => {
-            drop(workers);
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&tp.0, tp.1);
-            if let Err(error) = consumer.pause(&tpl) {
-                tracing::warn!(topic = tp.0, partition = tp.1, error = %error, "pause failed");
-            }
-            held.entry(tp).or_default().push_back(message);
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
-    }
+/// One partition's own queue, split off the consumer's main queue, and a wake-up that
+/// librdkafka rings when the queue goes from empty to non-empty.
+struct Feed<H: Handler> {
+    queue: PartitionQueue<LoopContext<H>>,
+    wake: Arc<Notify>,
 }
 
-/// Hand held records to their workers as room frees up; resume a partition once its held
-/// records are all handed over.
-fn drain_held<H: Handler>(
-    shared: &Shared<H>,
-    consumer: &BaseConsumer<LoopContext<H>>,
-    held: &mut HashMap<Tp, VecDeque<OwnedMessage>>,
-) {
-    if held.is_empty() {
-        return;
+impl<H: Handler> Feed<H> {
+    fn new(mut queue: PartitionQueue<LoopContext<H>>) -> Self {
+        let wake = Arc::new(Notify::new());
+        let ring = wake.clone();
+        // `notify_one` keeps a permit when nobody waits, so a ring between an empty poll and
+        // the wait is not lost.
+        queue.set_nonempty_callback(move || ring.notify_one());
+        Feed { queue, wake }
     }
-    let workers = shared.workers.lock().unwrap();
-    held.retain(|tp, queue| {
-        let Some(worker) = workers.get(tp) else { return false };
-        // Hysteresis: resume only once the worker has drained half its buffer. Resuming at
-        // the first free slot made librdkafka drop and re-fetch the partition over and over.
-        if worker.sender.capacity() < worker.sender.max_capacity() / 2 {
-            return true;
-        }
-        while let Some(message) = queue.pop_front() {
-            match worker.sender.try_send(message) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(message)) => {
-                    queue.push_front(message);
-                    return true;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+
+    /// The next record already fetched, without waiting.
+    fn try_next(&self, tp: &Tp) -> Option<OwnedMessage> {
+        loop {
+            match self.queue.poll(Duration::ZERO)? {
+                Ok(message) => return Some(message.detach()),
+                Err(KafkaError::PartitionEOF(_)) => {}
+                Err(error) => tracing::warn!(topic = tp.0, partition = tp.1, error = %error, "Kafka fetch error"),
             }
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&tp.0, tp.1);
-        if let Err(error) = consumer.resume(&tpl) {
-            tracing::warn!(topic = tp.0, partition = tp.1, error = %error, "resume failed");
+    }
+
+    /// The next record, waiting for one until `deadline` (or for ever with `None`).
+    async fn next(&self, tp: &Tp, deadline: Option<tokio::time::Instant>) -> Option<OwnedMessage> {
+        loop {
+            if let Some(message) = self.try_next(tp) {
+                return Some(message);
+            }
+            match deadline {
+                None => self.wake.notified().await,
+                Some(deadline) => tokio::time::timeout_at(deadline, self.wake.notified()).await.ok()?,
+            }
         }
-        false
-    });
+    }
 }
 
 fn update_lag<H: Handler>(shared: &Shared<H>) {
@@ -496,7 +509,7 @@ fn update_lag<H: Handler>(shared: &Shared<H>) {
 async fn worker_loop<H: Handler>(
     shared: Arc<Shared<H>>,
     tp: Tp,
-    mut receiver: mpsc::Receiver<OwnedMessage>,
+    feed: Feed<H>,
     stop: Arc<StopFlag>,
     status: Arc<PartitionStatus>,
 ) {
@@ -507,7 +520,7 @@ async fn worker_loop<H: Handler>(
         let first = tokio::select! {
             biased;
             _ = stop.wait() => return,
-            message = receiver.recv() => match message { Some(m) => m, None => return },
+            message = feed.next(&tp, None) => match message { Some(m) => m, None => continue },
         };
         if let Some(ms) = first.timestamp().to_millis() {
             status.oldest_pending_ms.store(ms, Ordering::Relaxed);
@@ -515,18 +528,9 @@ async fn worker_loop<H: Handler>(
         batch.push(first);
         let deadline = tokio::time::Instant::now() + settings.batch_wait;
         while batch.len() < settings.batch_size {
-            // Take what is already there without waiting, then wait until the deadline.
-            match receiver.try_recv() {
-                Ok(message) => {
-                    batch.push(message);
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-            match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Ok(Some(message)) => batch.push(message),
-                _ => break,
+            match feed.next(&tp, Some(deadline)).await {
+                Some(message) => batch.push(message),
+                None => break,
             }
         }
 

@@ -197,11 +197,22 @@ impl Runtime {
         };
         let dlq: FutureProducer = args.kafka.producer_config().create().context("Failed to create the DLQ producer")?;
         let mut config = args.kafka.consumer_config(&settings.group);
-        // Bound what librdkafka prefetches, so a large backlog cannot grow memory.
-        config
-            .set("queued.max.messages.kbytes", "16384")
-            .set("fetch.max.bytes", "8388608")
-            .set("statistics.interval.ms", "1000");
+        // Bound what librdkafka prefetches, so a large backlog cannot grow memory. With a queue
+        // split off per partition (see `consumer`), `queued.max.messages.kbytes` is per partition.
+        // `fetch.wait.max.ms`: how long a fetch may wait at the broker for new records. Kafka
+        // answers as soon as records arrive; Tansu 0.6.0 waits out the whole time, so its
+        // librdkafka default (500 ms) was the floor of the end-to-end latency. Settings given with
+        // `--kafka-option` win over these defaults.
+        for (key, value) in [
+            ("queued.max.messages.kbytes", "4096"),
+            ("fetch.max.bytes", "8388608"),
+            ("fetch.wait.max.ms", "50"),
+            ("statistics.interval.ms", "1000"),
+        ] {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
 
         let health = Arc::new(consumer::Health::default());
         let shared =
