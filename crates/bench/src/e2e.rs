@@ -299,8 +299,8 @@ impl Figures {
         self.push("e2e_notify_delay", e.notify_delay_ms);
         self.push("ingress_rss", e.ingress_peak_rss_mb);
         self.push("ingress_cpu", e.ingress_cpu_ms_per_1000);
-        self.push("fulfillment_rss", e.fulfillment_peak_rss_mb);
-        self.push("fulfillment_cpu", e.fulfillment_cpu_ms_per_1000);
+        self.push("e2e_fulfillment_rss", e.fulfillment_peak_rss_mb);
+        self.push("e2e_fulfillment_cpu", e.fulfillment_cpu_ms_per_1000);
     }
 }
 
@@ -322,6 +322,6 @@ pub fn render(md: &mut String, f: &Figures) {
     row(md, f, "method: `pg_notify` delay to the harness's listener, p50 (ms)", "e2e_notify_delay", none);
     row(md, f, "ingress peak RSS under that load (MB)", "ingress_rss", none);
     row(md, f, "ingress CPU per 1000 orders in the open loops (ms)", "ingress_cpu", none);
-    row(md, f, "fulfillment peak RSS under that load (MB)", "fulfillment_rss", none);
-    row(md, f, "fulfillment CPU per 1000 orders in the open loops (ms)", "fulfillment_cpu", none);
+    row(md, f, "fulfillment peak RSS under that load (MB)", "e2e_fulfillment_rss", none);
+    row(md, f, "fulfillment CPU per 1000 orders in the open loops (ms)", "e2e_fulfillment_cpu", none);
 }

@@ -17,6 +17,8 @@ pub struct Pipeline {
     pub apply_per_sec: f64,
     pub replay_per_sec: f64,
     pub apply_cpu_ms_per_1000: f64,
+    /// Where the machine's CPU went while the consumer applied (timed window only).
+    pub apply_split: CpuSplit,
     pub backlog_events: usize,
     pub backlog_peak_rss_mb: f64,
     pub backlog_apply_per_sec: f64,
@@ -31,6 +33,51 @@ pub(crate) struct Measured {
     pub per_sec: f64,
     pub peak_rss_mb: f64,
     pub cpu_seconds: f64,
+    pub split: CpuSplit,
+}
+
+/// CPU milliseconds per 1000 events applied, by process, over the timed window of a consumer
+/// run: the broker (processes named `tansu`; 0 when the broker runs elsewhere), every
+/// PostgreSQL process (exited backends included), the consumer, and everything else on the
+/// machine; `busy_cores` is how many of the machine's cores were busy on average.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSplit {
+    pub broker: f64,
+    pub postgres: f64,
+    pub consumer: f64,
+    pub other: f64,
+    pub busy_cores: f64,
+}
+
+/// CPU ticks so far: (broker, postgres, machine busy), read from /proc.
+fn machine_ticks() -> (f64, f64, f64) {
+    let field = |stat: &str, i: usize| -> f64 {
+        stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(i)).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    let (mut broker, mut postgres) = (0.0, 0.0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else { continue };
+        // Fields after ") ": state=0, ppid=1, ... utime=11, stime=12, cutime=13, cstime=14.
+        let own = field(&stat, 11) + field(&stat, 12);
+        match comm.trim() {
+            "tansu" => broker += own,
+            // The postmaster's cutime/cstime hold the CPU of backends that have exited.
+            "postgres" => postgres += own + field(&stat, 13) + field(&stat, 14),
+            _ => {}
+        }
+    }
+    let busy = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .map(|cpu| {
+            let v: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+            v.iter().take(8).sum::<f64>() - v.get(3).copied().unwrap_or(0.0) - v.get(4).copied().unwrap_or(0.0)
+        })
+        .unwrap_or(0.0);
+    (broker, postgres, busy)
 }
 
 fn clock_ticks() -> f64 {
@@ -91,6 +138,7 @@ pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, 
     let pool = connect_when_ready(env, schema, &mut child.0, &program).await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut started: Option<(Instant, i64)> = None;
+    let mut ticks_at_start = (0.0, 0.0, 0.0, 0.0);
     let mut peak_rss_mb: f64 = 0.0;
     loop {
         if let Some(status) = child.0.try_wait()? {
@@ -103,6 +151,8 @@ pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, 
         peak_rss_mb = peak_rss_mb.max(proc_stats(child.0.id()).0);
         if started.is_none() && done as usize >= n / 100 {
             started = Some((Instant::now(), done));
+            let (broker, postgres, busy) = machine_ticks();
+            ticks_at_start = (broker, postgres, busy, proc_stats(child.0.id()).1);
         }
         if done as usize >= n {
             break;
@@ -113,12 +163,26 @@ pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (from, at) = started.expect("set before done");
-    let per_sec = (n as i64 - at) as f64 / from.elapsed().as_secs_f64().max(1e-9);
+    let elapsed = from.elapsed().as_secs_f64().max(1e-9);
+    let per_sec = (n as i64 - at) as f64 / elapsed;
     let (rss, cpu_seconds) = proc_stats(child.0.id());
+    let (broker, postgres, busy) = machine_ticks();
+    let tck = clock_ticks();
+    let per_1000 = 1000.0 * 1000.0 / (n as i64 - at).max(1) as f64; // seconds -> ms per 1000 events
+    let consumer = cpu_seconds - ticks_at_start.3;
+    let (broker, postgres, busy) =
+        ((broker - ticks_at_start.0) / tck, (postgres - ticks_at_start.1) / tck, (busy - ticks_at_start.2) / tck);
+    let split = CpuSplit {
+        broker: broker * per_1000,
+        postgres: postgres * per_1000,
+        consumer: consumer * per_1000,
+        other: (busy - broker - postgres - consumer).max(0.0) * per_1000,
+        busy_cores: busy / elapsed,
+    };
     pool.close().await;
     drop(child);
     ceilings::drop_schema(env, schema).await;
-    Ok(Measured { per_sec, peak_rss_mb: peak_rss_mb.max(rss), cpu_seconds })
+    Ok(Measured { per_sec, peak_rss_mb: peak_rss_mb.max(rss), cpu_seconds, split })
 }
 
 async fn connect_when_ready(env: &Env, schema: &str, child: &mut Child, program: &str) -> anyhow::Result<PgPool> {
@@ -201,6 +265,7 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
     let apply = run_bench_consumer(env, topic, settings.records, settings.batch_size, false).await?;
     pipeline.apply_per_sec = apply.per_sec;
     pipeline.apply_cpu_ms_per_1000 = apply.cpu_seconds * 1000.0 / settings.records as f64 * 1000.0;
+    pipeline.apply_split = apply.split;
     let replay = run_bench_consumer(env, topic, settings.records, settings.batch_size, true).await?;
     pipeline.replay_per_sec = replay.per_sec;
 

@@ -39,6 +39,11 @@ impl Figures {
         self.push("apply", p.apply_per_sec);
         self.push("replay", p.replay_per_sec);
         self.push("apply_cpu", p.apply_cpu_ms_per_1000);
+        self.push("split_broker", p.apply_split.broker);
+        self.push("split_postgres", p.apply_split.postgres);
+        self.push("split_consumer", p.apply_split.consumer);
+        self.push("split_other", p.apply_split.other);
+        self.push("split_busy", p.apply_split.busy_cores);
         if p.backlog_events > 0 {
             self.backlog_events = p.backlog_events;
             self.push("backlog_rss", p.backlog_peak_rss_mb);
@@ -219,6 +224,7 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
         let v = f.median(name);
         let _ = writeln!(md, "| {label} | {} | | | ≤ {} ns | {} |", cell(f, name), target, mark(v <= target));
     }
+    render_cpu_split(&mut md, f);
     crate::consumers::render(&mut md, settings, f);
     crate::ingress::render(&mut md, f);
     md
@@ -236,4 +242,35 @@ pub fn write_between_markers(path: &Path, generated: &str) -> anyhow::Result<()>
     };
     std::fs::write(path, updated)?;
     Ok(())
+}
+
+/// Where the machine's CPU went while the synthetic consumer applied: the cause of the gap
+/// between the apply rate and its ceilings, measured in every run.
+fn render_cpu_split(md: &mut String, f: &Figures) {
+    let _ = writeln!(md, "\n### Where the CPU went while the consumer applied\n");
+    let _ = writeln!(
+        md,
+        "CPU time per 1000 events applied, by process, over the apply rate's timed window \
+         (from `/proc`: every process named `tansu`, every PostgreSQL process including exited \
+         backends, the consumer, and the rest of the machine's busy time, the harness included).\n"
+    );
+    let _ = writeln!(md, "| process | CPU per 1000 events (ms) |\n|---|---|");
+    for (label, name) in [
+        ("broker (Tansu)", "split_broker"),
+        ("PostgreSQL", "split_postgres"),
+        ("consumer", "split_consumer"),
+        ("everything else", "split_other"),
+    ] {
+        let _ = writeln!(md, "| {label} | {} |", cell(f, name));
+    }
+    let total: f64 =
+        ["split_broker", "split_postgres", "split_consumer", "split_other"].iter().map(|n| f.median(n)).sum();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let _ = writeln!(
+        md,
+        "| **total** | {} (at most {} events/s if every core did only this) |",
+        fmt_num(total),
+        fmt_num(cores * 1_000_000.0 / total)
+    );
+    let _ = writeln!(md, "\nCores busy on average during that window: {} of {}.", cell(f, "split_busy"), cores);
 }
