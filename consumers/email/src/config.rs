@@ -49,6 +49,11 @@ pub struct SenderArgs {
     /// How often the sender looks for due emails, in milliseconds.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub email_poll_ms: u64,
+
+    /// Emails in flight at once (each on its own pooled SMTP connection). One at a time, the
+    /// delivery rate is one over the server's latency per message.
+    #[arg(long, env = "EMAIL_SEND_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub email_send_concurrency: u32,
 }
 
 impl SenderArgs {
@@ -62,6 +67,7 @@ impl SenderArgs {
             email_retry_base_ms: 1000,
             email_retry_max_ms: 300_000,
             email_poll_ms: 250,
+            email_send_concurrency: 8,
         })
     }
 

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::StreamExt;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -21,7 +22,7 @@ use crate::config::SenderArgs;
 use crate::store::{self, Claimed};
 
 /// Emails claimed per round.
-const CLAIM_BATCH: i64 = 16;
+const CLAIM_BATCH: i64 = 64;
 /// How long a claim keeps other senders away; longer than an SMTP exchange can take.
 const CLAIM_LEASE: Duration = Duration::from_secs(120);
 /// Timeout of one SMTP exchange.
@@ -75,10 +76,35 @@ impl Sender {
     /// Claim and send one batch; returns how many were claimed.
     async fn round(&self) -> anyhow::Result<usize> {
         let claimed = store::claim(&self.pool, CLAIM_BATCH, CLAIM_LEASE).await.context("Failed to claim due emails")?;
-        for email in &claimed {
-            self.deliver(email).await?;
+        // Several at once: each claimed email is this sender's alone, so their order does not
+        // matter, and the rate is no longer bound by one message's round trips.
+        let concurrency = self.args.email_send_concurrency.max(1) as usize;
+        let mut waiting = claimed.iter();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut first_error = None;
+        loop {
+            while in_flight.len() < concurrency {
+                match waiting.next() {
+                    Some(email) => in_flight.push(self.deliver(email)),
+                    None => break,
+                }
+            }
+            match in_flight.next().await {
+                // Let the other sends in flight finish and record their outcome first.
+                Some(Err(error)) => {
+                    first_error.get_or_insert(error);
+                }
+                Some(Ok(())) => {}
+                None => break,
+            }
+            if first_error.is_some() {
+                waiting = [].iter();
+            }
         }
-        Ok(claimed.len())
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(claimed.len()),
+        }
     }
 
     async fn deliver(&self, email: &Claimed) -> anyhow::Result<()> {

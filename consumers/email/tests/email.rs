@@ -183,3 +183,34 @@ async fn an_email_is_marked_failed_after_its_last_attempt() {
     consumer.shutdown().await;
     assert_eq!(sink.messages(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn many_orders_sent_concurrently_each_get_exactly_one_email() {
+    let port = free_port();
+    let sink = SmtpSink::start(port).await;
+    let (consumer, orders) = start_email("email-many", port, false).await;
+    let placed: Vec<Event> = (0..150).map(|i| order(&format!("m-{i}"), &[("SKU-A", 1)])).collect();
+    // Every order twice (an upstream re-publish under the same event id): still one email each.
+    let doubled: Vec<Event> = placed.iter().chain(placed.iter()).cloned().collect();
+    publish(&producer(), &orders, &doubled).await;
+
+    wait_until("150 messages at the SMTP server", Duration::from_secs(60), || {
+        let n = sink.messages().len();
+        async move { (n >= 150).then_some(()) }
+    })
+    .await;
+    // Let anything sent twice arrive, then count Message-IDs.
+    for i in [0, 74, 149] {
+        email_of(&consumer, &format!("m-{i}"), |e| e["status"] == "sent").await;
+    }
+    let messages = sink.messages();
+    let mut ids: Vec<String> =
+        messages.iter().filter_map(|m| m.lines().find(|l| l.starts_with("Message-ID: ")).map(str::to_owned)).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((messages.len(), ids.len()), (150, 150), "one message per order, no repeats");
+    let expected: std::collections::BTreeSet<String> =
+        placed.iter().map(|e| format!("Message-ID: <{}@orderflow>", event_id(e))).collect();
+    assert_eq!(ids.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
+    consumer.shutdown().await;
+}
