@@ -283,7 +283,13 @@ impl<H: Handler> LoopContext<H> {
         let mut feeds: HashMap<Tp, Feed<H>> = HashMap::new();
         match shared.consumer.get().and_then(Weak::upgrade) {
             Some(owner) => {
+                // A partition that already has a worker keeps its queue: splitting it again and
+                // dropping the new handle would switch off the running worker's wake-up.
+                let running: HashSet<Tp> = shared.workers.lock().unwrap().keys().cloned().collect();
                 for (topic, partition, _) in &starts {
+                    if running.contains(&(topic.clone(), *partition)) {
+                        continue;
+                    }
                     match owner.split_partition_queue(topic, *partition) {
                         Some(queue) => {
                             feeds.insert((topic.clone(), *partition), Feed::new(queue));
