@@ -81,30 +81,19 @@ impl Sender {
         let concurrency = self.args.email_send_concurrency.max(1) as usize;
         let mut waiting = claimed.iter();
         let mut in_flight = futures::stream::FuturesUnordered::new();
-        let mut first_error = None;
+        let mut outcome = Ok(claimed.len());
         loop {
-            while in_flight.len() < concurrency {
-                match waiting.next() {
-                    Some(email) => in_flight.push(self.deliver(email)),
-                    None => break,
-                }
+            // After an error, start nothing new but let the sends in flight record their outcome.
+            while outcome.is_ok() && in_flight.len() < concurrency {
+                let Some(email) = waiting.next() else { break };
+                in_flight.push(self.deliver(email));
             }
-            match in_flight.next().await {
-                // Let the other sends in flight finish and record their outcome first.
-                Some(Err(error)) => {
-                    first_error.get_or_insert(error);
-                }
-                Some(Ok(())) => {}
-                None => break,
-            }
-            if first_error.is_some() {
-                waiting = [].iter();
+            let Some(result) = in_flight.next().await else { break };
+            if let (Err(error), Ok(_)) = (result, &outcome) {
+                outcome = Err(error);
             }
         }
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(claimed.len()),
-        }
+        outcome
     }
 
     async fn deliver(&self, email: &Claimed) -> anyhow::Result<()> {

@@ -51,20 +51,17 @@ pub struct CpuSplit {
 
 /// CPU ticks so far: (broker, postgres, machine busy), read from /proc.
 fn machine_ticks() -> (f64, f64, f64) {
-    let field = |stat: &str, i: usize| -> f64 {
-        stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(i)).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-    };
     let (mut broker, mut postgres) = (0.0, 0.0);
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let path = entry.path();
         let Ok(comm) = std::fs::read_to_string(path.join("comm")) else { continue };
         let Ok(stat) = std::fs::read_to_string(path.join("stat")) else { continue };
         // Fields after ") ": state=0, ppid=1, ... utime=11, stime=12, cutime=13, cstime=14.
-        let own = field(&stat, 11) + field(&stat, 12);
+        let own = stat_field(&stat, 11) + stat_field(&stat, 12);
         match comm.trim() {
             "tansu" => broker += own,
             // The postmaster's cutime/cstime hold the CPU of backends that have exited.
-            "postgres" => postgres += own + field(&stat, 13) + field(&stat, 14),
+            "postgres" => postgres += own + stat_field(&stat, 13) + stat_field(&stat, 14),
             _ => {}
         }
     }
@@ -80,14 +77,24 @@ fn machine_ticks() -> (f64, f64, f64) {
     (broker, postgres, busy)
 }
 
+/// Field `i` of a `/proc/<pid>/stat` line, counted from the state after the command name
+/// (which may hold spaces, hence the split at the last ") "): utime is 11, stime 12.
+fn stat_field(stat: &str, i: usize) -> f64 {
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(i)).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
+/// Clock ticks per second, asked of `getconf` once (the harness reads `/proc` every 20 ms).
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// (peak RSS in MB, CPU seconds so far) of process `pid`.
@@ -100,11 +107,7 @@ pub(crate) fn proc_stats(pid: u32) -> (f64, f64) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (hwm_kb / 1024.0, ticks / clock_ticks())
+    (hwm_kb / 1024.0, (stat_field(&stat, 11) + stat_field(&stat, 12)) / clock_ticks())
 }
 
 /// Run the benchmark consumer over `topic` (holding `n` events); see [`run_consumer`].

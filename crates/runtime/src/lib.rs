@@ -196,23 +196,7 @@ impl Runtime {
             None => Codec::new(),
         };
         let dlq: FutureProducer = args.kafka.producer_config().create().context("Failed to create the DLQ producer")?;
-        let mut config = args.kafka.consumer_config(&settings.group);
-        // Bound what librdkafka prefetches, so a large backlog cannot grow memory. With a queue
-        // split off per partition (see `consumer`), `queued.max.messages.kbytes` is per partition.
-        // `fetch.wait.max.ms`: how long a fetch may wait at the broker for new records. Kafka
-        // answers as soon as records arrive; Tansu 0.6.0 waits out the whole time, so its
-        // librdkafka default (500 ms) was the floor of the end-to-end latency. Settings given with
-        // `--kafka-option` win over these defaults.
-        for (key, value) in [
-            ("queued.max.messages.kbytes", "4096"),
-            ("fetch.max.bytes", "8388608"),
-            ("fetch.wait.max.ms", "50"),
-            ("statistics.interval.ms", "1000"),
-        ] {
-            if config.get(key).is_none() {
-                config.set(key, value);
-            }
-        }
+        let config = consumer_config(&args.kafka, &settings.group);
 
         let health = Arc::new(consumer::Health::default());
         let shared =
@@ -283,4 +267,47 @@ pub async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutdown signal received");
+}
+
+/// The runtime's consumer configuration: the group's (see `KafkaArgs::consumer_config`) plus
+/// defaults of its own, each used only where no `--kafka-option` (or environment) names it.
+/// - `queued.max.messages.kbytes`, `fetch.max.bytes`: bound what librdkafka prefetches, so a
+///   backlog cannot grow memory; with a queue split off per partition (see `consumer`), the
+///   first is per partition.
+/// - `fetch.wait.max.ms`: how long a fetch may wait at the broker for new records. Kafka
+///   answers as soon as records arrive; Tansu 0.6.0 waits out the whole time, so librdkafka's
+///   default (500 ms) was the floor of the end-to-end latency.
+/// - `statistics.interval.ms`: the lag gauges read the watermarks from the statistics.
+fn consumer_config(kafka: &KafkaArgs, group: &str) -> rdkafka::ClientConfig {
+    let mut config = kafka.consumer_config(group);
+    for (key, value) in [
+        ("queued.max.messages.kbytes", "4096"),
+        ("fetch.max.bytes", "8388608"),
+        ("fetch.wait.max.ms", "50"),
+        ("statistics.interval.ms", "1000"),
+    ] {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_defaults_apply_unless_a_kafka_option_names_the_setting() {
+        let mut kafka = KafkaArgs { brokers: "127.0.0.1:9092".into(), options: Vec::new() };
+        let config = consumer_config(&kafka, "g");
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("4096"));
+
+        kafka.options = vec!["fetch.wait.max.ms=500".parse().unwrap()];
+        let config = consumer_config(&kafka, "g");
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("500"));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("4096"));
+        assert_eq!(config.get("group.id"), Some("g"));
+    }
 }
