@@ -89,3 +89,22 @@ fn compose_kafka_runs_kraft_and_project_services_reach_it_inside_the_network() {
         }
     }
 }
+
+/// The Apache Kafka version the local stack runs: the default in scripts/kafka/kafka.sh.
+fn stack_kafka_version() -> String {
+    let script = std::fs::read_to_string(repo_root().join("scripts/kafka/kafka.sh")).unwrap();
+    let line = script.lines().find(|l| l.starts_with("KAFKA_VERSION=")).expect("kafka.sh sets KAFKA_VERSION");
+    line.split(":-").nth(1).and_then(|v| v.strip_suffix('}')).expect("KAFKA_VERSION=${ORDERFLOW_KAFKA_VERSION:-x.y.z}").to_owned()
+}
+
+#[test]
+fn compose_and_the_local_stack_run_the_same_kafka_version() {
+    let version = stack_kafka_version();
+    let image = compose().services["kafka"].image.clone().expect("the kafka service names an image");
+    assert_eq!(image, format!("apache/kafka:{version}"), "docker-compose.yml and scripts/stack disagree");
+    let pom = std::fs::read_to_string(repo_root().join("scripts/kafka/pom.xml")).unwrap();
+    assert!(
+        pom.contains(&format!("<kafka.version>{version}</kafka.version>")),
+        "scripts/kafka/pom.xml's default kafka.version is not {version}"
+    );
+}

@@ -37,7 +37,8 @@ pub(crate) struct Measured {
 }
 
 /// CPU milliseconds per 1000 events applied, by process, over the timed window of a consumer
-/// run: the broker (processes named `tansu`; 0 when the broker runs elsewhere), every
+/// run: the broker (local Apache Kafka nodes, see [`is_kafka_broker`]; 0 when the broker runs
+/// elsewhere), every
 /// PostgreSQL process (exited backends included), the consumer, and everything else on the
 /// machine; `busy_cores` is how many of the machine's cores were busy on average.
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,6 +48,40 @@ pub struct CpuSplit {
     pub consumer: f64,
     pub other: f64,
     pub busy_cores: f64,
+}
+
+/// Whether the process at `/proc/<pid>` is a Kafka broker: a JVM running `kafka.Kafka`.
+fn is_kafka_broker(proc_dir: &std::path::Path) -> bool {
+    std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == b"kafka.Kafka"))
+}
+
+/// The local broker's name and version, read off the running `kafka.Kafka` processes: the
+/// `kafka_2.13-<version>.jar` in their class path, and how many nodes run. `None` when no
+/// broker runs on this machine (a remote `KAFKA_BROKERS`).
+pub fn local_broker() -> Option<String> {
+    let mut nodes = 0;
+    let mut version = None;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        if !is_kafka_broker(&path) {
+            continue;
+        }
+        nodes += 1;
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let classpath = args.iter().position(|a| a == "-cp" || a == "-classpath").and_then(|i| args.get(i + 1));
+        for dir in classpath.into_iter().flat_map(|cp| cp.split(':')).map(|e| e.trim_end_matches('*')) {
+            for jar in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = jar.file_name().to_string_lossy().into_owned();
+                if let Some(v) = name.strip_prefix("kafka_2.13-").and_then(|n| n.strip_suffix(".jar")) {
+                    version = Some(v.to_owned());
+                }
+            }
+        }
+    }
+    (nodes > 0).then(|| {
+        format!("Apache Kafka {} ({nodes} node{}, KRaft)", version.as_deref().unwrap_or("(version unknown)"), if nodes == 1 { "" } else { "s" })
+    })
 }
 
 /// CPU ticks so far: (broker, postgres, machine busy), read from /proc.
@@ -59,7 +94,7 @@ fn machine_ticks() -> (f64, f64, f64) {
         // Fields after ") ": state=0, ppid=1, ... utime=11, stime=12, cutime=13, cstime=14.
         let own = stat_field(&stat, 11) + stat_field(&stat, 12);
         match comm.trim() {
-            "tansu" => broker += own,
+            "java" if is_kafka_broker(&path) => broker += own,
             // The postmaster's cutime/cstime hold the CPU of backends that have exited.
             "postgres" => postgres += own + stat_field(&stat, 13) + stat_field(&stat, 14),
             _ => {}
@@ -279,7 +314,7 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
         return Ok(pipeline);
     }
     let backlog_topic = unique("bench-backlog").replace('_', "-");
-    orderflow_kafka::admin::ensure_topic(&env.kafka, &backlog_topic, ceilings::PARTITIONS, 1).await?;
+    orderflow_kafka::admin::ensure_topic(&env.kafka, &backlog_topic, ceilings::PARTITIONS, orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION).await?;
     let chunk = 100_000;
     let mut filled = 0;
     while filled < settings.backlog {

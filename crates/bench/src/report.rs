@@ -142,12 +142,13 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
     );
     let _ = writeln!(
         md,
-        "Machine: {} cores ({}), {} memory; {}; rustc `{}`; broker Tansu 0.6.0 (sqlite storage) at `{}`; PostgreSQL {}.",
+        "Machine: {} cores ({}), {} memory; {}; rustc `{}`; broker {} at `{}`; PostgreSQL {}.",
         shell("nproc", &[]),
         cpu_model(),
         shell("sh", &["-c", "free -h | awk '/Mem:/ {print $2}'"]),
         shell("uname", &["-sr"]),
         shell("rustc", &["--version"]).replace("rustc ", ""),
+        crate::pipeline::local_broker().unwrap_or_else(|| "(not on this machine)".to_owned()),
         env.kafka.brokers,
         postgres_version(env).await,
     );
@@ -251,12 +252,12 @@ fn render_cpu_split(md: &mut String, f: &Figures) {
     let _ = writeln!(
         md,
         "CPU time per 1000 events applied, by process, over the apply rate's timed window \
-         (from `/proc`: every process named `tansu`, every PostgreSQL process including exited \
+         (from `/proc`: every local `kafka.Kafka` JVM, every PostgreSQL process including exited \
          backends, the consumer, and the rest of the machine's busy time, the harness included).\n"
     );
     let _ = writeln!(md, "| process | CPU per 1000 events (ms) |\n|---|---|");
     for (label, name) in [
-        ("broker (Tansu)", "split_broker"),
+        ("broker (Apache Kafka)", "split_broker"),
         ("PostgreSQL", "split_postgres"),
         ("consumer", "split_consumer"),
         ("everything else", "split_other"),

@@ -36,7 +36,7 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
         "replay rate",
         "peak RSS",
         "codec: decode OrderPlaced",
-        "| broker (Tansu) |",
+        "| broker (Apache Kafka) |",
         "| PostgreSQL |",
         "| consumer |",
         "Cores busy on average",

@@ -51,7 +51,7 @@ pub async fn run(kafka: &KafkaArgs, command: BrokerCommand) -> anyhow::Result<()
 }
 
 async fn check(kafka: &KafkaArgs, topic: &str, records: u32, timeout: Duration) -> anyhow::Result<()> {
-    ensure_topic(kafka, topic, 3, 1).await?;
+    ensure_topic(kafka, topic, 3, orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION).await?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let run_id = format!("{}-{nanos}", std::process::id());
     let producer: FutureProducer = kafka.producer_config().create().context("Failed to create producer")?;

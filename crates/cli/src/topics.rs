@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use orderflow_kafka::admin::{TopicOutcome, ensure_topic, wait_for_broker};
+use orderflow_kafka::admin::{CLUSTER_DEFAULT_REPLICATION, TopicOutcome, ensure_topic, wait_for_broker};
 use orderflow_kafka::{INVENTORY_TOPIC, KafkaArgs, ORDERS_TOPIC};
 
 #[derive(Debug, Subcommand)]
@@ -16,9 +16,10 @@ pub enum TopicsCommand {
         /// Partitions for topics that do not exist yet.
         #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..))]
         partitions: u16,
-        /// Replication factor for topics that do not exist yet (3 on a production cluster).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
-        replication_factor: i32,
+        /// Replication factor for topics that do not exist yet. Without it the cluster's own
+        /// `default.replication.factor` applies (3 on the three-node stack and in production).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        replication_factor: Option<i32>,
     },
     /// List topics and their partition counts.
     ///
@@ -32,7 +33,7 @@ pub async fn run(kafka: &KafkaArgs, command: TopicsCommand) -> anyhow::Result<()
             let names =
                 if names.is_empty() { vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()] } else { names };
             for name in names {
-                match ensure_topic(kafka, &name, partitions.into(), replication_factor).await? {
+                match ensure_topic(kafka, &name, partitions.into(), replication_factor.unwrap_or(CLUSTER_DEFAULT_REPLICATION)).await? {
                     TopicOutcome::Created { partitions } => println!("created {name} ({partitions} partitions)"),
                     TopicOutcome::Existed { partitions } => println!("exists  {name} ({partitions} partitions)"),
                 }

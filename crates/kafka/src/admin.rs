@@ -4,7 +4,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use std::sync::Mutex;
+
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::error::KafkaError;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -32,11 +35,53 @@ pub async fn wait_for_broker(args: &KafkaArgs, timeout: Duration) -> anyhow::Res
         .context("metadata task failed")?
 }
 
+/// A client context that remembers an authentication failure, so a wrong password ends the
+/// wait at once with a clear error instead of a retry loop until the deadline.
+#[derive(Default)]
+struct ProbeContext {
+    auth_failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            *self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
+
+/// Whether the settings ask for SASL (`security.protocol=SASL_*` or a `sasl.username`).
+pub fn uses_sasl(args: &KafkaArgs) -> bool {
+    let config = args.client_config();
+    config.get("security.protocol").is_some_and(|p| p.to_ascii_uppercase().starts_with("SASL"))
+        || config.get("sasl.username").is_some()
+}
+
+/// With SASL configured, fail at startup when the broker rejects the credentials: a wrong
+/// password is a configuration error, not an outage to retry through. Waits at most
+/// `timeout` for an answer; a broker that cannot be reached is not an error here (the caller
+/// serves 503s or waits for it as usual). Without SASL it returns at once.
+pub async fn check_credentials(args: &KafkaArgs, timeout: Duration) -> anyhow::Result<()> {
+    if !uses_sasl(args) {
+        return Ok(());
+    }
+    match wait_for_broker(args, timeout).await {
+        Err(error) if error.to_string().contains("authentication failed") => Err(error),
+        Err(error) => {
+            tracing::warn!(error = format!("{error:#}"), "the broker did not answer yet; credentials not checked");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
 fn wait_for_broker_blocking(args: &KafkaArgs, timeout: Duration) -> anyhow::Result<ClusterInfo> {
-    let consumer: BaseConsumer = args
+    let consumer: BaseConsumer<ProbeContext> = args
         .client_config()
         .set("log_level", "3")
-        .create()
+        .create_with_context(ProbeContext::default())
         .context("Failed to create a Kafka client (check the --kafka-option values)")?;
     let deadline = Instant::now() + timeout;
     let mut last_error;
@@ -51,6 +96,15 @@ fn wait_for_broker_blocking(args: &KafkaArgs, timeout: Duration) -> anyhow::Resu
             }
             Err(error) => last_error = error,
         }
+        let auth_failure = consumer.context().auth_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(reason) = auth_failure {
+            let user = args.client_config().get("sasl.username").map(str::to_owned).unwrap_or_default();
+            bail!(
+                "Kafka brokers {}: authentication failed for SASL user `{user}` ({reason}); \
+                 check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISMS",
+                args.brokers
+            );
+        }
         if Instant::now() >= deadline {
             bail!("Kafka brokers {} did not answer Metadata within {:?}: {last_error}", args.brokers, timeout);
         }
@@ -64,8 +118,13 @@ pub async fn topic_partitions(args: &KafkaArgs, topic: &str) -> anyhow::Result<O
     Ok(info.topics.into_iter().find(|(name, partitions)| name == topic && *partitions > 0).map(|(_, p)| p))
 }
 
-/// Create `topic` with `partitions` unless it exists. Returns once the broker's metadata
-/// lists the topic with its partitions, so a producer can use it right away.
+/// Replication factor meaning "the cluster's `default.replication.factor`" (KIP-464): 1 on the
+/// local single-node stack, 3 on the three-node one and on a production cluster.
+pub const CLUSTER_DEFAULT_REPLICATION: i32 = -1;
+
+/// Create `topic` with `partitions` unless it exists. `replication` is a replication factor,
+/// or [`CLUSTER_DEFAULT_REPLICATION`]. Returns once the broker's metadata lists the topic with
+/// its partitions, so a producer can use it right away.
 pub async fn ensure_topic(
     args: &KafkaArgs,
     topic: &str,

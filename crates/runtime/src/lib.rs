@@ -188,7 +188,7 @@ impl Runtime {
             replay: args.replay,
             ready_max_lag: args.ready_max_lag,
         };
-        orderflow_kafka::admin::ensure_topic(&args.kafka, &settings.dlq_topic, 1, 1)
+        orderflow_kafka::admin::ensure_topic(&args.kafka, &settings.dlq_topic, 1, orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION)
             .await
             .with_context(|| format!("Failed to create the dead-letter topic {}", settings.dlq_topic))?;
         let codec = match &args.schema_registry_url {
@@ -274,18 +274,34 @@ pub async fn shutdown_signal() {
 /// - `queued.max.messages.kbytes`, `fetch.max.bytes`: bound what librdkafka prefetches, so a
 ///   backlog cannot grow memory; with a queue split off per partition (see `consumer`), the
 ///   first is per partition.
-/// - `fetch.wait.max.ms`: how long a fetch may wait at the broker for new records. Kafka
-///   answers as soon as records arrive; Tansu 0.6.0 waits out the whole time, so librdkafka's
-///   default (500 ms) was the floor of the end-to-end latency.
+/// - `session.timeout.ms` 10 s, `heartbeat.interval.ms` 1 s (librdkafka: 45 s and 3 s): how
+///   long the group waits for a member that stopped heartbeating before it hands the member's
+///   partitions to someone else. A consumer killed with `kill -9` and started again joins as
+///   a new member; its partitions stay with the dead one until that session expires, so this
+///   bounds recovery after a crash (measured on Apache Kafka 4.1, see docs/operations.md). 10 s
+///   stays well above the broker's minimum (6 s) and above a long GC-free pause of this
+///   process; the heartbeat is a tenth of it, so one lost heartbeat is no eviction.
 /// - `statistics.interval.ms`: the lag gauges read the watermarks from the statistics.
+///
+/// `fetch.wait.max.ms` keeps librdkafka's 500 ms: Kafka answers a fetch as soon as a record
+/// arrives, so the wait only bounds how often an idle consumer asks.
+///
+/// With `group.protocol=consumer` (KIP-848) the broker owns the session timeout, heartbeat
+/// and assignment; librdkafka refuses those settings, so they are left out.
 fn consumer_config(kafka: &KafkaArgs, group: &str) -> rdkafka::ClientConfig {
     let mut config = kafka.consumer_config(group);
-    for (key, value) in [
+    let new_protocol = config.get("group.protocol").is_some_and(|p| p.eq_ignore_ascii_case("consumer"));
+    let mut defaults = vec![
         ("queued.max.messages.kbytes", "4096"),
         ("fetch.max.bytes", "8388608"),
-        ("fetch.wait.max.ms", "50"),
         ("statistics.interval.ms", "1000"),
-    ] {
+    ];
+    if new_protocol {
+        config.remove("partition.assignment.strategy");
+    } else {
+        defaults.extend([("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "1000")]);
+    }
+    for (key, value) in defaults {
         if config.get(key).is_none() {
             config.set(key, value);
         }
@@ -301,13 +317,24 @@ mod tests {
     fn consumer_defaults_apply_unless_a_kafka_option_names_the_setting() {
         let mut kafka = KafkaArgs { brokers: "127.0.0.1:9092".into(), options: Vec::new() };
         let config = consumer_config(&kafka, "g");
-        assert_eq!(config.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(config.get("session.timeout.ms"), Some("10000"));
         assert_eq!(config.get("queued.max.messages.kbytes"), Some("4096"));
+        assert_eq!(config.get("fetch.wait.max.ms"), None, "librdkafka's default");
 
-        kafka.options = vec!["fetch.wait.max.ms=500".parse().unwrap()];
+        kafka.options = vec!["session.timeout.ms=30000".parse().unwrap()];
         let config = consumer_config(&kafka, "g");
-        assert_eq!(config.get("fetch.wait.max.ms"), Some("500"));
+        assert_eq!(config.get("session.timeout.ms"), Some("30000"));
         assert_eq!(config.get("queued.max.messages.kbytes"), Some("4096"));
         assert_eq!(config.get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn the_new_group_protocol_gets_no_setting_librdkafka_refuses_with_it() {
+        let kafka = KafkaArgs { brokers: "127.0.0.1:9092".into(), options: vec!["group.protocol=consumer".parse().unwrap()] };
+        let config = consumer_config(&kafka, "g");
+        for refused in ["session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"] {
+            assert_eq!(config.get(refused), None, "{refused}");
+        }
+        assert_eq!(config.get("group.protocol"), Some("consumer"));
     }
 }

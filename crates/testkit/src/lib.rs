@@ -9,12 +9,15 @@
 //! - [`wait_until`]: poll a condition until it holds or a deadline passes (no bare sleeps).
 //! - [`process::BinaryProcess`]: run one of the workspace's binaries as a child process, so a
 //!   test can `kill -9` it at a bad moment.
+//! - [`cluster::KafkaCluster`]: a private Apache Kafka cluster (three nodes, or one with a
+//!   SASL_SSL listener) for tests that kill brokers or need credentials.
 //! - [`events`]: realistic events and publishing them (or raw bytes) like the producers do.
 //! - [`init_test_logs`]: tracing output only when `TEST_LOG` is set.
 //!
 //! It never mocks the broker or the database: a test that cannot reach them fails with a
 //! message that says how to start the local stack.
 
+pub mod cluster;
 pub mod events;
 pub mod process;
 
@@ -73,7 +76,7 @@ pub fn unique_ident(prefix: &str) -> String {
 /// Create a topic only this test uses, with `partitions` partitions.
 pub async fn fresh_topic(prefix: &str, partitions: usize) -> String {
     let topic = unique_name(prefix);
-    orderflow_kafka::admin::ensure_topic(&kafka_args(), &topic, partitions, 1)
+    orderflow_kafka::admin::ensure_topic(&kafka_args(), &topic, partitions, orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION)
         .await
         .with_context(|| format!("creating test topic {topic}; {STACK_HINT}"))
         .unwrap();

@@ -169,6 +169,7 @@ pub async fn run_with_listener(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let _ = orderflow_runtime::observe::prometheus();
+    orderflow_kafka::admin::check_credentials(&config.kafka, Duration::from_secs(10)).await?;
     let state = Arc::new(AppState::from_config(&config)?);
     let clients = state.tokens.as_ref().map_or(0, Tokens::len);
     tracing::info!(

@@ -86,6 +86,7 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()> + Send 
     if config.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
+    orderflow_kafka::admin::check_credentials(&config.kafka, Duration::from_secs(10)).await?;
     outbox.migrate(&config.database_url).await?;
     let options: PgConnectOptions = config.database_url.parse().context("DATABASE_URL is not a valid Postgres URL")?;
     let codec = Codec::from_config(config.schema_registry_url.as_deref()).context("configuring the codec")?;

@@ -1,0 +1,203 @@
+//! Apache Kafka clusters of the tests' own (`orderflow_testkit::cluster`): a topic with
+//! replication 3 loses no acknowledged record when its leader is killed with `kill -9`, and
+//! the ingress and a consumer work against a SASL_SSL listener with the documented settings,
+//! while a wrong password stops them at startup with a clear error.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use orderflow_kafka::admin::{CLUSTER_DEFAULT_REPLICATION, ensure_topic};
+use orderflow_testkit::cluster::KafkaCluster;
+use orderflow_testkit::process::BinaryProcess;
+use orderflow_testkit::{database_url, unique_ident, unique_name, wait_until};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+
+async fn start_cluster(nodes: usize, secure: bool) -> KafkaCluster {
+    tokio::task::spawn_blocking(move || if secure { KafkaCluster::start_secure() } else { KafkaCluster::start(nodes) })
+        .await
+        .unwrap()
+        .expect("a private Apache Kafka cluster starts (scripts/stack broker up)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replicated_topic_keeps_every_acknowledged_record_when_its_leader_is_killed() {
+    orderflow_testkit::init_test_logs();
+    // Arrange: three nodes, a topic with the cluster's default replication (3).
+    let cluster = start_cluster(3, false).await;
+    let kafka = cluster.kafka_args();
+    let topic = unique_name("survive");
+    ensure_topic(&kafka, &topic, 3, CLUSTER_DEFAULT_REPLICATION).await.unwrap();
+    for partition in 0..3 {
+        assert_eq!(cluster.replicas(&topic, partition).unwrap().len(), 3, "partition {partition} has 3 replicas");
+    }
+    let producer: FutureProducer = kafka.producer_config().create().unwrap();
+    let acked: Arc<Mutex<Vec<u32>>> = Arc::default();
+
+    // Act: send a steady stream; kill -9 the leader of partition 0 in the middle of it.
+    const RECORDS: u32 = 3000;
+    let sender = {
+        let (producer, topic, acked) = (producer.clone(), topic.clone(), acked.clone());
+        tokio::spawn(async move {
+            let sends = futures::stream::iter(0..RECORDS)
+                .map(|i| {
+                    let (producer, topic) = (&producer, &topic);
+                    async move {
+                        let key = format!("k{}", i % 17);
+                        let payload = i.to_string();
+                        let result = producer
+                            .send(FutureRecord::to(topic).key(&key).payload(&payload), Duration::from_secs(60))
+                            .await;
+                        (i, result.is_ok())
+                    }
+                })
+                .buffer_unordered(32);
+            let mut sends = std::pin::pin!(sends);
+            while let Some((i, ok)) = sends.next().await {
+                if ok {
+                    acked.lock().unwrap().push(i);
+                }
+                // Pace the stream so the kill lands in its middle.
+                if i % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+    wait_until("a third of the records acknowledged", Duration::from_secs(60), || async {
+        (acked.lock().unwrap().len() >= RECORDS as usize / 3).then_some(())
+    })
+    .await;
+    let leader = cluster.leader(&topic, 0).unwrap().expect("partition 0 has a leader") as usize;
+    let killed_at = acked.lock().unwrap().len();
+    cluster.kill(leader).unwrap();
+    let new_leader = wait_until("another node to lead partition 0", Duration::from_secs(30), || async {
+        cluster.leader(&topic, 0).ok().flatten().filter(|&l| l as usize != leader)
+    })
+    .await;
+    sender.await.unwrap();
+    let acked: Vec<u32> = acked.lock().unwrap().clone();
+    eprintln!(
+        "killed node {leader} after {killed_at} acks; node {new_leader} leads partition 0; {} of {RECORDS} acknowledged",
+        acked.len()
+    );
+    cluster.restart(leader).unwrap();
+
+    // Assert: every acknowledged record is readable, once (the idempotent producer's retries
+    // leave no duplicate), from the surviving replicas and the restarted node alike.
+    let consumer: StreamConsumer = kafka.consumer_config(&unique_name("survive-read")).create().unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut seen: BTreeMap<u32, usize> = BTreeMap::new();
+    let wanted: HashSet<u32> = acked.iter().copied().collect();
+    let mut stream = consumer.stream();
+    tokio::time::timeout(Duration::from_secs(90), async {
+        while !wanted.iter().all(|i| seen.contains_key(i)) {
+            let message = stream.next().await.expect("stream ended").expect("consume error");
+            let value: u32 = message.payload_view::<str>().unwrap().unwrap().parse().unwrap();
+            *seen.entry(value).or_default() += 1;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let missing: Vec<_> = wanted.iter().filter(|i| !seen.contains_key(i)).take(20).collect();
+        panic!("acknowledged records missing after the leader's kill: {missing:?}…")
+    });
+    assert!(acked.len() >= killed_at, "the stream went on after the kill");
+    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).map(|(i, _)| i).collect();
+    assert!(doubled.is_empty(), "records written twice: {doubled:?}");
+}
+
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+}
+
+const TOKEN: &str = "secure-test-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ingress_and_a_consumer_work_over_sasl_scram_and_tls_and_a_wrong_password_stops_them_at_startup() {
+    orderflow_testkit::init_test_logs();
+    // Arrange: one node with a SASL_SSL listener; the topics made over the plaintext one.
+    let cluster = start_cluster(1, true).await;
+    let orders = unique_name("secure-orders");
+    let inventory = unique_name("secure-inventory");
+    for topic in [&orders, &inventory] {
+        ensure_topic(&cluster.kafka_args(), topic, 2, CLUSTER_DEFAULT_REPLICATION).await.unwrap();
+    }
+    let client_env = cluster.client_env().unwrap();
+    assert!(client_env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", "{:?}", client_env.keys());
+    let secure: Vec<(&str, &str)> = client_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let tokens = format!("checkout:{TOKEN}");
+    let ingress_env =
+        [("INGRESS_TOKENS", tokens.as_str()), ("INGRESS_ORDERS_TOPIC", &orders), ("INGRESS_INVENTORY_TOPIC", &inventory)];
+    let schema = unique_ident("secure");
+    let group = unique_name("secure-group");
+    let dlq = format!("{orders}.dlq");
+    let database = database_url();
+    let consumer_env = [("DLQ_TOPIC", dlq.as_str()), ("DATABASE_URL", database.as_str())];
+
+    // Act: the ingress and fulfillment with the documented KAFKA_* settings only.
+    let ingress_addr = free_addr();
+    let _ingress =
+        BinaryProcess::spawn("ingress", &["--listen", &ingress_addr], &[secure.as_slice(), &ingress_env].concat())
+            .unwrap();
+    let consumer_addr = free_addr();
+    let args =
+        ["--listen", &consumer_addr, "--topic", &orders, "--topic", &inventory, "--schema", &schema, "--group", &group];
+    let _fulfillment =
+        BinaryProcess::spawn("fulfillment", &args, &[secure.as_slice(), &consumer_env].concat()).unwrap();
+    let http = reqwest::Client::new();
+    wait_until("the ingress to answer /healthz", Duration::from_secs(60), || async {
+        http.get(format!("http://{ingress_addr}/healthz")).send().await.ok()?.status().is_success().then_some(())
+    })
+    .await;
+    let response = http
+        .post(format!("http://{ingress_addr}/v1/orders"))
+        .bearer_auth(TOKEN)
+        .json(&json!({
+            "order_id": "o-secure",
+            "customer": {"id": "c-1", "email": "ada@example.com", "name": "Ada Lovelace"},
+            "currency": "EUR",
+            "lines": [{"sku": "sku-1", "quantity": 2, "unit_price_minor": 1999}],
+            "total_minor": 3998,
+            "shipping_address": {"line1": "1 Main St", "city": "Zurich", "postal_code": "8000", "country": "CH"}
+        }))
+        .send()
+        .await
+        .unwrap();
+
+    // Assert: acknowledged over SASL_SSL, and applied by a consumer reading over SASL_SSL.
+    assert_eq!(response.status().as_u16(), 202, "{}", response.text().await.unwrap_or_default());
+    wait_until("fulfillment to store the order it read over SASL_SSL", Duration::from_secs(60), || async {
+        let response = http.get(format!("http://{consumer_addr}/v1/fulfillments/o-secure")).send().await.ok()?;
+        (response.status().as_u16() == 200).then_some(())
+    })
+    .await;
+
+    // And with a wrong password both refuse to start, saying why, within seconds.
+    let wrong: Vec<(&str, &str)> = secure
+        .iter()
+        .map(|&(k, v)| if k == "KAFKA_SASL_PASSWORD" { (k, "not-the-password") } else { (k, v) })
+        .collect();
+    let bad_ingress_addr = free_addr();
+    let bad_consumer_addr = free_addr();
+    let bad_args = ["--listen", &bad_consumer_addr, "--topic", &orders, "--schema", &schema, "--group", &group];
+    let mut bad = [
+        BinaryProcess::spawn("ingress", &["--listen", &bad_ingress_addr], &[wrong.as_slice(), &ingress_env].concat())
+            .unwrap(),
+        BinaryProcess::spawn("fulfillment", &bad_args, &[wrong.as_slice(), &consumer_env].concat()).unwrap(),
+    ];
+    for process in &mut bad {
+        let status = process.wait(Duration::from_secs(30)).unwrap_or_else(|e| {
+            panic!("a binary with a wrong password kept running: {e:#}\n{}", process.output())
+        });
+        let output = process.output();
+        assert!(!status.success(), "{output}");
+        assert!(output.contains("authentication failed for SASL user `orderflow`"), "{output}");
+        assert!(!output.contains("not-the-password"), "the password must never be logged:\n{output}");
+    }
+}
