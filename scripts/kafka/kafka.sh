@@ -121,8 +121,15 @@ kafka_make_tls() {                                                     # DIR: a 
 # Write every node's server.properties and format its storage, once per cluster dir.
 kafka_configure() {                                                    # DIR NODES SECURE
     local dir=$1 nodes=$2 secure=$3 id rf=1 misr=1 voters="" cluster_id
-    [ -f "$dir/formatted" ] && return 0
+    if [ -f "$dir/formatted" ]; then
+        local made_for
+        made_for=$(cat "$dir/port" 2>/dev/null || echo 9092)
+        [ "$made_for" = "$KAFKA_PORT" ] || die "the broker set in $dir was made for port $made_for; \
+use ORDERFLOW_KAFKA_PORT=$made_for, or remove $dir to make it anew on $KAFKA_PORT"
+        return 0
+    fi
     rm -rf "$dir" && mkdir -p "$dir" && chmod 700 "$dir"
+    echo "$KAFKA_PORT" >"$dir/port"
     if [ "$nodes" -gt 1 ]; then
         rf=3; misr=2
         [ "$nodes" -ge 3 ] || { rf=$nodes; misr=1; }
@@ -133,9 +140,11 @@ kafka_configure() {                                                    # DIR NOD
         kafka_make_tls "$dir"
         kspass=$(cat "$dir/tls/keystore.password")
         password=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
-        scram=(--add-scram "SCRAM-SHA-256=[name=$KAFKA_SCRAM_USER,password=$password]"
-               --add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM_USER,password=$password]")
+        scram=(--add-scram "SCRAM-SHA-256=[name=\"$KAFKA_SCRAM_USER\",password=\"$password\"]"
+               --add-scram "SCRAM-SHA-512=[name=\"$KAFKA_SCRAM_USER\",password=\"$password\"]")
         # What a client needs, in the environment names every orderflow binary reads.
+        # The SCRAM values are quoted: with them unquoted, Kafka 4.1's StorageTool formatted
+        # without complaint but every login then failed with "invalid credentials" (seen here).
         (umask 077; cat >"$dir/client.env" <<EOF
 export KAFKA_BROKERS=$(kafka_bootstrap "$nodes" 2)
 export KAFKA_SECURITY_PROTOCOL=SASL_SSL

@@ -87,15 +87,10 @@ fn wait_for_broker_blocking(args: &KafkaArgs, timeout: Duration) -> anyhow::Resu
     let mut last_error;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match consumer.fetch_metadata(None, remaining.min(Duration::from_secs(2)).max(Duration::from_millis(200))) {
-            Ok(metadata) => {
-                return Ok(ClusterInfo {
-                    brokers: metadata.brokers().iter().map(|b| format!("{}:{}", b.host(), b.port())).collect(),
-                    topics: metadata.topics().iter().map(|t| (t.name().to_owned(), t.partitions().len())).collect(),
-                });
-            }
-            Err(error) => last_error = error,
-        }
+        let answer =
+            consumer.fetch_metadata(None, remaining.min(Duration::from_secs(2)).max(Duration::from_millis(200)));
+        // Error callbacks are served by poll; an authentication failure ends the wait.
+        let _ = consumer.poll(Duration::ZERO);
         let auth_failure = consumer.context().auth_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(reason) = auth_failure {
             let user = args.client_config().get("sasl.username").map(str::to_owned).unwrap_or_default();
@@ -104,6 +99,15 @@ fn wait_for_broker_blocking(args: &KafkaArgs, timeout: Duration) -> anyhow::Resu
                  check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISMS",
                 args.brokers
             );
+        }
+        match answer {
+            Ok(metadata) => {
+                return Ok(ClusterInfo {
+                    brokers: metadata.brokers().iter().map(|b| format!("{}:{}", b.host(), b.port())).collect(),
+                    topics: metadata.topics().iter().map(|t| (t.name().to_owned(), t.partitions().len())).collect(),
+                });
+            }
+            Err(error) => last_error = error,
         }
         if Instant::now() >= deadline {
             bail!("Kafka brokers {} did not answer Metadata within {:?}: {last_error}", args.brokers, timeout);

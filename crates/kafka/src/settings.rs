@@ -88,34 +88,39 @@ impl KafkaArgs {
     /// duplicated in the log (`enable.idempotence=true`). lz4 because the local broker does
     /// not re-encode snappy.
     pub fn producer_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5");
-        // Explicit settings override the defaults above.
-        for (key, value) in self.client_config().config_map() {
-            config.set(key, value);
-        }
-        config
+        with_defaults(
+            self.client_config(),
+            &[("acks", "all"), ("enable.idempotence", "true"), ("compression.type", "lz4"), ("linger.ms", "5")],
+        )
     }
 
     /// Consumer configuration for a group: no auto commit, no automatic offset store (the
     /// caller decides when work is durable), cooperative rebalancing.
     pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky");
-        for (key, value) in self.client_config().config_map() {
-            config.set(key, value);
-        }
+        let mut config = with_defaults(
+            self.client_config(),
+            &[
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+            ],
+        );
+        config.set("group.id", group_id);
         config
     }
+}
+
+/// `config` plus each default it does not name: explicit settings win. (Never rebuild a
+/// config from `ClientConfig::config_map`: it masks `sasl.password` and the other secrets,
+/// so the copy would log in with the mask as its password.)
+fn with_defaults(mut config: ClientConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+    for (key, value) in defaults {
+        if config.get(key).is_none() {
+            config.set(*key, *value);
+        }
+    }
+    config
 }
 
 /// librdkafka properties taken from `KAFKA_SASL_*`, `KAFKA_SSL_*`, `KAFKA_SECURITY_PROTOCOL`
@@ -185,5 +190,15 @@ mod tests {
         assert_eq!(config.get("acks"), Some("all"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn producer_and_consumer_configs_keep_the_real_secret_values() {
+        let args = KafkaArgs {
+            brokers: "b:9092".into(),
+            options: vec!["sasl.username=u".parse().unwrap(), "sasl.password=hunter2".parse().unwrap()],
+        };
+        assert_eq!(args.producer_config().get("sasl.password"), Some("hunter2"));
+        assert_eq!(args.consumer_config("g").get("sasl.password"), Some("hunter2"));
     }
 }
