@@ -60,7 +60,7 @@ fn stack_up_refuses_a_taken_broker_port_and_names_it() {
     assert!(!up.status.success(), "up must fail when the port is taken:\n{out}");
     assert!(out.contains(&format!("port 127.0.0.1:{port} is already taken")), "{out}");
     assert!(out.contains("ORDERFLOW_KAFKA_PORT"), "the message says how to pick another port:\n{out}");
-    assert!(!state.join("tansu/tansu.pid").exists(), "no broker was started");
+    assert!(!state.join("kafka/node-1/kafka.pid").exists(), "no broker was started");
     drop(squatter);
     std::fs::remove_dir_all(&state).ok();
 }

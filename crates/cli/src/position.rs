@@ -188,8 +188,8 @@ pub fn active_members(client: &BaseConsumer, group: &str) -> anyhow::Result<Vec<
 /// Signs that an instance of the consumer is running: members of its consumer group, and
 /// Postgres sessions of its read store (the runtime names its connections after the schema,
 /// `application_name`). The group is the primary signal; the sessions cover brokers that
-/// cannot describe groups (Tansu 0.6.0 drops the connection on DescribeGroups of a group
-/// with members), and are reported with a warning in that case.
+/// cannot describe groups (some Kafka-protocol brokers drop the connection on DescribeGroups
+/// of a group with members), and are reported with a warning in that case.
 pub async fn running_instances(
     kafka: &KafkaArgs,
     pool: &PgPool,

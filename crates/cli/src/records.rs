@@ -98,7 +98,7 @@ pub fn format_millis(millis: i64) -> Option<String> {
 /// (`high` when there is none).
 ///
 /// Asks the broker first (ListOffsets by timestamp, `offsets_for_times`) and then checks the
-/// answer, because some brokers (Tansu 0.6.0) answer wrongly: the record before the answer
+/// answer, because not every Kafka-protocol broker answers it correctly: the record before the answer
 /// must be older than `since`, else the search restarts from `low`. From the start point it
 /// scans forward to the first record at or after `since`, so the result is right either way;
 /// only the time it takes depends on the broker.
