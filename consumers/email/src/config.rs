@@ -54,6 +54,21 @@ pub struct SenderArgs {
     /// delivery rate is one over the server's latency per message.
     #[arg(long, env = "EMAIL_SEND_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub email_send_concurrency: u32,
+
+    /// Consecutive outage signals (connection refused or reset, timeout, TLS failure, a 4xx
+    /// answer) that open the SMTP circuit: emails then wait for the server, and no attempt is
+    /// counted for them.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub smtp_breaker_failures: u32,
+
+    /// How long the circuit stays open before one email probes the server, in milliseconds;
+    /// doubles after each failed probe up to `--smtp-breaker-open-max-ms`.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub smtp_breaker_open_ms: u64,
+
+    /// Longest open period between two probes, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub smtp_breaker_open_max_ms: u64,
 }
 
 impl SenderArgs {
@@ -68,6 +83,9 @@ impl SenderArgs {
             email_retry_max_ms: 300_000,
             email_poll_ms: 250,
             email_send_concurrency: 8,
+            smtp_breaker_failures: 5,
+            smtp_breaker_open_ms: 1000,
+            smtp_breaker_open_max_ms: 30_000,
         })
     }
 

@@ -20,6 +20,7 @@
 pub mod api;
 pub mod config;
 pub mod handler;
+pub mod breaker;
 pub mod sender;
 pub mod store;
 pub mod template;

@@ -1,6 +1,9 @@
 //! The sender task: claims due emails from the outbox, sends each over SMTP with `lettre`,
-//! and records the outcome: `sent`, a retry after an exponential backoff, or `failed` after
-//! the last attempt.
+//! and records the outcome: `sent`; for a message the server rejects (5xx), a retry after an
+//! exponential backoff, or `failed` after the last attempt; for an outage (the server cannot
+//! be reached, times out, or answers 4xx "not now"), the email waits and no attempt counts,
+//! while a [`CircuitBreaker`] stops claiming until a probe gets through. An outage of any
+//! length therefore fails no email.
 //!
 //! # Guarantee
 //! At least once per email, never during a replay (replayed emails are `suppressed` and
@@ -18,6 +21,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::breaker::{CircuitBreaker, Permit, State};
 use crate::config::SenderArgs;
 use crate::store::{self, Claimed};
 
@@ -33,6 +37,15 @@ pub struct Sender {
     args: SenderArgs,
     from: Mailbox,
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    breaker: CircuitBreaker,
+}
+
+/// Why a send did not go through.
+enum Failure {
+    /// The server is down, unreachable, slow or says "not now" (4xx): not this message's fault.
+    Outage(String),
+    /// The server rejected this message (5xx), or it cannot be built.
+    Rejected { error: String, retryable: bool },
 }
 
 impl Sender {
@@ -48,7 +61,13 @@ impl Sender {
             builder = builder.credentials(Credentials::new(user, password));
         }
         let transport = builder.build();
-        Ok(Sender { pool, args, from, transport })
+        let breaker = CircuitBreaker::new(
+            format!("{}:{}", smtp.host, smtp.port),
+            args.smtp_breaker_failures,
+            Duration::from_millis(args.smtp_breaker_open_ms),
+            Duration::from_millis(args.smtp_breaker_open_max_ms),
+        );
+        Ok(Sender { pool, args, from, transport, breaker })
     }
 
     /// Deliver due emails until `stop` turns true (a send in flight finishes first).
@@ -73,9 +92,15 @@ impl Sender {
         tracing::info!("email sender stopped");
     }
 
-    /// Claim and send one batch; returns how many were claimed.
+    /// Claim and send one batch (one email while the circuit is half-open, none while it is
+    /// open); returns how many were claimed.
     async fn round(&self) -> anyhow::Result<usize> {
-        let claimed = store::claim(&self.pool, CLAIM_BATCH, CLAIM_LEASE).await.context("Failed to claim due emails")?;
+        let limit = match self.breaker.permit() {
+            Permit::None => return Ok(0),
+            Permit::Probe => 1,
+            Permit::All => CLAIM_BATCH,
+        };
+        let claimed = store::claim(&self.pool, limit, CLAIM_LEASE).await.context("Failed to claim due emails")?;
         // Several at once: each claimed email is this sender's alone, so their order does not
         // matter, and the rate is no longer bound by one message's round trips.
         let concurrency = self.args.email_send_concurrency.max(1) as usize;
@@ -83,8 +108,9 @@ impl Sender {
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut outcome = Ok(claimed.len());
         loop {
-            // After an error, start nothing new but let the sends in flight record their outcome.
-            while outcome.is_ok() && in_flight.len() < concurrency {
+            // After an error, or once the circuit opened, start nothing new but let the sends
+            // in flight record their outcome.
+            while outcome.is_ok() && self.breaker.state() != State::Open && in_flight.len() < concurrency {
                 let Some(email) = waiting.next() else { break };
                 in_flight.push(self.deliver(email));
             }
@@ -93,6 +119,8 @@ impl Sender {
                 outcome = Err(error);
             }
         }
+        let unstarted: Vec<&str> = waiting.map(|e| e.order_id.as_str()).collect();
+        store::release(&self.pool, &unstarted).await.context("Failed to release unsent emails")?;
         outcome
     }
 
@@ -100,13 +128,12 @@ impl Sender {
         let attempts = u32::try_from(email.attempts).unwrap_or(u32::MAX);
         let outcome = match self.message(email) {
             // A message that cannot be built will not build next time either.
-            Err(error) => Err((format!("{error:#}"), false)),
-            Ok(message) => {
-                self.transport.send(message).await.map(|_| ()).map_err(|e| (e.to_string(), !e.is_permanent()))
-            }
+            Err(error) => Err(Failure::Rejected { error: format!("{error:#}"), retryable: false }),
+            Ok(message) => self.transport.send(message).await.map(|_| ()).map_err(classify),
         };
         match outcome {
             Ok(()) => {
+                self.breaker.on_success();
                 tracing::info!(
                     order_id = email.order_id,
                     message_id = email.message_id,
@@ -115,7 +142,14 @@ impl Sender {
                 );
                 store::mark_sent(&self.pool, &email.order_id).await?;
             }
-            Err((error, retryable)) => {
+            Err(Failure::Outage(error)) => {
+                self.breaker.on_connection_failure(&error);
+                tracing::debug!(order_id = email.order_id, error, "SMTP server unavailable; the email waits");
+                store::defer(&self.pool, &email.order_id, &error, Duration::ZERO).await?;
+            }
+            Err(Failure::Rejected { error, retryable }) => {
+                // The server answered: it is up, whatever it thought of this message.
+                self.breaker.on_success();
                 let retry_in =
                     (retryable && attempts < self.args.email_max_attempts).then(|| self.args.backoff(attempts));
                 match retry_in {
@@ -124,7 +158,7 @@ impl Sender {
                         attempts,
                         error,
                         retry_in_ms = delay.as_millis() as u64,
-                        "sending email failed; will retry"
+                        "the SMTP server rejected the email; will retry"
                     ),
                     None => {
                         tracing::error!(order_id = email.order_id, attempts, error, "sending email failed for good")
@@ -146,5 +180,18 @@ impl Sender {
             .message_id(Some(email.message_id.clone()))
             .multipart(MultiPart::alternative_plain_html(email.body_text.clone(), email.body_html.clone()))
             .context("Failed to build the email")
+    }
+}
+
+/// An answer with a 5xx code (or a client-side error about the message) is about this
+/// message; anything else (no answer, a timeout, TLS, a 4xx "try later") is an outage.
+fn classify(error: lettre::transport::smtp::Error) -> Failure {
+    let text = error.to_string();
+    if error.is_permanent() {
+        Failure::Rejected { error: text, retryable: true }
+    } else if error.is_client() {
+        Failure::Rejected { error: text, retryable: false }
+    } else {
+        Failure::Outage(text)
     }
 }

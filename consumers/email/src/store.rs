@@ -106,6 +106,39 @@ pub async fn mark_attempt_failed(
     Ok(())
 }
 
+/// The server could not take the message now (outage): give the claim's attempt back and
+/// make the email due again after `delay`. Only messages the server rejects use up attempts.
+pub async fn defer(pool: &PgPool, order_id: &str, error: &str, delay: Duration) -> Result<(), sqlx::Error> {
+    let error: String = error.chars().take(MAX_ERROR_LEN).collect();
+    sqlx::query(
+        "UPDATE emails SET attempts = greatest(attempts - 1, 0), last_error = $2,
+             next_attempt_at = now() + make_interval(secs => $3)
+         WHERE order_id = $1 AND status = 'queued'",
+    )
+    .bind(order_id)
+    .bind(error)
+    .bind(delay.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Claimed emails the sender did not start (the circuit opened mid-round): due again now,
+/// their attempts given back.
+pub async fn release(pool: &PgPool, order_ids: &[&str]) -> Result<(), sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE emails SET attempts = greatest(attempts - 1, 0), next_attempt_at = now()
+         WHERE order_id = ANY($1) AND status = 'queued'",
+    )
+    .bind(order_ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// One email as `GET /v1/emails` shows it.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct EmailView {

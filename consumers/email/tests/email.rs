@@ -25,6 +25,15 @@ fn free_port() -> u16 {
 
 impl SmtpSink {
     async fn start(port: u16) -> SmtpSink {
+        Self::launch(port, false).await
+    }
+
+    /// A server that answers every message with a permanent rejection (550).
+    async fn rejecting(port: u16) -> SmtpSink {
+        Self::launch(port, true).await
+    }
+
+    async fn launch(port: u16, reject: bool) -> SmtpSink {
         let python = std::env::var("ORDERFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
@@ -32,6 +41,7 @@ impl SmtpSink {
             .arg(&script)
             .arg(port.to_string())
             .arg(dir.path())
+            .args(reject.then_some("reject"))
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
@@ -78,6 +88,24 @@ async fn start_email_with(prefix: &str, smtp_port: u16, replay: bool, max_attemp
     sender.email_poll_ms = 20;
     let consumer = start(connect(args, sender).await.expect("store connects")).await;
     (consumer, orders)
+}
+
+/// The email consumer with the shipped sender settings, except the attempt budget.
+async fn start_email_shipped(prefix: &str, smtp_port: u16, max_attempts: u32) -> (TestConsumer, String) {
+    let orders = fresh_topic(&format!("{prefix}-orders"), 3).await;
+    let args = isolated_args(prefix, std::slice::from_ref(&orders));
+    let mut sender = SenderArgs::new(&format!("smtp://127.0.0.1:{smtp_port}")).unwrap();
+    sender.email_max_attempts = max_attempts;
+    let consumer = start(connect(args, sender).await.expect("store connects")).await;
+    (consumer, orders)
+}
+
+/// The SMTP circuit's state as the consumer's /metrics shows it for `smtp_port`
+/// (0 closed, 1 half-open, 2 open).
+async fn circuit_state(consumer: &TestConsumer, smtp_port: u16) -> Option<u8> {
+    let text = consumer.client.get(format!("{}/metrics", consumer.base_url)).send().await.ok()?.text().await.ok()?;
+    let series = format!("orderflow_email_smtp_circuit_state{{smtp=\"127.0.0.1:{smtp_port}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(series.as_str())).and_then(|v| v.trim().parse::<f64>().ok()).map(|v| v as u8)
 }
 
 async fn email_of(consumer: &TestConsumer, order_id: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -138,18 +166,44 @@ async fn an_order_gets_exactly_one_confirmation_with_its_recipient_message_id_an
 }
 
 #[tokio::test]
-async fn an_email_is_retried_while_the_smtp_server_is_down_then_sent_once() {
+async fn an_smtp_outage_opens_the_circuit_spends_no_attempt_and_every_email_goes_out_once_it_returns() {
+    // Arrange: the shipped sender settings with a budget of one attempt, and no server.
     let port = free_port();
-    let (consumer, orders) = start_email("email-retry", port, false).await;
-    publish(&producer(), &orders, &[order("o-1", &[("SKU-A", 1)])]).await;
+    let (consumer, orders) = start_email_shipped("email-outage", port, 1).await;
+    let placed: Vec<Event> = (0..20).map(|i| order(&format!("out-{i}"), &[("SKU-A", 1)])).collect();
+    publish(&producer(), &orders, &placed).await;
 
-    let failing = email_of(&consumer, "o-1", |e| e["status"] == "queued" && e["attempts"].as_i64() >= Some(2)).await;
-    assert!(failing["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{failing}");
-
+    // Act: the outage outlasts what a single attempt would have allowed.
+    wait_until("the SMTP circuit to open", Duration::from_secs(60), || async {
+        (circuit_state(&consumer, port).await == Some(2)).then_some(())
+    })
+    .await;
+    // Every email waits, queued, with no attempt counted (one may be out as the probe).
+    let tried = email_of(&consumer, "out-0", |e| e["last_error"].as_str().is_some_and(|s| !s.is_empty())).await;
+    assert_eq!(tried["status"], "queued", "{tried}");
+    for i in 0..20 {
+        email_of(&consumer, &format!("out-{i}"), |e| e["status"] == "queued" && e["attempts"] == 0).await;
+    }
     let sink = SmtpSink::start(port).await;
-    let sent = email_of(&consumer, "o-1", |e| e["status"] == "sent").await;
-    assert!(sent["attempts"].as_i64() > Some(2), "{sent}");
-    assert_eq!(sink.messages().len(), 1);
+
+    // Assert: every email delivered once the server is back (a probe closes the circuit).
+    wait_until("20 messages at the SMTP server", Duration::from_secs(90), || {
+        let n = sink.messages().len();
+        async move { (n >= 20).then_some(()) }
+    })
+    .await;
+    for i in 0..20 {
+        let order_id = format!("out-{i}");
+        let sent = email_of(&consumer, &order_id, |e| e["status"] == "sent").await;
+        assert_eq!(sent["attempts"], 1, "one attempt, the one that went through: {sent}");
+    }
+    assert_eq!(circuit_state(&consumer, port).await, Some(0), "the circuit closed again");
+    let ids: std::collections::BTreeSet<String> = sink
+        .messages()
+        .iter()
+        .filter_map(|m| m.lines().find(|l| l.starts_with("Message-ID: ")).map(str::to_owned))
+        .collect();
+    assert_eq!((sink.messages().len(), ids.len()), (20, 20), "each email once");
     consumer.shutdown().await;
 }
 
@@ -170,18 +224,19 @@ async fn replay_records_emails_as_suppressed_and_sends_nothing() {
 }
 
 #[tokio::test]
-async fn an_email_is_marked_failed_after_its_last_attempt() {
+async fn an_email_the_server_rejects_is_marked_failed_after_its_last_attempt() {
+    // A server that answers 550 to every message: each answer uses up an attempt.
     let port = free_port();
-    let (consumer, orders) = start_email_with("email-failed", port, false, 3).await;
+    let rejecting = SmtpSink::rejecting(port).await;
+    let (consumer, orders) = start_email_shipped("email-failed", port, 3).await;
     publish(&producer(), &orders, &[order("o-1", &[("SKU-A", 1)])]).await;
 
     let failed = email_of(&consumer, "o-1", |e| e["status"] == "failed").await;
     assert_eq!(failed["attempts"], 3, "{failed}");
-    assert!(failed["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{failed}");
-    // Nothing retries a failed email, even once a server is there.
-    let sink = SmtpSink::start(port).await;
+    assert!(failed["last_error"].as_str().is_some_and(|e| e.contains("550")), "{failed}");
+    assert_eq!(circuit_state(&consumer, port).await, Some(0), "a rejection is no outage");
     consumer.shutdown().await;
-    assert_eq!(sink.messages(), Vec::<String>::new());
+    drop(rejecting);
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 and writes each one, as received, to OUT_DIR/NNNN.eml (written under a temporary name and
 renamed, so a reader never sees half a message). Runs until killed.
 
-usage: smtp_sink.py PORT OUT_DIR
+usage: smtp_sink.py PORT OUT_DIR [reject]
+
+With `reject`, every message is refused with a permanent error (550) and nothing is written.
 """
 import pathlib
 import sys
@@ -12,12 +14,15 @@ from aiosmtpd.controller import Controller
 
 
 class Sink:
-    def __init__(self, out: pathlib.Path):
+    def __init__(self, out: pathlib.Path, reject: bool = False):
         self.out = out
+        self.reject = reject
         self.count = 0
         self.lock = threading.Lock()
 
     async def handle_DATA(self, server, session, envelope):
+        if self.reject:
+            return "550 5.7.1 message refused by the test sink"
         with self.lock:
             self.count += 1
             n = self.count
@@ -31,7 +36,8 @@ class Sink:
 def main() -> None:
     port, out = int(sys.argv[1]), pathlib.Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
-    controller = Controller(Sink(out), hostname="127.0.0.1", port=port)
+    reject = len(sys.argv) > 3 and sys.argv[3] == "reject"
+    controller = Controller(Sink(out, reject), hostname="127.0.0.1", port=port)
     controller.start()
     print(f"smtp sink listening on 127.0.0.1:{port}", flush=True)
     threading.Event().wait()
