@@ -7,6 +7,9 @@
 //! `ORDERFLOW_RUN_DIR`, `ORDERFLOW_DEMO_PORT_BASE`, `ORDERFLOW_DEMO_SMTP_PORT`,
 //! `ORDERFLOW_DEMO_NAMESPACE`), so it runs beside a developer's demo and the rest of the
 //! suite, on the broker and Postgres they share; `stop-demo` stops only its services.
+//! It runs the binaries this test run built (`ORDERFLOW_BIN_DIR`): `cargo test --workspace`
+//! and nextest build them, `cargo test -p orderflow-e2e` alone does not, so build them
+//! first then (`cargo build --workspace --bins`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
