@@ -41,34 +41,27 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
 }
 
-fn authorized(stores: &Stores, headers: &HeaderMap) -> Result<(), Response> {
-    match &stores.token {
-        Some(token)
-            if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {token}")) =>
-        {
-            Err(error(StatusCode::UNAUTHORIZED, "a bearer token is required"))
-        }
-        _ => Ok(()),
-    }
+/// The 401 a store answers without the right bearer token, if it wants one.
+fn refused(stores: &Stores, headers: &HeaderMap) -> Option<Response> {
+    let token = stores.token.as_ref()?;
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+    (given != Some(&format!("Bearer {token}"))).then(|| error(StatusCode::UNAUTHORIZED, "a bearer token is required"))
 }
 
-/// The analytics API's range check: RFC 3339 times, from <= to, at most `max_days` apart.
-fn range(q: &BTreeMap<String, String>, max_days: i64) -> Result<(), Response> {
-    let time = |field: &str| {
-        q.get(field)
-            .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
-            .ok_or_else(|| error(StatusCode::BAD_REQUEST, &format!("{field}: must be an RFC 3339 time")))
+/// The analytics API's range check (RFC 3339 times, from <= to, at most `max_days` apart):
+/// the 400 it answers, if any.
+fn bad_range(q: &BTreeMap<String, String>, max_days: i64) -> Option<Response> {
+    let time = |field: &str| q.get(field).and_then(|v| DateTime::parse_from_rfc3339(v).ok());
+    let (Some(from), Some(to)) = (time("from"), time("to")) else {
+        return Some(error(StatusCode::BAD_REQUEST, "from, to: must be RFC 3339 times"));
     };
-    let (from, to) = (time("from")?, time("to")?);
-    if from > to || to - from > TimeDelta::days(max_days) {
-        return Err(error(StatusCode::BAD_REQUEST, &format!("to: the range is wider than {max_days} days")));
-    }
-    Ok(())
+    (from > to || to - from > TimeDelta::days(max_days))
+        .then(|| error(StatusCode::BAD_REQUEST, &format!("to: the range is wider than {max_days} days")))
 }
 
 async fn fulfillment(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let s = s.lock().unwrap();
-    if let Err(r) = authorized(&s, &headers) {
+    if let Some(r) = refused(&s, &headers) {
         return r;
     }
     match s.fulfillments.get(&id) {
@@ -82,7 +75,7 @@ async fn fulfillment(State(s): State<Shared>, headers: HeaderMap, Path(id): Path
 
 async fn emails(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<BTreeMap<String, String>>) -> Response {
     let mut s = s.lock().unwrap();
-    if let Err(r) = authorized(&s, &headers) {
+    if let Some(r) = refused(&s, &headers) {
         return r;
     }
     let Some(id) = q.get("order_id") else { return error(StatusCode::BAD_REQUEST, "order_id: is required") };
@@ -103,7 +96,7 @@ async fn emails(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<BTr
 
 async fn sales(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<BTreeMap<String, String>>) -> Response {
     let mut s = s.lock().unwrap();
-    if let Err(r) = authorized(&s, &headers) {
+    if let Some(r) = refused(&s, &headers) {
         return r;
     }
     s.sales_queries.push(q.clone());
@@ -112,7 +105,7 @@ async fn sales(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<BTre
         Some("day") => 366,
         Some(_) => return error(StatusCode::BAD_REQUEST, "bucket: must be hour or day"),
     };
-    if let Err(r) = range(&q, max_days) {
+    if let Some(r) = bad_range(&q, max_days) {
         return r;
     }
     let buckets: Vec<Value> = s
@@ -125,10 +118,10 @@ async fn sales(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<BTre
 
 async fn units(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<BTreeMap<String, String>>) -> Response {
     let s = s.lock().unwrap();
-    if let Err(r) = authorized(&s, &headers) {
+    if let Some(r) = refused(&s, &headers) {
         return r;
     }
-    if let Err(r) = range(&q, 366) {
+    if let Some(r) = bad_range(&q, 366) {
         return r;
     }
     // Split each sku over two days, as a run across midnight would be.
@@ -148,7 +141,7 @@ async fn units(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<BTre
 
 async fn inventory(State(s): State<Shared>, headers: HeaderMap, Path(sku): Path<String>) -> Response {
     let s = s.lock().unwrap();
-    if let Err(r) = authorized(&s, &headers) {
+    if let Some(r) = refused(&s, &headers) {
         return r;
     }
     match s.inventory.get(&sku) {
