@@ -8,6 +8,7 @@
 //!   works end to end with the project's producer settings.
 //! - [`publish`]: publish events from a JSON Lines file.
 //! - [`simulate`]: a sample load through the ingress HTTP API, with expected totals.
+//! - [`verify`]: compare the consumers' read APIs with those expected totals.
 //!
 //! - [`tail`], [`lag`], [`offsets`]: read records, show how far consumers are behind, and
 //!   show or reset their stored offsets ([`records`] and [`position`] hold the shared parts).
@@ -29,6 +30,7 @@ pub mod replay;
 pub mod simulate;
 pub mod tail;
 pub mod topics;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 use orderflow_kafka::KafkaArgs;
@@ -69,6 +71,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Send a realistic sample load through the ingress HTTP API.
     Simulate(simulate::SimulateArgs),
+    /// Compare the consumers' read APIs with the totals `simulate --expect-file` wrote.
+    Verify(Box<verify::VerifyArgs>),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -83,11 +87,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => replay::run(&cli.kafka, args).await,
         Command::Publish(args) => publish::run(&cli.kafka, args).await,
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Verify(args) => verify::run(*args).await,
     }
 }
 
 /// The process exit code for an error: 2 when a threshold was exceeded (`lag --max-lag`),
-/// 1 otherwise.
+/// 3 when a read store does not match the expected totals (`verify`), 1 otherwise.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.downcast_ref::<lag::LagExceeded>().is_some() { 2 } else { 1 }
+    if error.downcast_ref::<lag::LagExceeded>().is_some() {
+        2
+    } else if error.downcast_ref::<verify::VerifyFailed>().is_some() {
+        3
+    } else {
+        1
+    }
 }

@@ -7,7 +7,8 @@
 //! the most stock of its sku). Every request carries an `Idempotency-Key`; `--retries` of them are
 //! deliberately sent a second time with the same key (as a client would after a lost answer),
 //! and 503s are retried after `Retry-After`. Only 202s count toward the expected totals,
-//! which `--expect-file` writes as JSON so a test can wait for the consumers to match.
+//! which `--expect-file` writes as JSON so a test can wait for the consumers to match and
+//! `orderflow verify` can compare the read stores with them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -15,10 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -78,19 +80,28 @@ pub struct Report {
 }
 
 /// Totals the pipeline should reach once every consumer caught up (only accepted requests).
-#[derive(Debug, Default, Serialize)]
+/// This is the `--expect-file` JSON that `orderflow verify` reads.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Expected {
     pub run_id: String,
+    /// Before the first request was sent: no order of the run was placed earlier (the
+    /// ingress stamps `placed_at` when it receives the order).
+    pub started_at: DateTime<Utc>,
+    /// After the last answer came back: no order of the run was placed later.
+    pub finished_at: DateTime<Utc>,
     /// Distinct event ids accepted (retries reuse ids).
     pub events: usize,
     pub orders: usize,
+    /// Accepted orders per currency.
+    pub orders_by_currency: BTreeMap<String, usize>,
     pub shipped_orders: BTreeSet<String>,
     pub pending_orders: BTreeSet<String>,
+    /// Sum of the accepted orders' totals per currency, in minor units.
     pub revenue_minor: BTreeMap<String, i64>,
     pub skus: BTreeMap<String, SkuTotals>,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkuTotals {
     pub on_hand: i64,
     pub warehouses: BTreeMap<String, i64>,
@@ -99,6 +110,9 @@ pub struct SkuTotals {
     pub available: i64,
     pub units_ordered: i64,
 }
+
+/// Every sample order is in this currency.
+const CURRENCY: &str = "EUR";
 
 struct Request {
     path: &'static str,
@@ -154,7 +168,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
     let client = Arc::new(Client::new(args)?);
     let skus: Vec<String> = (0..args.skus).map(|i| format!("{run_id}-SKU-{i:03}")).collect();
     let warehouses: Vec<String> = (0..args.warehouses).map(|i| format!("wh-{i}")).collect();
-    let mut expected = Expected { run_id: run_id.clone(), ..Expected::default() };
+    let mut expected = Expected { run_id: run_id.clone(), started_at: Utc::now(), ..Expected::default() };
     let mut report = Report::default();
     let mut retries_left = args.retries;
     let mut resend = |rng: &mut StdRng, remaining: usize| {
@@ -222,7 +236,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
             let body = json!({
                 "order_id": order_id,
                 "customer": {"id": format!("cust-{}", rng.random_range(0..1000)), "email": format!("buyer{}@example.com", rng.random_range(0..1000)), "name": "Sam Buyer"},
-                "currency": "EUR",
+                "currency": CURRENCY,
                 "lines": lines.iter().map(|(sku, q, p)| json!({"sku": sku, "quantity": q, "unit_price_minor": p})).collect::<Vec<_>>(),
                 "total_minor": total,
                 "shipping_address": {"line1": "1 Sample Street", "city": "Zurich", "postal_code": "8000", "country": "CH"},
@@ -239,7 +253,8 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         expected.events += outcome.event_ids.len();
         if outcome.accepted {
             expected.orders += 1;
-            *expected.revenue_minor.entry("EUR".to_owned()).or_default() +=
+            *expected.orders_by_currency.entry(CURRENCY.to_owned()).or_default() += 1;
+            *expected.revenue_minor.entry(CURRENCY.to_owned()).or_default() +=
                 lines.iter().map(|(_, q, p)| q * p).sum::<i64>();
             for (sku, q, _) in lines {
                 let totals = expected.skus.entry(sku.clone()).or_default();
@@ -293,6 +308,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         }
     }
     expected.shipped_orders = shipped;
+    expected.finished_at = Utc::now();
     for totals in expected.skus.values_mut() {
         totals.available = totals.on_hand - totals.reserved;
     }

@@ -148,4 +148,8 @@ async fn simulate_sends_its_load_through_the_ingress_and_its_totals_match_the_to
     }
     let written: serde_json::Value = serde_json::from_slice(&std::fs::read(expect_file.path()).unwrap()).unwrap();
     assert_eq!(written["orders"], 20);
+    assert_eq!(written["orders_by_currency"]["EUR"], 20);
+    // The run's window, which `orderflow verify` reads analytics' sales over.
+    assert!(expected.started_at <= expected.finished_at);
+    assert!(written["started_at"].is_string() && written["finished_at"].is_string(), "{written}");
 }
