@@ -1,13 +1,12 @@
-//! Shared parts of the CLI tests: a small consumer run in-process with the real runtime,
-//! and tailing a topic into memory.
+//! Shared parts of the CLI tests: a small handler to run in-process with the runtime's own
+//! harness (`orderflow_runtime::testing`), and tailing a topic into memory.
 #![allow(dead_code)]
-
-use std::time::Duration;
 
 use orderflow_cli::tail::{TailArgs, tail};
 use orderflow_events::Event;
-use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError, Runtime, RuntimeArgs};
-use orderflow_testkit::{database_url, fresh_group, kafka_args, unique_ident};
+use orderflow_runtime::testing::isolated_args;
+use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError, RuntimeArgs};
+use orderflow_testkit::kafka_args;
 use sqlx::{PgConnection, PgPool};
 
 /// Records every application as a row, so an event applied twice shows as two rows.
@@ -58,53 +57,12 @@ pub fn when_exists(path: std::path::PathBuf) -> impl std::future::Future<Output 
     std::future::poll_fn(move |_| if path.exists() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending })
 }
 
-/// Runtime settings for a consumer of `topic` with a fresh name, schema and group.
+/// Runtime settings for a consumer of `topic` with a fresh name, schema, group and
+/// dead-letter topic; the name is the schema's with `_` → `-`.
 pub fn consumer_args(prefix: &str, topic: &str) -> (String, RuntimeArgs) {
-    let name = unique_ident(prefix).replace('_', "-");
-    let mut args = RuntimeArgs::new(kafka_args(), database_url());
-    args.schema = Some(name.replace('-', "_"));
-    args.group = Some(fresh_group(prefix));
-    args.topics = vec![topic.to_owned()];
-    args.dlq_topic = Some(format!("{name}.dlq"));
-    args.batch_size = 50;
-    args.batch_wait_ms = 5;
+    let args = isolated_args(prefix, &[topic.to_owned()]);
+    let name = args.schema.clone().unwrap_or_default().replace('_', "-");
     (name, args)
-}
-
-pub struct Running {
-    pub pool: PgPool,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-pub async fn start(handler: Recorder, args: RuntimeArgs) -> Running {
-    let runtime = Runtime::connect(&handler, args).await.unwrap();
-    let pool = runtime.pool().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, async move {
-        let _ = stopped.await;
-    }));
-    Running { pool, stop, task }
-}
-
-impl Running {
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("runtime stops within 60s")
-            .unwrap()
-            .expect("runtime ends cleanly");
-    }
-}
-
-/// Stored next offsets summed over partitions.
-pub async fn stored_offsets_sum(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM orderflow_offsets")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(-1)
 }
 
 /// How many times each order was applied.
