@@ -5,10 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Recorder, applied_counts, consumer_args};
+use common::consumer_args;
 use orderflow_cli::dlq::{self, Selection, dead_letters, redrive};
 use orderflow_runtime::dlq::headers as dlq_headers;
-use orderflow_runtime::testing::spawn;
+use orderflow_runtime::testing::{Recorder, spawn};
 use orderflow_testkit::events::{order, producer, publish};
 use orderflow_testkit::{fresh_topic, kafka_args};
 
@@ -46,7 +46,7 @@ async fn a_redriven_poison_order_is_applied_exactly_once_and_the_redrive_is_audi
     let first = redrive(&kafka_args(), &dlq_topic, &selection, 1000, false).await.unwrap();
     let second = redrive(&kafka_args(), &dlq_topic, &selection, 1000, false).await.unwrap();
     running.wait_for_offsets_sum(4, Duration::from_secs(60)).await;
-    let applied = applied_counts(&running.pool).await;
+    let applied = Recorder::applied(&running.pool).await;
     running.shutdown().await;
 
     // Assert 2: applied exactly once; the second redrive found nothing left to redrive.

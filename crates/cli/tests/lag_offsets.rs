@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Recorder, applied_counts, consumer_args, orders};
+use common::{consumer_args, orders};
 use orderflow_cli::lag::measure;
 use orderflow_cli::offsets::{ResetTo, reset};
 use orderflow_cli::position::{self, ConsumerRef};
 use orderflow_cli::tail::TailArgs;
-use orderflow_runtime::testing::{Running, spawn};
+use orderflow_runtime::testing::{Recorder, Running, spawn};
 use orderflow_runtime::{RuntimeArgs, store};
 use orderflow_testkit::events::{producer, publish};
 use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
@@ -194,7 +194,7 @@ async fn offsets_reset_refuses_while_the_consumer_runs_and_the_consumer_continue
     reset(&kafka, &pool, &consumer, &ResetTo::Latest, None, None, false).await.unwrap();
     publish(&producer, &topic, &orders("after", 1)).await;
     let running = consume_all(&name, &args, 6).await;
-    let applied = applied_counts(&running.pool).await;
+    let applied = Recorder::applied(&running.pool).await;
     running.shutdown().await;
     let ids: Vec<&str> = applied.keys().map(String::as_str).collect();
     assert_eq!(ids, ["after-0", "applied-0", "applied-1", "applied-2"]);

@@ -5,7 +5,8 @@
 //!
 //! # Owns
 //! [`isolated_args`], [`spawn`], [`spawn_runtime`], [`spawn_serving`] and [`Running`] (the
-//! store's pool, the bound address, wait helpers, graceful shutdown).
+//! store's pool, the bound address, wait helpers, graceful shutdown), and [`Recorder`], the
+//! handler tests of the runtime and of the tools around it run.
 //!
 //! # Must not touch
 //! The runtime's internals: it drives the runtime through its public API only, so what a
@@ -19,14 +20,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use orderflow_events::Event;
 use orderflow_testkit::{database_url, fresh_group, kafka_args, unique_ident, unique_name, wait_until};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::{Handler, Runtime, RuntimeArgs, store};
+use crate::{BatchContext, Envelope, Handler, HandlerError, Runtime, RuntimeArgs, store};
 
 /// How long a wait helper waits before it fails the test.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -181,5 +183,63 @@ pub async fn stored_offsets_sum(pool: &PgPool, schema: &str) -> i64 {
     match store::stored_offsets(pool, schema).await {
         Ok(offsets) => offsets.unwrap_or_default().values().sum(),
         Err(_) => -1,
+    }
+}
+
+/// A handler that records every application of an order as a row of its table `applied`
+/// (order id, units, partition, offset; no key, so an order applied twice shows as two rows),
+/// and rejects for good an order with a sku starting with `POISON` unless `accept_poison`.
+/// Its table comes with its migration, so it exists before the first batch.
+pub struct Recorder {
+    pub name: String,
+    pub accept_poison: bool,
+}
+
+impl Recorder {
+    /// A recorder named `name` that rejects poisoned orders.
+    pub fn new(name: impl Into<String>) -> Self {
+        Recorder { name: name.into(), accept_poison: false }
+    }
+
+    /// How many times each order was applied to the store of `pool`.
+    pub async fn applied(pool: &PgPool) -> BTreeMap<String, i64> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT order_id, count(*) FROM applied GROUP BY order_id")
+            .fetch_all(pool)
+            .await
+            .expect("the recorder's table is readable");
+        rows.into_iter().collect()
+    }
+}
+
+impl Handler for Recorder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![]
+    }
+
+    fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
+        static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/testing/migrations");
+        Some(&MIGRATOR)
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
+        for envelope in batch {
+            let Event::OrderPlaced(order) = &envelope.event else { continue };
+            if !self.accept_poison && order.lines.iter().any(|l| l.sku.as_str().starts_with("POISON")) {
+                return Err(HandlerError::permanent(format!("order {} has a poisoned sku", order.order_id.as_str())));
+            }
+            let units: i64 = order.lines.iter().map(|l| i64::from(l.quantity.get())).sum();
+            sqlx::query("INSERT INTO applied (order_id, units, partition, \"offset\") VALUES ($1, $2, $3, $4)")
+                .bind(order.order_id.as_str())
+                .bind(units)
+                .bind(envelope.partition)
+                .bind(envelope.offset)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -6,50 +6,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use orderflow_events::Event;
+use orderflow_runtime::RuntimeArgs;
 use orderflow_runtime::dlq::headers as dlq_headers;
-use orderflow_runtime::testing::{self, Running, isolated_args, stored_offsets_sum};
-use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError, Runtime, RuntimeArgs};
+use orderflow_runtime::testing::{self, Recorder, Running, isolated_args, stored_offsets_sum};
 use orderflow_testkit::events::{order, producer, publish, publish_raw};
 use orderflow_testkit::process::BinaryProcess;
 use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
-use sqlx::{PgConnection, PgPool};
-
-/// Records every application as a row (no primary key), so applying an event twice shows up
-/// as two rows. Orders with a sku starting with `POISON` are rejected permanently.
-struct Recorder {
-    name: String,
-}
-
-impl Handler for Recorder {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn topics(&self) -> Vec<String> {
-        vec![]
-    }
-
-    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
-        for envelope in batch {
-            let Event::OrderPlaced(order) = &envelope.event else { continue };
-            if order.lines.iter().any(|l| l.sku.as_str().starts_with("POISON")) {
-                return Err(HandlerError::permanent(format!("order {} has a poisoned sku", order.order_id.as_str())));
-            }
-            let units: i64 = order.lines.iter().map(|l| i64::from(l.quantity.get())).sum();
-            sqlx::query("INSERT INTO applied (order_id, units, partition, \"offset\") VALUES ($1, $2, $3, $4)")
-                .bind(order.order_id.as_str())
-                .bind(units)
-                .bind(envelope.partition)
-                .bind(envelope.offset)
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(())
-    }
-}
+use sqlx::PgPool;
 
 struct Setup {
     topic: String,
@@ -64,23 +30,9 @@ async fn setup(prefix: &str, partitions: usize) -> Setup {
     Setup { topic, args, name }
 }
 
-/// Run the recorder in-process; its table exists before the first batch.
+/// Run the recorder in-process.
 async fn start(setup: &Setup) -> Running {
-    let handler = Recorder { name: setup.name.clone() };
-    let runtime = Runtime::connect(&handler, setup.args.clone()).await.unwrap();
-    sqlx::query("CREATE TABLE IF NOT EXISTS applied (order_id text NOT NULL, units bigint NOT NULL, partition int, \"offset\" bigint)")
-        .execute(runtime.pool())
-        .await
-        .unwrap();
-    testing::spawn_runtime(runtime, handler, axum::Router::new()).await
-}
-
-async fn applied_rows(pool: &PgPool) -> BTreeMap<String, i64> {
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT order_id, count(*) FROM applied GROUP BY order_id")
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default();
-    rows.into_iter().collect()
+    testing::spawn(Recorder::new(setup.name.clone()), setup.args.clone()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -97,7 +49,7 @@ async fn duplicates_published_twice_are_applied_once() {
     running.wait_for_offsets_sum(80, Duration::from_secs(60)).await;
 
     // Assert: every order applied exactly once.
-    let applied = applied_rows(&running.pool).await;
+    let applied = Recorder::applied(&running.pool).await;
     assert_eq!(applied.len(), 40);
     assert!(applied.values().all(|&n| n == 1), "{applied:?}");
     running.shutdown().await;
@@ -121,7 +73,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flow
     running.wait_for_offsets_sum(7, Duration::from_secs(60)).await;
 
     // Assert: the good ones applied once; the bad ones dead-lettered with their reasons.
-    let applied = applied_rows(&running.pool).await;
+    let applied = Recorder::applied(&running.pool).await;
     assert_eq!(applied.keys().cloned().collect::<Vec<_>>(), ["good-1", "good-2", "good-3", "good-4"]);
     assert!(applied.values().all(|&n| n == 1));
 
@@ -207,7 +159,7 @@ async fn database_connections_killed_mid_stream_lose_nothing_and_double_nothing(
     // Assert
     let total = (WAVES * PER_WAVE) as i64;
     running.wait_for_offsets_sum(total, Duration::from_secs(120)).await;
-    let applied = applied_rows(&running.pool).await;
+    let applied = Recorder::applied(&running.pool).await;
     assert_eq!(applied.len(), WAVES * PER_WAVE);
     assert!(applied.values().all(|&n| n == 1), "an order was applied twice");
     running.shutdown().await;
@@ -398,7 +350,7 @@ async fn graceful_shutdown_commits_and_a_restart_continues_where_it_stopped() {
     publish(&producer, &setup.topic, &orders("g2", 200)).await;
     let running = start(&setup).await;
     running.wait_for_offsets_sum(400, Duration::from_secs(60)).await;
-    let applied = applied_rows(&running.pool).await;
+    let applied = Recorder::applied(&running.pool).await;
     assert_eq!(applied.len(), 400);
     assert!(applied.values().all(|&n| n == 1));
     running.shutdown().await;

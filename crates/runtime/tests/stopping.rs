@@ -4,36 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use orderflow_runtime::testing::{self, isolated_args};
-use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
+use orderflow_runtime::testing::{self, Recorder, isolated_args};
 use orderflow_testkit::events::{order, producer, publish};
 use orderflow_testkit::{fresh_topic, kafka_args, wait_until};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use sqlx::PgConnection;
-
-/// Applies nothing; the test is about the runtime around it.
-struct Idle {
-    name: String,
-}
-
-impl Handler for Idle {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn topics(&self) -> Vec<String> {
-        vec![]
-    }
-
-    async fn apply(
-        &self,
-        _tx: &mut PgConnection,
-        _batch: &[Envelope],
-        _ctx: &BatchContext,
-    ) -> Result<(), HandlerError> {
-        Ok(())
-    }
-}
 
 /// The members of `group` right now.
 fn group_members(group: &str) -> Vec<String> {
@@ -59,7 +33,7 @@ fn dropping_the_tokio_runtime_under_a_running_consumer_ends_its_poll_thread_and_
             .await;
         let args = isolated_args("drop", std::slice::from_ref(&topic));
         let group = args.group.clone().unwrap();
-        let handler = Idle { name: args.schema.clone().unwrap().replace('_', "-") };
+        let handler = Recorder::new(args.schema.clone().unwrap().replace('_', "-"));
         let running = testing::spawn(handler, args).await;
         running.wait_for_offsets_sum(10, Duration::from_secs(60)).await;
         (group, running)
