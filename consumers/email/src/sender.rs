@@ -18,8 +18,8 @@ use futures::StreamExt;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use orderflow_runtime::CancellationToken;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::breaker::{CircuitBreaker, Permit, State};
 use crate::config::SenderArgs;
@@ -70,11 +70,11 @@ impl Sender {
         Ok(Sender { pool, args, from, transport, breaker })
     }
 
-    /// Deliver due emails until `stop` turns true (a send in flight finishes first).
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Deliver due emails until `stop` is cancelled (a send in flight finishes first).
+    pub async fn run(self, stop: CancellationToken) {
         tracing::info!(smtp = ?self.args.smtp_url, "email sender started");
         let poll = Duration::from_millis(self.args.email_poll_ms);
-        while !*stop.borrow() {
+        while !stop.is_cancelled() {
             let sent_any = match self.round().await {
                 Ok(n) => n > 0,
                 Err(error) => {
@@ -85,7 +85,7 @@ impl Sender {
             if !sent_any {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
-                    _ = stop.changed() => {}
+                    _ = stop.cancelled() => {}
                 }
             }
         }

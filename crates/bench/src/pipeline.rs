@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use orderflow_events::{Codec, Event, samples};
+use orderflow_runtime::store;
 use sqlx::PgPool;
 
 use crate::ceilings::{self, unique};
@@ -182,10 +183,10 @@ pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, 
         if let Some(status) = child.0.try_wait()? {
             bail!("consumer {program} exited early: {status}");
         }
-        let done: i64 = sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM orderflow_offsets")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0);
+        let done: i64 = match store::stored_offsets(&pool, schema).await {
+            Ok(offsets) => offsets.unwrap_or_default().values().sum(),
+            Err(_) => 0,
+        };
         peak_rss_mb = peak_rss_mb.max(proc_stats(child.0.id()).0);
         if started.is_none() && done as usize >= n / 100 {
             started = Some((Instant::now(), done));
@@ -227,7 +228,8 @@ async fn connect_when_ready(env: &Env, schema: &str, child: &mut Child, program:
     let options: sqlx::postgres::PgConnectOptions = env.database_url.parse()?;
     let pool = PgPool::connect_with(options.options([("search_path", schema)])).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sqlx::query("SELECT 1 FROM orderflow_offsets LIMIT 1").execute(&pool).await.is_err() {
+    // The runtime creates its tables before it consumes.
+    while !matches!(store::stored_offsets(&pool, schema).await, Ok(Some(_))) {
         if let Some(status) = child.try_wait()? {
             bail!("consumer {program} exited before creating its tables: {status}");
         }

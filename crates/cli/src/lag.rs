@@ -76,7 +76,7 @@ pub async fn run(kafka: &KafkaArgs, args: LagArgs) -> anyhow::Result<()> {
     );
     let pool = args.db.connect().await?;
     let names = if args.consumers.is_empty() {
-        let schemas = position::discover_consumers(&pool).await?;
+        let schemas = orderflow_runtime::store::consumer_schemas(&pool).await?;
         anyhow::ensure!(
             !schemas.is_empty(),
             "no consumer schemas (with an orderflow_offsets table) in the database; name one with --consumer"

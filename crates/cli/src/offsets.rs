@@ -1,17 +1,19 @@
 //! `orderflow offsets show|reset`: a consumer's stored offsets (Postgres, authoritative)
 //! next to its group's Kafka committed offsets and the topics' watermarks; and moving them.
 //!
-//! A reset writes the consumer's `orderflow_offsets` table in one transaction (what the
-//! runtime seeks to on assignment), then the group's Kafka committed offsets (so Kafka tools
+//! A reset writes the consumer's stored offsets in one transaction (`store::seed_offsets`,
+//! what the runtime seeks to on assignment), then the group's Kafka committed offsets (so Kafka tools
 //! agree). It refuses while the consumer runs (its group has members, or its store has
 //! open Postgres sessions): a running instance would overwrite the reset with its next batch.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use orderflow_kafka::KafkaArgs;
+use orderflow_runtime::store;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -191,22 +193,10 @@ pub async fn reset(
         return Ok(moves);
     }
 
-    let schema = &consumer.schema;
-    let mut tx = pool.begin().await.context("Failed to begin the offsets transaction")?;
-    for m in &moves {
-        // The schema name is validated in ConsumerRef::new; values are bound.
-        sqlx::query(&format!(
-            "INSERT INTO {schema}.orderflow_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
-             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
-        ))
-        .bind(&m.topic)
-        .bind(m.partition)
-        .bind(m.to)
-        .execute(&mut *tx)
+    let starts: BTreeMap<(String, i32), i64> = moves.iter().map(|m| ((m.topic.clone(), m.partition), m.to)).collect();
+    store::seed_offsets(pool, &consumer.schema, &starts)
         .await
-        .with_context(|| format!("Failed to write {schema}.orderflow_offsets for {}[{}]", m.topic, m.partition))?;
-    }
-    tx.commit().await.with_context(|| format!("Failed to commit the new offsets of consumer {}", consumer.name))?;
+        .with_context(|| format!("Failed to move the stored offsets of consumer {}", consumer.name))?;
 
     let mut tpl = TopicPartitionList::new();
     for m in &moves {

@@ -1,6 +1,6 @@
-//! Where a consumer is: its stored offsets (`<schema>.orderflow_offsets` in Postgres,
-//! authoritative, written in the same transaction as its store), its group's committed Kafka
-//! offsets (informational), the topics' watermarks, and whether instances are running.
+//! Where a consumer is: its stored offsets (authoritative, written in the same transaction as
+//! its store; read through `orderflow_runtime::store`), its group's committed Kafka offsets
+//! (informational), the topics' watermarks, and whether instances are running.
 //! Used by `lag` and `offsets`.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use orderflow_kafka::KafkaArgs;
-use orderflow_runtime::store::{redact_url, validate_schema_name};
+use orderflow_runtime::store::{self, redact_url, validate_schema_name};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -108,39 +108,6 @@ impl PartitionPosition {
     }
 }
 
-/// Schemas that hold a runtime offsets table: the consumers in this database.
-pub async fn discover_consumers(pool: &PgPool) -> anyhow::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT table_schema::text FROM information_schema.tables WHERE table_name = 'orderflow_offsets' ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .context("Failed to list the consumers' schemas")
-}
-
-/// The stored next offsets of the consumer, or `None` when its schema has no offsets table.
-pub async fn stored_offsets(
-    pool: &PgPool,
-    consumer: &ConsumerRef,
-) -> anyhow::Result<Option<BTreeMap<(String, i32), i64>>> {
-    let schema = &consumer.schema;
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(format!("{schema}.orderflow_offsets"))
-        .fetch_one(pool)
-        .await
-        .with_context(|| format!("Failed to look for {schema}.orderflow_offsets"))?;
-    if !exists {
-        return Ok(None);
-    }
-    // The schema name is validated ([a-z0-9_]) in ConsumerRef::new; values are bound.
-    let rows: Vec<(String, i32, i64)> =
-        sqlx::query_as(&format!("SELECT topic, partition, next_offset FROM {schema}.orderflow_offsets ORDER BY 1, 2"))
-            .fetch_all(pool)
-            .await
-            .with_context(|| format!("Failed to read {schema}.orderflow_offsets of consumer {}", consumer.name))?;
-    Ok(Some(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect()))
-}
-
 /// A client acting for `group` without joining it (reads and commits offsets only).
 pub fn group_client(kafka: &KafkaArgs, group: &str) -> anyhow::Result<BaseConsumer> {
     let mut config = kafka.client_config();
@@ -224,7 +191,9 @@ pub async fn positions(
     consumer: &ConsumerRef,
     topics: &[String],
 ) -> anyhow::Result<Vec<PartitionPosition>> {
-    let stored = stored_offsets(pool, consumer).await?;
+    let stored = store::stored_offsets(pool, &consumer.schema)
+        .await
+        .with_context(|| format!("Failed to read the stored offsets of consumer {}", consumer.name))?;
     let topics: Vec<String> = if !topics.is_empty() {
         topics.to_vec()
     } else {

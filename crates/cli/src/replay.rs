@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use orderflow_kafka::KafkaArgs;
-use orderflow_runtime::{Handler, Runtime, RuntimeArgs};
+use orderflow_runtime::{CancellationToken, Handler, Runtime, RuntimeArgs, store};
 use sqlx::PgPool;
 
 use crate::position::{self, ConsumerArgs, ConsumerRef};
@@ -136,7 +136,7 @@ pub async fn run(kafka: &KafkaArgs, args: ReplayArgs) -> anyhow::Result<()> {
 pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     let live = args.consumer.consumer_ref()?;
     let shadow = format!("{}_shadow", live.schema);
-    orderflow_runtime::store::validate_schema_name(&shadow)?;
+    store::validate_schema_name(&shadow)?;
     let topics = if args.topics.is_empty() { handler.topics() } else { args.topics.clone() };
     anyhow::ensure!(!topics.is_empty(), "consumer {} reads no topics; name them with --topic", live.name);
     let pool = args.consumer.db.connect().await?;
@@ -187,26 +187,20 @@ pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs
     runtime_args.replay = true;
     let runtime = Runtime::connect(&handler, runtime_args).await?;
     let shadow_pool = runtime.pool().clone();
-    for ((topic, partition), start) in &starts {
-        sqlx::query("INSERT INTO orderflow_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)")
-            .bind(topic)
-            .bind(partition)
-            .bind(start)
-            .execute(&shadow_pool)
-            .await
-            .with_context(|| format!("Failed to set the start of {topic}[{partition}] in {shadow}"))?;
-    }
+    store::seed_offsets(&shadow_pool, &shadow, &starts)
+        .await
+        .with_context(|| format!("Failed to set the start points in {shadow}"))?;
     let listener =
         tokio::net::TcpListener::bind("127.0.0.1:0").await.context("Failed to bind the replay's health port")?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, async move {
-        let _ = stopped.await;
-    }));
+    let stop = CancellationToken::new();
+    let task =
+        tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, stop.clone().cancelled_owned()));
 
     let total: i64 = ends.values().sum();
     let bar = records::progress(Some(total as u64), &format!("rebuilding {shadow}"));
-    let caught_up = wait_caught_up(&shadow_pool, &ends, Duration::from_secs(args.stall_timeout), &bar, &task).await;
-    let _ = stop.send(());
+    let caught_up =
+        wait_caught_up(&shadow_pool, &shadow, &ends, Duration::from_secs(args.stall_timeout), &bar, &task).await;
+    stop.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(60), task).await;
     bar.finish_and_clear();
     let replayed = caught_up?;
@@ -230,6 +224,7 @@ pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs
 /// Wait until the shadow's stored offsets reach `ends`; fails after `stall` without progress.
 async fn wait_caught_up(
     pool: &PgPool,
+    shadow: &str,
     ends: &BTreeMap<(String, i32), i64>,
     stall: Duration,
     bar: &indicatif::ProgressBar,
@@ -238,12 +233,10 @@ async fn wait_caught_up(
     let mut last = -1;
     let mut last_progress = tokio::time::Instant::now();
     loop {
-        let rows: Vec<(String, i32, i64)> =
-            sqlx::query_as("SELECT topic, partition, next_offset FROM orderflow_offsets")
-                .fetch_all(pool)
-                .await
-                .context("Failed to read the shadow's offsets")?;
-        let stored: BTreeMap<(String, i32), i64> = rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        let stored = store::stored_offsets(pool, shadow)
+            .await
+            .context("Failed to read the shadow's offsets")?
+            .unwrap_or_default();
         let done: i64 = ends.iter().map(|(tp, end)| stored.get(tp).copied().unwrap_or(0).min(*end)).sum();
         bar.set_position(done as u64);
         if ends.iter().all(|(tp, end)| stored.get(tp).is_some_and(|o| o >= end)) {
@@ -262,16 +255,17 @@ async fn wait_caught_up(
     }
 }
 
-/// Tables (not the runtime's own) of the live and shadow schemas, compared.
+/// Tables (not the runtime's own, [`store::RUNTIME_TABLES`]) of the live and shadow schemas,
+/// compared.
 pub async fn diff(pool: &PgPool, live: &str, shadow: &str, sample: i64) -> anyhow::Result<Vec<TableDiff>> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT table_name::text FROM information_schema.tables
-         WHERE table_schema IN ($1, $2) AND table_type = 'BASE TABLE'
-           AND table_name NOT IN ('orderflow_offsets', 'orderflow_applied_events', '_sqlx_migrations')
+         WHERE table_schema IN ($1, $2) AND table_type = 'BASE TABLE' AND NOT table_name::text = ANY($3)
          ORDER BY 1",
     )
     .bind(live)
     .bind(shadow)
+    .bind(store::RUNTIME_TABLES.as_slice())
     .fetch_all(pool)
     .await
     .context("Failed to list the stores' tables")?;
@@ -316,7 +310,7 @@ pub async fn promote(kafka: &KafkaArgs, pool: &PgPool, live: &ConsumerRef, shado
     );
     let schema = &live.schema;
     let old = format!("{schema}_old");
-    orderflow_runtime::store::validate_schema_name(&old)?;
+    store::validate_schema_name(&old)?;
     let mut tx = pool.begin().await?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {old} CASCADE"))
         .execute(&mut *tx)

@@ -5,11 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Recorder, applied_counts, consumer_args, start, stored_offsets_sum};
+use common::consumer_args;
 use orderflow_cli::dlq::{self, Selection, dead_letters, redrive};
 use orderflow_runtime::dlq::headers as dlq_headers;
+use orderflow_runtime::testing::{Recorder, spawn};
 use orderflow_testkit::events::{order, producer, publish};
-use orderflow_testkit::{fresh_topic, kafka_args, wait_until};
+use orderflow_testkit::{fresh_topic, kafka_args};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redriven_poison_order_is_applied_exactly_once_and_the_redrive_is_audited() {
@@ -21,11 +22,8 @@ async fn a_redriven_poison_order_is_applied_exactly_once_and_the_redrive_is_audi
     let events =
         [order("good-1", &[("sku-a", 1)]), order("poison-1", &[("POISON-x", 2)]), order("good-2", &[("sku-a", 1)])];
     let positions = publish(&producer, &topic, &events).await;
-    let running = start(Recorder { name: name.clone(), accept_poison: false }, args.clone()).await;
-    wait_until("three records handled", Duration::from_secs(60), || async {
-        (stored_offsets_sum(&running.pool).await == 3).then_some(())
-    })
-    .await;
+    let running = spawn(Recorder { name: name.clone(), accept_poison: false }, args.clone()).await;
+    running.wait_for_offsets_sum(3, Duration::from_secs(60)).await;
     running.shutdown().await;
 
     // Act 1: list it.
@@ -41,17 +39,14 @@ async fn a_redriven_poison_order_is_applied_exactly_once_and_the_redrive_is_audi
     assert!(letter.redriven_to.is_empty());
 
     // Act 2: the fix is deployed (the handler accepts the sku); redrive by class, twice.
-    let running = start(Recorder { name: name.clone(), accept_poison: true }, args.clone()).await;
+    let running = spawn(Recorder { name: name.clone(), accept_poison: true }, args.clone()).await;
     let selection = Selection { class: Some("permanent".into()), ..Selection::default() };
     let dry = redrive(&kafka_args(), &dlq_topic, &selection, 1000, true).await.unwrap();
     assert_eq!((dry.len(), dry[0].to), (1, None));
     let first = redrive(&kafka_args(), &dlq_topic, &selection, 1000, false).await.unwrap();
     let second = redrive(&kafka_args(), &dlq_topic, &selection, 1000, false).await.unwrap();
-    wait_until("the redriven order applied", Duration::from_secs(60), || async {
-        (stored_offsets_sum(&running.pool).await == 4).then_some(())
-    })
-    .await;
-    let applied = applied_counts(&running.pool).await;
+    running.wait_for_offsets_sum(4, Duration::from_secs(60)).await;
+    let applied = Recorder::applied(&running.pool).await;
     running.shutdown().await;
 
     // Assert 2: applied exactly once; the second redrive found nothing left to redrive.

@@ -5,12 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Recorder, Running, applied_counts, consumer_args, orders, start, stored_offsets_sum};
+use common::{consumer_args, orders};
 use orderflow_cli::lag::measure;
 use orderflow_cli::offsets::{ResetTo, reset};
 use orderflow_cli::position::{self, ConsumerRef};
 use orderflow_cli::tail::TailArgs;
-use orderflow_runtime::RuntimeArgs;
+use orderflow_runtime::testing::{Recorder, Running, spawn};
+use orderflow_runtime::{RuntimeArgs, store};
 use orderflow_testkit::events::{producer, publish};
 use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -27,11 +28,8 @@ async fn admin_pool() -> PgPool {
 
 /// Run the consumer until it applied everything on `topic` (`expected` records), then stop it.
 async fn consume_all(name: &str, args: &RuntimeArgs, expected: i64) -> Running {
-    let running = start(Recorder { name: name.to_owned(), accept_poison: false }, args.clone()).await;
-    wait_until("the consumer applied every record", Duration::from_secs(60), || async {
-        (stored_offsets_sum(&running.pool).await == expected).then_some(())
-    })
-    .await;
+    let running = spawn(Recorder { name: name.to_owned(), accept_poison: false }, args.clone()).await;
+    running.wait_for_offsets_sum(expected, Duration::from_secs(60)).await;
     running
 }
 
@@ -121,14 +119,8 @@ async fn lag_falls_back_to_the_groups_kafka_offsets_without_an_offsets_table() {
 }
 
 async fn stored(pool: &PgPool, schema: &str, topic: &str, partition: i32) -> i64 {
-    sqlx::query_scalar(&format!(
-        "SELECT next_offset FROM {schema}.orderflow_offsets WHERE topic = $1 AND partition = $2"
-    ))
-    .bind(topic)
-    .bind(partition)
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    let offsets = store::stored_offsets(pool, schema).await.unwrap().expect("the consumer's offsets table");
+    offsets[&(topic.to_owned(), partition)]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -202,7 +194,7 @@ async fn offsets_reset_refuses_while_the_consumer_runs_and_the_consumer_continue
     reset(&kafka, &pool, &consumer, &ResetTo::Latest, None, None, false).await.unwrap();
     publish(&producer, &topic, &orders("after", 1)).await;
     let running = consume_all(&name, &args, 6).await;
-    let applied = applied_counts(&running.pool).await;
+    let applied = Recorder::applied(&running.pool).await;
     running.shutdown().await;
     let ids: Vec<&str> = applied.keys().map(String::as_str).collect();
     assert_eq!(ids, ["after-0", "applied-0", "applied-1", "applied-2"]);

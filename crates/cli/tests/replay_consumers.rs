@@ -7,39 +7,21 @@ use std::time::Duration;
 use orderflow_cli::position::{ConsumerArgs, DbArgs};
 use orderflow_cli::replay::{ReplayArgs, replay};
 use orderflow_events::Event;
-use orderflow_runtime::{Handler, Runtime, RuntimeArgs};
+use orderflow_runtime::Handler;
+use orderflow_runtime::testing::{self, isolated_args};
 use orderflow_testkit::events::{order, producer, publish, stock_change};
-use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
+use orderflow_testkit::{database_url, fresh_topic, kafka_args};
 
 /// Run `handler` live over `topics` (fresh schema and group) until it applied `records`, stop
 /// it, and return replay arguments for its store plus a pool on that database.
 async fn run_live<H: Handler>(handler: impl Fn() -> H, topics: &[String], records: i64) -> (ReplayArgs, sqlx::PgPool) {
     let name = handler().name().to_owned();
-    let schema = unique_ident(&name.replace('-', "_"));
-    let group = fresh_group(&name);
-    let mut args = RuntimeArgs::new(kafka_args(), database_url());
-    args.schema = Some(schema.clone());
-    args.group = Some(group.clone());
-    args.topics = topics.to_vec();
-    args.dlq_topic = Some(format!("{schema}.dlq"));
-
-    let runtime = Runtime::connect(&handler(), args).await.unwrap();
-    let pool = runtime.pool().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runtime.run_with_listener(handler(), axum::Router::new(), listener, async move {
-        let _ = stopped.await;
-    }));
-    wait_until(&format!("{name} live caught up"), Duration::from_secs(60), || async {
-        let done: i64 = sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM orderflow_offsets")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(-1);
-        (done == records).then_some(())
-    })
-    .await;
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    let args = isolated_args(&name, topics);
+    let (schema, group) = (args.schema.clone().unwrap(), args.group.clone().unwrap());
+    let running = testing::spawn(handler(), args).await;
+    running.wait_for_offsets_sum(records, Duration::from_secs(60)).await;
+    let pool = running.pool.clone();
+    running.shutdown().await;
     let replay_args = ReplayArgs {
         consumer: ConsumerArgs {
             consumer: name,

@@ -24,9 +24,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orderflow_events::{InventoryChanged, OrderPlaced, Reason};
-use orderflow_runtime::{Handler, Runtime, RuntimeArgs};
+use orderflow_runtime::{CancellationToken, Handler, Runtime, RuntimeArgs};
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 /// Longest path or query parameter a read API accepts, in bytes.
 pub const MAX_PARAM_LEN: usize = 256;
@@ -83,9 +82,9 @@ pub fn bounded<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ApiEr
     Ok(value)
 }
 
-/// A task that runs beside the consumer (the email sender): it gets a receiver that turns
-/// `true` when the consumer has stopped, and should return soon after.
-type Companion = Box<dyn FnOnce(watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+/// A task that runs beside the consumer (the email sender): it gets a token of the runtime's
+/// tree that is cancelled when the consumer has stopped, and should return soon after.
+type Companion = Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// How long [`Consumer::serve`] waits for companion tasks to finish at shutdown.
 const COMPANION_GRACE: Duration = Duration::from_secs(30);
@@ -118,11 +117,17 @@ impl<H: Handler> Consumer<H> {
         self.runtime.pool()
     }
 
-    /// Run `task` beside the consumer while it serves; it is told to stop (its receiver turns
-    /// `true`) after the consumer stopped, and is awaited for up to 30 s.
+    /// The read store's Postgres schema.
+    pub fn schema(&self) -> &str {
+        self.runtime.schema()
+    }
+
+    /// Run `task` beside the consumer while it serves; it is told to stop (its token is
+    /// cancelled) after the consumer stopped, or when the consumer is dropped, and is awaited
+    /// for up to 30 s.
     pub fn with_companion<F, Fut>(mut self, task: F) -> Self
     where
-        F: FnOnce(watch::Receiver<bool>) -> Fut + Send + 'static,
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.companions.push(Box::new(move |stop| Box::pin(task(stop))));
@@ -146,10 +151,10 @@ impl<H: Handler> Consumer<H> {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let companions: Vec<_> = self.companions.into_iter().map(|task| tokio::spawn(task(stop_rx.clone()))).collect();
+        let companions: Vec<_> =
+            self.companions.into_iter().map(|task| tokio::spawn(task(self.runtime.child_token()))).collect();
+        // The runtime cancels the companions' tokens once it has stopped consuming.
         let result = self.runtime.run_with_listener(self.handler, self.api, listener, shutdown).await;
-        let _ = stop_tx.send(true);
         for companion in companions {
             if tokio::time::timeout(COMPANION_GRACE, companion).await.is_err() {
                 tracing::warn!("a companion task did not stop within {COMPANION_GRACE:?}");

@@ -95,3 +95,23 @@ pub async fn send(
     })?;
     Ok(())
 }
+
+/// The consumer's dead-letter topic, where [`crate::consumer`]'s batches send the records
+/// they can never apply.
+pub(crate) struct DeadLetterTopic {
+    pub producer: FutureProducer,
+    pub topic: String,
+    /// The consumer's name, in the `dlq_consumer` header.
+    pub consumer: String,
+}
+
+impl crate::consumer::batch::DeadLetters for DeadLetterTopic {
+    fn send<'a>(
+        &'a self,
+        record: &'a OwnedMessage,
+        class: ErrorClass,
+        error: &'a str,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(send(&self.producer, &self.topic, &self.consumer, record, class, error))
+    }
+}

@@ -18,6 +18,8 @@
 //! - [`dlq`]: dead-letter records and their headers.
 //! - [`observe`]: metrics and the log lines that go with them.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` next to the consumer's own read API.
+//! - `testing` (feature `testing`): the one in-process harness for tests of anything built
+//!   on the runtime: run a handler against the real broker and Postgres, wait, stop.
 //!
 //! This crate must not know any particular consumer's tables or events beyond the
 //! [`orderflow_events::Event`] type.
@@ -28,10 +30,11 @@ pub mod handler;
 pub mod http;
 pub mod observe;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -39,8 +42,11 @@ use orderflow_events::Codec;
 use orderflow_kafka::KafkaArgs;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
+use tokio_util::sync::DropGuard;
 
 pub use handler::{BatchContext, Envelope, Handler, HandlerError};
+/// The stop signal of every task the runtime starts (see [`Runtime::child_token`]).
+pub use tokio_util::sync::CancellationToken;
 
 /// The local stack's database when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orderflow";
@@ -128,6 +134,10 @@ pub struct Runtime {
     name: String,
     schema: String,
     pool: PgPool,
+    /// The root of every stop signal of the tasks this runtime starts; cancelled once it has
+    /// stopped, or when it is dropped (by `cancel_on_drop`).
+    root: CancellationToken,
+    cancel_on_drop: DropGuard,
 }
 
 impl Runtime {
@@ -141,7 +151,9 @@ impl Runtime {
         if let Some(migrator) = handler.migrator() {
             migrator.run(&pool).await.with_context(|| format!("Failed to migrate schema {schema}"))?;
         }
-        Ok(Runtime { args, name, schema, pool })
+        let root = CancellationToken::new();
+        let cancel_on_drop = root.clone().drop_guard();
+        Ok(Runtime { args, name, schema, pool, root, cancel_on_drop })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -150,6 +162,13 @@ impl Runtime {
 
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// A token for a task that runs beside the consumer (the email sender): it is cancelled
+    /// once the runtime has stopped consuming (the last batch committed, the group left), or
+    /// when the runtime is dropped.
+    pub fn child_token(&self) -> CancellationToken {
+        self.root.child_token()
     }
 
     /// Consume until `shutdown` completes, serving `/healthz`, `/readyz`, `/metrics` and
@@ -167,7 +186,9 @@ impl Runtime {
         self.run_with_listener(handler, api, listener, shutdown).await
     }
 
-    /// [`Runtime::run`] on an already bound listener (tests bind port 0).
+    /// [`Runtime::run`] on an already bound listener (tests bind port 0). Dropping the
+    /// returned future stops everything it started: the poll thread, the workers, the HTTP
+    /// server and the ledger pruner.
     pub async fn run_with_listener<H: Handler>(
         self,
         handler: H,
@@ -175,7 +196,9 @@ impl Runtime {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Runtime { args, name, schema, pool } = self;
+        // `cancel_on_drop` lives until this function returns or its future is dropped, and
+        // then cancels everything it started.
+        let Runtime { args, name, schema, pool, root, cancel_on_drop } = self;
         let topics = if args.topics.is_empty() { handler.topics() } else { args.topics.clone() };
         anyhow::ensure!(!topics.is_empty(), "consumer {name} reads no topics");
         let settings = consumer::LoopSettings {
@@ -195,60 +218,67 @@ impl Runtime {
             Some(url) => Codec::with_registry(url).context("Invalid SCHEMA_REGISTRY_URL")?,
             None => Codec::new(),
         };
-        let dlq: FutureProducer = args.kafka.producer_config().create().context("Failed to create the DLQ producer")?;
+        let producer: FutureProducer =
+            args.kafka.producer_config().create().context("Failed to create the DLQ producer")?;
         let config = consumer_config(&args.kafka, &settings.group);
+        let batcher = consumer::batch::Batcher {
+            handler,
+            pool: pool.clone(),
+            codec,
+            dead_letters: Box::new(dlq::DeadLetterTopic {
+                producer,
+                topic: settings.dlq_topic.clone(),
+                consumer: name.clone(),
+            }),
+            consumer: name.clone(),
+            replay: settings.replay,
+        };
 
         let health = Arc::new(consumer::Health::default());
-        let shared =
-            Arc::new(consumer::Shared::new(Arc::new(handler), pool.clone(), codec, dlq, settings, health.clone()));
         tracing::info!(consumer = name, schema, replay = args.replay, "starting");
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let poller = {
-            let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(format!("{name}-poll"))
-                .spawn(move || consumer::poll_loop(shared, config, stop))
-                .context("Failed to start the polling thread")?
-        };
-        let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(http::serve(listener, api, health.clone(), async move {
-            let _ = http_stop_rx.await;
-        }));
+        let consuming = root.child_token();
+        let mut poller = consumer::start(batcher, settings, health.clone(), config, consuming.clone())?;
+        let server = tokio::spawn(http::serve(listener, api, health, root.child_token().cancelled_owned()));
         let retention = Duration::from_secs(args.ledger_retention_hours * 3600);
-        let pruner = tokio::spawn(prune_ledger_forever(pool.clone(), retention));
+        let pruner = tokio::spawn(prune_ledger_until(pool.clone(), retention, root.child_token()));
 
-        // Wait for the shutdown signal, or for the polling thread to die.
-        let mut poller_watch = tokio::task::spawn_blocking(move || poller.join());
+        // Wait for the shutdown signal, or for the polling thread to end by itself (an error).
         let early = tokio::select! {
             _ = shutdown => None,
-            result = &mut poller_watch => Some(result),
+            result = &mut poller => Some(result),
         };
-        stop.store(true, Ordering::SeqCst);
+        consuming.cancel();
         let result = match early {
             Some(result) => result,
-            None => poller_watch.await,
+            None => poller.await,
         };
-        pruner.abort();
-        let _ = http_stop_tx.send(());
+        // Consuming has stopped: now the server, the pruner and the tasks beside the consumer.
+        drop(cancel_on_drop);
+        let _ = pruner.await;
         let _ = server.await;
         match result {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(error),
-            Ok(Err(_)) | Err(_) => anyhow::bail!("the polling thread of {name} panicked"),
+            Ok(result) => result,
+            Err(_) => anyhow::bail!("the polling thread of {name} panicked"),
         }
     }
 }
 
-async fn prune_ledger_forever(pool: PgPool, retention: Duration) {
+/// Forget old ledger entries every hour, until `stop`.
+async fn prune_ledger_until(pool: PgPool, retention: Duration, stop: CancellationToken) {
     let mut interval = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        interval.tick().await;
-        match store::prune_ledger(&pool, retention).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "pruned the applied-event ledger"),
-            Err(error) => tracing::warn!(error = %error, "pruning the applied-event ledger failed"),
+    let prune = async {
+        loop {
+            interval.tick().await;
+            match store::prune_ledger(&pool, retention).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "pruned the applied-event ledger"),
+                Err(error) => tracing::warn!(error = %error, "pruning the applied-event ledger failed"),
+            }
         }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = prune => {}
     }
 }
 
@@ -330,7 +360,8 @@ mod tests {
 
     #[test]
     fn the_new_group_protocol_gets_no_setting_librdkafka_refuses_with_it() {
-        let kafka = KafkaArgs { brokers: "127.0.0.1:9092".into(), options: vec!["group.protocol=consumer".parse().unwrap()] };
+        let kafka =
+            KafkaArgs { brokers: "127.0.0.1:9092".into(), options: vec!["group.protocol=consumer".parse().unwrap()] };
         let config = consumer_config(&kafka, "g");
         for refused in ["session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"] {
             assert_eq!(config.get(refused), None, "{refused}");

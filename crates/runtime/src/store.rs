@@ -1,13 +1,30 @@
 //! The runtime's own tables in each consumer's schema: the stored offsets (authoritative,
 //! written in the same transaction as the batch's effects) and the applied-event ledger.
 //! Every statement binds its values; identifiers come only from the validated schema name.
+//!
+//! # Owns
+//! Every statement against `orderflow_offsets` and `orderflow_applied_events`. Tools that need
+//! the runtime's tables from outside (the `orderflow` CLI, the bench) use the functions here
+//! ([`stored_offsets`], [`seed_offsets`], [`consumer_schemas`], [`RUNTIME_TABLES`]) instead
+//! of writing SQL against them, so their layout can change in one place.
+//!
+//! # Must not touch
+//! A consumer's own tables: the handler writes those, through the batch's transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+/// The stored offsets: one row per partition, the next offset to apply.
+pub const OFFSETS_TABLE: &str = "orderflow_offsets";
+/// The applied-event ledger: event ids applied within the retention.
+pub const LEDGER_TABLE: &str = "orderflow_applied_events";
+/// Tables in a consumer's schema that are not its read store: the runtime's two, and the
+/// migration history sqlx keeps for the handler's migrations (run by the runtime at start).
+pub const RUNTIME_TABLES: [&str; 3] = [OFFSETS_TABLE, LEDGER_TABLE, "_sqlx_migrations"];
 
 /// Check that `schema` is a plain lowercase SQL identifier, so it can be spliced into DDL.
 pub fn validate_schema_name(schema: &str) -> anyhow::Result<()> {
@@ -107,6 +124,57 @@ pub async fn load_offsets(pool: &PgPool, topic: &str) -> Result<HashMap<i32, i64
         .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().collect())
+}
+
+/// Schemas that hold the runtime's offsets table: the consumers in this database.
+pub async fn consumer_schemas(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT table_schema::text FROM information_schema.tables WHERE table_name = $1 ORDER BY 1")
+        .bind(OFFSETS_TABLE)
+        .fetch_all(pool)
+        .await
+        .context("Failed to list the consumers' schemas")
+}
+
+/// The stored next offset of every partition of the consumer whose store is `schema`, or
+/// `None` when the schema has no offsets table (the consumer never started there).
+pub async fn stored_offsets(pool: &PgPool, schema: &str) -> anyhow::Result<Option<BTreeMap<(String, i32), i64>>> {
+    validate_schema_name(schema)?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("{schema}.{OFFSETS_TABLE}"))
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("Failed to look for {schema}.{OFFSETS_TABLE}"))?;
+    if !exists {
+        return Ok(None);
+    }
+    let rows: Vec<(String, i32, i64)> =
+        sqlx::query_as(&format!("SELECT topic, partition, next_offset FROM {schema}.{OFFSETS_TABLE} ORDER BY 1, 2"))
+            .fetch_all(pool)
+            .await
+            .with_context(|| format!("Failed to read {schema}.{OFFSETS_TABLE}"))?;
+    Ok(Some(rows.into_iter().map(|(topic, partition, next)| ((topic, partition), next)).collect()))
+}
+
+/// Set where partitions of the consumer whose store is `schema` start: each next offset is
+/// written in one transaction, and the runtime seeks there when it is next assigned the
+/// partition. Only for a stopped consumer: a running one overwrites them with its next batch.
+pub async fn seed_offsets(pool: &PgPool, schema: &str, starts: &BTreeMap<(String, i32), i64>) -> anyhow::Result<()> {
+    validate_schema_name(schema)?;
+    let mut tx = pool.begin().await.context("Failed to begin the offsets transaction")?;
+    for ((topic, partition), next) in starts {
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.{OFFSETS_TABLE} (topic, partition, next_offset) VALUES ($1, $2, $3)
+             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+        ))
+        .bind(topic)
+        .bind(partition)
+        .bind(next)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("Failed to write {schema}.{OFFSETS_TABLE} for {topic}[{partition}]"))?;
+    }
+    tx.commit().await.with_context(|| format!("Failed to commit the new offsets in {schema}"))?;
+    Ok(())
 }
 
 /// Lock the partition's offset row for this transaction and return the stored next offset

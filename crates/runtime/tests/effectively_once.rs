@@ -6,49 +6,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use orderflow_events::Event;
+use orderflow_runtime::RuntimeArgs;
 use orderflow_runtime::dlq::headers as dlq_headers;
-use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError, Runtime, RuntimeArgs};
+use orderflow_runtime::testing::{self, Recorder, Running, isolated_args, stored_offsets_sum};
 use orderflow_testkit::events::{order, producer, publish, publish_raw};
 use orderflow_testkit::process::BinaryProcess;
 use orderflow_testkit::{database_url, fresh_group, fresh_topic, kafka_args, unique_ident, wait_until};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
-use sqlx::{PgConnection, PgPool};
-
-/// Records every application as a row (no primary key), so applying an event twice shows up
-/// as two rows. Orders with a sku starting with `POISON` are rejected permanently.
-struct Recorder {
-    name: String,
-}
-
-impl Handler for Recorder {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn topics(&self) -> Vec<String> {
-        vec![]
-    }
-
-    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
-        for envelope in batch {
-            let Event::OrderPlaced(order) = &envelope.event else { continue };
-            if order.lines.iter().any(|l| l.sku.as_str().starts_with("POISON")) {
-                return Err(HandlerError::permanent(format!("order {} has a poisoned sku", order.order_id.as_str())));
-            }
-            let units: i64 = order.lines.iter().map(|l| i64::from(l.quantity.get())).sum();
-            sqlx::query("INSERT INTO applied (order_id, units, partition, \"offset\") VALUES ($1, $2, $3, $4)")
-                .bind(order.order_id.as_str())
-                .bind(units)
-                .bind(envelope.partition)
-                .bind(envelope.offset)
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(())
-    }
-}
+use sqlx::PgPool;
 
 struct Setup {
     topic: String,
@@ -57,65 +24,15 @@ struct Setup {
 }
 
 async fn setup(prefix: &str, partitions: usize) -> Setup {
-    orderflow_testkit::init_test_logs();
     let topic = fresh_topic(prefix, partitions).await;
-    let name = unique_ident(prefix).replace('_', "-");
-    let mut args = RuntimeArgs::new(kafka_args(), database_url());
-    args.schema = Some(unique_ident(prefix));
-    args.group = Some(fresh_group(prefix));
-    args.topics = vec![topic.clone()];
-    args.dlq_topic = Some(format!("{topic}.dlq"));
-    args.batch_size = 50;
-    args.batch_wait_ms = 5;
+    let args = isolated_args(prefix, std::slice::from_ref(&topic));
+    let name = args.schema.clone().unwrap().replace('_', "-");
     Setup { topic, args, name }
 }
 
-struct Running {
-    pool: PgPool,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
+/// Run the recorder in-process.
 async fn start(setup: &Setup) -> Running {
-    let handler = Recorder { name: setup.name.clone() };
-    let runtime = Runtime::connect(&handler, setup.args.clone()).await.unwrap();
-    let pool = runtime.pool().clone();
-    sqlx::query("CREATE TABLE IF NOT EXISTS applied (order_id text NOT NULL, units bigint NOT NULL, partition int, \"offset\" bigint)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, async move {
-        let _ = stopped.await;
-    }));
-    Running { pool, stop, task }
-}
-
-impl Running {
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("runtime stops within 60s")
-            .unwrap()
-            .expect("runtime ends cleanly");
-    }
-}
-
-async fn applied_rows(pool: &PgPool) -> BTreeMap<String, i64> {
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT order_id, count(*) FROM applied GROUP BY order_id")
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default();
-    rows.into_iter().collect()
-}
-
-async fn stored_offsets_sum(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM orderflow_offsets")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(-1)
+    testing::spawn(Recorder::new(setup.name.clone()), setup.args.clone()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -129,13 +46,10 @@ async fn duplicates_published_twice_are_applied_once() {
 
     // Act
     let running = start(&setup).await;
-    wait_until("all 80 records consumed", Duration::from_secs(60), || async {
-        (stored_offsets_sum(&running.pool).await == 80).then_some(())
-    })
-    .await;
+    running.wait_for_offsets_sum(80, Duration::from_secs(60)).await;
 
     // Assert: every order applied exactly once.
-    let applied = applied_rows(&running.pool).await;
+    let applied = Recorder::applied(&running.pool).await;
     assert_eq!(applied.len(), 40);
     assert!(applied.values().all(|&n| n == 1), "{applied:?}");
     running.shutdown().await;
@@ -156,13 +70,10 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flow
 
     // Act
     let running = start(&setup).await;
-    wait_until("all 7 records consumed", Duration::from_secs(60), || async {
-        (stored_offsets_sum(&running.pool).await == 7).then_some(())
-    })
-    .await;
+    running.wait_for_offsets_sum(7, Duration::from_secs(60)).await;
 
     // Assert: the good ones applied once; the bad ones dead-lettered with their reasons.
-    let applied = applied_rows(&running.pool).await;
+    let applied = Recorder::applied(&running.pool).await;
     assert_eq!(applied.keys().cloned().collect::<Vec<_>>(), ["good-1", "good-2", "good-3", "good-4"]);
     assert!(applied.values().all(|&n| n == 1));
 
@@ -220,8 +131,8 @@ async fn database_connections_killed_mid_stream_lose_nothing_and_double_nothing(
     // Arrange
     let setup = setup("pgkill", 3).await;
     let producer = producer();
-    let schema = setup.args.schema.clone().unwrap();
     let running = start(&setup).await;
+    let schema = running.schema.clone();
     let admin = PgPool::connect(&database_url()).await.unwrap();
 
     // Act: publish in waves while killing the consumer's connections over and over.
@@ -247,11 +158,8 @@ async fn database_connections_killed_mid_stream_lose_nothing_and_double_nothing(
 
     // Assert
     let total = (WAVES * PER_WAVE) as i64;
-    wait_until("every record applied after the outages", Duration::from_secs(120), || async {
-        (stored_offsets_sum(&running.pool).await == total).then_some(())
-    })
-    .await;
-    let applied = applied_rows(&running.pool).await;
+    running.wait_for_offsets_sum(total, Duration::from_secs(120)).await;
+    let applied = Recorder::applied(&running.pool).await;
     assert_eq!(applied.len(), WAVES * PER_WAVE);
     assert!(applied.values().all(|&n| n == 1), "an order was applied twice");
     running.shutdown().await;
@@ -351,9 +259,11 @@ async fn consumer_killed_with_sigkill_at_random_moments_ends_with_the_exact_stor
         // 15 s (docs/operations.md, "Crash recovery").
         if round > 0 {
             let restarted = std::time::Instant::now();
-            wait_until(&format!("round {round}: applying again within 15 s of the restart"), Duration::from_secs(15), || async {
-                (stored_offsets_sum(&pool).await > progress).then_some(())
-            })
+            wait_until(
+                &format!("round {round}: applying again within 15 s of the restart"),
+                Duration::from_secs(15),
+                || async { (stored_offsets_sum(&pool, &consumer.schema).await > progress).then_some(()) },
+            )
             .await;
             eprintln!("round {round}: applying again {:?} after the restart", restarted.elapsed());
         }
@@ -363,7 +273,7 @@ async fn consumer_killed_with_sigkill_at_random_moments_ends_with_the_exact_stor
         // consumer just before it finishes.
         let target = (progress + step).min(events.len() as i64 - 1);
         progress = wait_until(&format!("round {round}: offsets past {target}"), Duration::from_secs(60), || async {
-            let sum = stored_offsets_sum(&pool).await;
+            let sum = stored_offsets_sum(&pool, &consumer.schema).await;
             (sum >= target).then_some(sum)
         })
         .await;
@@ -373,7 +283,7 @@ async fn consumer_killed_with_sigkill_at_random_moments_ends_with_the_exact_stor
     let _last = consumer.spawn();
     let pool = consumer.pool().await;
     wait_until("the whole backlog applied", Duration::from_secs(120), || async {
-        (stored_offsets_sum(&pool).await == events.len() as i64).then_some(())
+        (stored_offsets_sum(&pool, &consumer.schema).await == events.len() as i64).then_some(())
     })
     .await;
 
@@ -409,7 +319,7 @@ async fn two_instances_hand_over(prefix: &str, extra_args: &[&str]) {
     // Act: stop one instance mid-stream (SIGTERM: it finishes its batch and leaves the group),
     // publish more. A SIGKILLed member is covered by the single-instance test above.
     wait_until("some progress by the pair", Duration::from_secs(60), || async {
-        (stored_offsets_sum(&pool).await >= 300).then_some(())
+        (stored_offsets_sum(&pool, &consumer.schema).await >= 300).then_some(())
     })
     .await;
     let status = first.terminate(Duration::from_secs(60)).unwrap();
@@ -421,7 +331,7 @@ async fn two_instances_hand_over(prefix: &str, extra_args: &[&str]) {
     let all: Vec<Event> = first_wave.into_iter().chain(second_wave).collect();
     let total = all.len() as i64;
     wait_until("the survivor applied everything", Duration::from_secs(120), || async {
-        (stored_offsets_sum(&pool).await == total).then_some(())
+        (stored_offsets_sum(&pool, &consumer.schema).await == total).then_some(())
     })
     .await;
     assert_eq!(store_units(&pool).await, units_per_sku(&all));
@@ -434,19 +344,13 @@ async fn graceful_shutdown_commits_and_a_restart_continues_where_it_stopped() {
     let producer = producer();
     publish(&producer, &setup.topic, &orders("g1", 200)).await;
     let running = start(&setup).await;
-    wait_until("first batch of records applied", Duration::from_secs(60), || async {
-        (stored_offsets_sum(&running.pool).await == 200).then_some(())
-    })
-    .await;
+    running.wait_for_offsets_sum(200, Duration::from_secs(60)).await;
     running.shutdown().await;
 
     publish(&producer, &setup.topic, &orders("g2", 200)).await;
     let running = start(&setup).await;
-    wait_until("second batch of records applied", Duration::from_secs(60), || async {
-        (stored_offsets_sum(&running.pool).await == 400).then_some(())
-    })
-    .await;
-    let applied = applied_rows(&running.pool).await;
+    running.wait_for_offsets_sum(400, Duration::from_secs(60)).await;
+    let applied = Recorder::applied(&running.pool).await;
     assert_eq!(applied.len(), 400);
     assert!(applied.values().all(|&n| n == 1));
     running.shutdown().await;

@@ -1,52 +1,12 @@
-//! Shared parts of the CLI tests: a small consumer run in-process with the real runtime,
-//! and tailing a topic into memory.
+//! Shared parts of the CLI tests: settings for a consumer run in-process with the runtime's
+//! own harness and handler (`orderflow_runtime::testing`), and tailing a topic into memory.
 #![allow(dead_code)]
-
-use std::time::Duration;
 
 use orderflow_cli::tail::{TailArgs, tail};
 use orderflow_events::Event;
-use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError, Runtime, RuntimeArgs};
-use orderflow_testkit::{database_url, fresh_group, kafka_args, unique_ident};
-use sqlx::{PgConnection, PgPool};
-
-/// Records every application as a row, so an event applied twice shows as two rows.
-/// Orders with a sku starting with `POISON` are rejected permanently unless `accept_poison`.
-pub struct Recorder {
-    pub name: String,
-    pub accept_poison: bool,
-}
-
-impl Handler for Recorder {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn topics(&self) -> Vec<String> {
-        vec![]
-    }
-
-    async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS applied (order_id text NOT NULL, units bigint NOT NULL)")
-            .execute(&mut *tx)
-            .await?;
-        for envelope in batch {
-            let Event::OrderPlaced(order) = &envelope.event else {
-                continue;
-            };
-            if !self.accept_poison && order.lines.iter().any(|l| l.sku.as_str().starts_with("POISON")) {
-                return Err(HandlerError::permanent(format!("order {} has a poisoned sku", order.order_id.as_str())));
-            }
-            let units: i64 = order.lines.iter().map(|l| i64::from(l.quantity.get())).sum();
-            sqlx::query("INSERT INTO applied (order_id, units) VALUES ($1, $2)")
-                .bind(order.order_id.as_str())
-                .bind(units)
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(())
-    }
-}
+use orderflow_runtime::RuntimeArgs;
+use orderflow_runtime::testing::isolated_args;
+use orderflow_testkit::kafka_args;
 
 /// `n` one-line orders `<prefix>-<i>`.
 pub fn orders(prefix: &str, n: usize) -> Vec<Event> {
@@ -58,62 +18,12 @@ pub fn when_exists(path: std::path::PathBuf) -> impl std::future::Future<Output 
     std::future::poll_fn(move |_| if path.exists() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending })
 }
 
-/// Runtime settings for a consumer of `topic` with a fresh name, schema and group.
+/// Runtime settings for a consumer of `topic` with a fresh name, schema, group and
+/// dead-letter topic; the name is the schema's with `_` → `-`.
 pub fn consumer_args(prefix: &str, topic: &str) -> (String, RuntimeArgs) {
-    let name = unique_ident(prefix).replace('_', "-");
-    let mut args = RuntimeArgs::new(kafka_args(), database_url());
-    args.schema = Some(name.replace('-', "_"));
-    args.group = Some(fresh_group(prefix));
-    args.topics = vec![topic.to_owned()];
-    args.dlq_topic = Some(format!("{name}.dlq"));
-    args.batch_size = 50;
-    args.batch_wait_ms = 5;
+    let args = isolated_args(prefix, &[topic.to_owned()]);
+    let name = args.schema.clone().unwrap_or_default().replace('_', "-");
     (name, args)
-}
-
-pub struct Running {
-    pub pool: PgPool,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-pub async fn start(handler: Recorder, args: RuntimeArgs) -> Running {
-    let runtime = Runtime::connect(&handler, args).await.unwrap();
-    let pool = runtime.pool().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, async move {
-        let _ = stopped.await;
-    }));
-    Running { pool, stop, task }
-}
-
-impl Running {
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("runtime stops within 60s")
-            .unwrap()
-            .expect("runtime ends cleanly");
-    }
-}
-
-/// Stored next offsets summed over partitions.
-pub async fn stored_offsets_sum(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM orderflow_offsets")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(-1)
-}
-
-/// How many times each order was applied.
-pub async fn applied_counts(pool: &PgPool) -> std::collections::BTreeMap<String, i64> {
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT order_id, count(*) FROM applied GROUP BY order_id")
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default();
-    rows.into_iter().collect()
 }
 
 /// Tail with `args` into memory and parse the JSON lines.

@@ -1,0 +1,223 @@
+//! One batch of one partition in one Postgres transaction: decode, ledger dedupe, the
+//! handler, savepoint isolation of an event that fails for good, dead letters, the offset.
+//!
+//! # Owns
+//! [`Batcher::apply`], the heart of the guarantee: a batch's effects, the ids of its applied
+//! events and the partition's next offset are committed together or not at all, and a dead
+//! letter is acknowledged before the offset moves past it. It needs Postgres and somewhere
+//! to send dead letters ([`DeadLetters`]), nothing else, so it is tested on hand-made
+//! records without a broker (`batch/tests.rs`).
+//!
+//! # Must not touch
+//! The Kafka consumer, partition queues, retries and backoff (the worker's), commits to
+//! Kafka (the poll thread's): an error returned here means "transient, retry this batch".
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use orderflow_events::Codec;
+use rdkafka::Message;
+use rdkafka::message::{Headers, OwnedMessage};
+use sqlx::{Acquire, PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::Tp;
+use crate::dlq::ErrorClass;
+use crate::handler::{BatchContext, Envelope, Handler, HandlerError};
+use crate::{observe, store};
+
+/// Where records that can never be applied go. The runtime's is the consumer's dead-letter
+/// topic ([`crate::dlq::DeadLetterTopic`]).
+pub(crate) trait DeadLetters: Send + Sync + 'static {
+    /// Hand `record` over with why it failed; resolves once the destination acknowledged it.
+    fn send<'a>(
+        &'a self,
+        record: &'a OwnedMessage,
+        class: ErrorClass,
+        error: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Everything a batch needs: the handler, the read store, the codec and the dead letters.
+pub(crate) struct Batcher<H: Handler> {
+    pub handler: H,
+    pub pool: PgPool,
+    pub codec: Codec,
+    pub dead_letters: Box<dyn DeadLetters>,
+    /// The consumer's name (metrics, logs, [`BatchContext`]).
+    pub consumer: String,
+    pub replay: bool,
+}
+
+/// A record decoded into an envelope, skipped, or bound for the dead-letter topic. Short-lived
+/// (one per record, consumed at once), so the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Decoded {
+    Apply(Envelope),
+    Skip,
+    Dead(ErrorClass, String),
+}
+
+impl<H: Handler> Batcher<H> {
+    async fn decode(&self, message: &OwnedMessage) -> Result<Decoded, anyhow::Error> {
+        let Some(payload) = message.payload() else {
+            return Ok(Decoded::Dead(ErrorClass::Undecodable, "record has no value".into()));
+        };
+        match self.codec.decode(payload).await {
+            Ok(event) => {
+                if !self.handler.wants(&event) {
+                    return Ok(Decoded::Skip);
+                }
+                let traceparent = message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == "traceparent")
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_owned)
+                });
+                Ok(Decoded::Apply(Envelope {
+                    event,
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    timestamp: message.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis),
+                    traceparent,
+                }))
+            }
+            Err(error) if error.is_transient() => Err(anyhow::Error::new(error).context("schema registry unavailable")),
+            Err(error) => {
+                use orderflow_events::DecodeError as E;
+                let class = match error {
+                    E::UnknownFingerprint(_) | E::UnknownSchemaId(_) | E::UnknownType(_) | E::NoRegistry(_) => {
+                        ErrorClass::UnknownSchema
+                    }
+                    _ => ErrorClass::Undecodable,
+                };
+                Ok(Decoded::Dead(class, error.to_string()))
+            }
+        }
+    }
+
+    /// Apply one batch of one partition (records in offset order) in one transaction.
+    /// Returns the partition's next offset. An error means "transient: retry the same batch"
+    /// (nothing of it was committed); permanent failures are dead-lettered.
+    pub(crate) async fn apply(&self, tp: &Tp, batch: &[OwnedMessage]) -> anyhow::Result<i64> {
+        let started = Instant::now();
+        let (topic, partition) = (tp.0.as_str(), tp.1);
+        let ctx = BatchContext { consumer: self.consumer.clone(), replay: self.replay };
+
+        let mut tx = self.pool.begin().await.context("Failed to open a transaction")?;
+        let stored = store::lock_offset(&mut tx, topic, partition).await.context("Failed to lock the offset row")?;
+        let fresh: Vec<&OwnedMessage> = batch.iter().filter(|m| m.offset() >= stored).collect();
+        let Some(last) = fresh.last() else {
+            // Another owner applied all of it already (a rebalance overlap or a restart).
+            tx.rollback().await.ok();
+            return Ok(stored);
+        };
+        let next_offset = last.offset() + 1;
+
+        let mut envelopes = Vec::with_capacity(fresh.len());
+        let mut dead: Vec<(&OwnedMessage, ErrorClass, String)> = Vec::new();
+        for message in &fresh {
+            match self.decode(message).await? {
+                Decoded::Apply(envelope) => envelopes.push(envelope),
+                Decoded::Skip => {}
+                Decoded::Dead(class, error) => dead.push((message, class, error)),
+            }
+        }
+
+        // Held until this function returns: each event's span lasts until its batch committed.
+        let event_spans = observe::event_spans(&self.consumer, &envelopes);
+
+        let (applied, duplicates) = match self.apply_new(&mut tx, topic, partition, &envelopes, &ctx).await {
+            Ok(counts) => counts,
+            Err(HandlerError::Transient(error)) => return Err(error),
+            Err(HandlerError::Permanent(error)) => {
+                // Find the culprit(s): redo the batch one event at a time, each in a savepoint.
+                tracing::info!(error = %format!("{error:#}"), "batch failed permanently; isolating the failing events");
+                tx.rollback().await.ok();
+                tx = self.pool.begin().await.context("Failed to open a transaction")?;
+                let again = store::lock_offset(&mut tx, topic, partition).await?;
+                anyhow::ensure!(again == stored, "offset of {topic}[{partition}] moved while isolating; retrying");
+                let mut applied = 0;
+                let mut duplicates = 0;
+                for envelope in &envelopes {
+                    let mut savepoint = tx.begin().await?;
+                    match self.apply_new(&mut savepoint, topic, partition, std::slice::from_ref(envelope), &ctx).await {
+                        Ok((a, d)) => {
+                            savepoint.commit().await?;
+                            applied += a;
+                            duplicates += d;
+                        }
+                        Err(HandlerError::Transient(error)) => return Err(error),
+                        Err(HandlerError::Permanent(error)) => {
+                            savepoint.rollback().await?;
+                            let message = fresh
+                                .iter()
+                                .find(|m| m.offset() == envelope.offset)
+                                .context("an isolated event's record is not in its batch")?;
+                            dead.push((message, ErrorClass::Permanent, format!("{error:#}")));
+                            observe::event_span_failed(&event_spans, &envelopes, envelope.offset);
+                        }
+                    }
+                }
+                (applied, duplicates)
+            }
+        };
+
+        // Dead letters are acknowledged before the offset moves past them.
+        dead.sort_by_key(|(m, _, _)| m.offset());
+        for (message, class, error) in &dead {
+            self.dead_letters.send(message, *class, error).await?;
+            observe::dead_lettered(&self.consumer, topic, partition, message.offset(), class.as_str(), error);
+        }
+        store::save_offset(&mut tx, topic, partition, next_offset).await.context("Failed to store the offset")?;
+        tx.commit().await.context("Failed to commit the batch")?;
+        observe::batch_applied(&self.consumer, topic, partition, applied, duplicates, started.elapsed());
+        Ok(next_offset)
+    }
+
+    /// Record the envelopes in the ledger and hand the new ones to the handler.
+    /// Returns (applied, duplicates skipped).
+    async fn apply_new(
+        &self,
+        tx: &mut PgConnection,
+        topic: &str,
+        partition: i32,
+        envelopes: &[Envelope],
+        ctx: &BatchContext,
+    ) -> Result<(usize, usize), HandlerError> {
+        if envelopes.is_empty() {
+            return Ok((0, 0));
+        }
+        let ids: Vec<Uuid> = envelopes.iter().map(|e| e.event.event_id()).collect();
+        let offsets: Vec<i64> = envelopes.iter().map(|e| e.offset).collect();
+        let new: HashSet<Uuid> = store::record_applied(tx, topic, partition, &ids, &offsets)
+            .await
+            .map_err(|e| HandlerError::Transient(e.into()))?
+            .into_iter()
+            .collect();
+        if new.len() == envelopes.len() {
+            // The common case: nothing seen before, no copies needed.
+            self.handler.apply(tx, envelopes, ctx).await?;
+            return Ok((envelopes.len(), 0));
+        }
+        let mut taken = HashSet::new();
+        let fresh: Vec<Envelope> = envelopes
+            .iter()
+            .filter(|e| new.contains(&e.event.event_id()) && taken.insert(e.event.event_id()))
+            .cloned()
+            .collect();
+        let duplicates = envelopes.len() - fresh.len();
+        if !fresh.is_empty() {
+            self.handler.apply(tx, &fresh, ctx).await?;
+        }
+        Ok((fresh.len(), duplicates))
+    }
+}
+
+#[cfg(test)]
+mod tests;

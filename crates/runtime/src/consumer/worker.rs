@@ -1,0 +1,156 @@
+//! One worker per assigned partition: pull records from the partition's own queue, collect a
+//! batch (up to `batch_size`, or what arrived within `batch_wait` of its first record), apply
+//! it with retries, and report progress.
+//!
+//! # Owns
+//! [`Worker`]: the task of one partition, its stop token (a child of the consumer's, so a
+//! revoke stops one worker and a shutdown all of them) and the transient-retry backoff.
+//!
+//! # Must not touch
+//! Postgres directly (a batch is [`Batcher::apply`]'s), the Kafka consumer or its commits
+//! (the worker only queues the next offset for the poll thread), or other partitions.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::message::OwnedMessage;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Tp;
+use super::batch::Batcher;
+use super::feed::Feed;
+use super::health::PartitionStatus;
+use crate::handler::Handler;
+use crate::observe;
+
+/// Next offsets the workers committed to Postgres, waiting for the poll thread to copy them
+/// to Kafka (for lag tools).
+pub(crate) type Commits = Mutex<Vec<(Tp, i64)>>;
+
+/// Longest a transient failure waits before the batch is tried again.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A running partition worker.
+pub(crate) struct Worker {
+    stop: CancellationToken,
+    /// Disconnects when the worker's task ends (finished, or dropped with the tokio runtime):
+    /// the poll thread waits on it without needing the tokio runtime to be alive.
+    done: mpsc::Receiver<()>,
+    pub status: Arc<PartitionStatus>,
+}
+
+/// How a worker batches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batching {
+    pub size: usize,
+    pub wait: Duration,
+}
+
+impl Worker {
+    /// Start the worker of `tp` on `runtime`; it stops when `stop` is cancelled.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spawn<H: Handler, C: ConsumerContext + 'static>(
+        runtime: &tokio::runtime::Handle,
+        batcher: Arc<Batcher<H>>,
+        tp: Tp,
+        feed: Feed<C>,
+        batching: Batching,
+        stop: CancellationToken,
+        status: Arc<PartitionStatus>,
+        commits: Arc<Commits>,
+    ) -> Worker {
+        let (done_tx, done) = mpsc::channel::<()>();
+        let task = {
+            let (stop, status) = (stop.clone(), status.clone());
+            async move {
+                run(&batcher, &tp, &feed, batching, &stop, &status, &commits).await;
+                // The partition queue holds the consumer open: release it before saying done.
+                drop(feed);
+                drop(done_tx);
+            }
+        };
+        drop(runtime.spawn(task));
+        Worker { stop, done, status }
+    }
+
+    /// Tell the worker to stop and wait, blocking this thread for up to `grace`, until it has
+    /// finished the transaction in flight. Returns the next offset it reached, if known.
+    pub(crate) fn stop(self, tp: &Tp, grace: Duration) -> Option<i64> {
+        self.stop.cancel();
+        if let Err(mpsc::RecvTimeoutError::Timeout) = self.done.recv_timeout(grace) {
+            tracing::error!(
+                topic = tp.0,
+                partition = tp.1,
+                "worker did not finish within {grace:?}; abandoning its batch"
+            );
+        }
+        let next = self.status.next_offset.load(std::sync::atomic::Ordering::SeqCst);
+        (next >= 0).then_some(next)
+    }
+}
+
+/// Collect a batch, apply it with retries, report progress; until `stop` (after the
+/// transaction in flight ends).
+async fn run<H: Handler, C: ConsumerContext + 'static>(
+    batcher: &Batcher<H>,
+    tp: &Tp,
+    feed: &Feed<C>,
+    batching: Batching,
+    stop: &CancellationToken,
+    status: &PartitionStatus,
+    commits: &Commits,
+) {
+    use std::sync::atomic::Ordering;
+    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(batching.size);
+    loop {
+        batch.clear();
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            message = feed.next(tp, None) => match message { Some(m) => m, None => continue },
+        };
+        if let Some(ms) = first.timestamp().to_millis() {
+            status.oldest_pending_ms.store(ms, Ordering::Relaxed);
+        }
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + batching.wait;
+        while batch.len() < batching.size {
+            match feed.next(tp, Some(deadline)).await {
+                Some(message) => batch.push(message),
+                None => break,
+            }
+        }
+
+        let mut attempt = 0u32;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if stop.is_cancelled() {
+                return; // abandon: nothing of this batch was committed; the next owner redoes it
+            }
+            let span = tracing::info_span!("batch", consumer = %batcher.consumer, topic = %tp.0,
+                partition = tp.1, first_offset = batch[0].offset(), size = batch.len(), trace_id = tracing::field::Empty);
+            orderflow_telemetry::record_trace_id(&span);
+            match batcher.apply(tp, &batch).instrument(span).await {
+                Ok(next_offset) => {
+                    status.next_offset.store(next_offset, Ordering::SeqCst);
+                    status.oldest_pending_ms.store(0, Ordering::Relaxed);
+                    commits.lock().unwrap().push((tp.clone(), next_offset));
+                    break;
+                }
+                Err(error) => {
+                    attempt += 1;
+                    observe::batch_retry(&batcher.consumer, &tp.0, tp.1, attempt, backoff, &error);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
