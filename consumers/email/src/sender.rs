@@ -53,7 +53,7 @@ impl Sender {
         let from: Mailbox =
             args.email_from.parse().with_context(|| format!("Invalid EMAIL_FROM {:?}", args.email_from))?;
         let smtp = args.smtp_url.parse()?;
-        // Plain SMTP (the brief's local relay); TLS would be a lettre feature and a scheme.
+        // Plain SMTP (a local relay); TLS would be a lettre feature and a scheme.
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
             .port(smtp.port)
             .timeout(Some(SMTP_TIMEOUT));

@@ -1,4 +1,4 @@
-//! Ingress request bodies (`POST /v1/orders`, `POST /v1/inventory/changes`, DESIGN.md) and
+//! Ingress request bodies (`POST /v1/orders`, `POST /v1/inventory/changes`, docs/producing.md) and
 //! their validation into events. Validation collects *every* problem, each naming its field
 //! path (`lines[1].quantity`), for the ingress's 422 body and the JSONL publisher's report.
 //!

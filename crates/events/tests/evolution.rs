@@ -1,4 +1,4 @@
-//! Schema evolution rule (DESIGN.md): every pair of versions of one event in `schemas/` must
+//! Schema evolution rule (docs/events.md): every pair of versions of one event in `schemas/` must
 //! be readable both ways. Versions are discovered by file name (`<event>.v<N>.avsc`), so a new
 //! version is checked as soon as its file exists. Each direction is checked twice: with
 //! apache-avro's compatibility checker, and by a real encode-with-writer / decode-with-reader.

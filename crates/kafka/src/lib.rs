@@ -15,7 +15,7 @@ mod settings;
 
 pub use settings::{DEFAULT_BROKERS, KafkaArgs, KafkaOption};
 
-/// The topics of the public contract (DESIGN.md, Events).
+/// The topics of the public contract (docs/events.md).
 pub const ORDERS_TOPIC: &str = "orders.v1";
-/// The topics of the public contract (DESIGN.md, Events).
+/// The topics of the public contract (docs/events.md).
 pub const INVENTORY_TOPIC: &str = "inventory.v1";

@@ -83,7 +83,7 @@ impl KafkaArgs {
         config
     }
 
-    /// Producer configuration with the delivery guarantee of DESIGN.md: an acknowledged
+    /// Producer configuration with the delivery guarantee of docs/producing.md: an acknowledged
     /// record is on every in-sync replica (`acks=all`) and a retried send is never
     /// duplicated in the log (`enable.idempotence=true`). lz4 because the local broker does
     /// not re-encode snappy.

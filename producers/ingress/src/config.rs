@@ -1,4 +1,4 @@
-//! The ingress's flags and environment (DESIGN.md, Configuration).
+//! The ingress's flags and environment (docs/operations.md, Configuration).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! `ingress`: the HTTP front door checkout services POST orders and stock changes to
-//! (DESIGN.md, Ingress). It validates each request, publishes it as Avro events through
+//! (docs/producing.md). It validates each request, publishes it as Avro events through
 //! [`orderflow_publisher::Publisher`], and answers 202 only after the broker acknowledged.
 //!
 //! # Delivery guarantee

@@ -1,4 +1,4 @@
-//! The transactional outbox (DESIGN.md, Shape: "checkout DB ─outbox─> relay").
+//! The transactional outbox (docs/architecture.md: "checkout DB ─outbox─> relay").
 //!
 //! A checkout service that writes its own order rows in Postgres adds the matching events to
 //! an outbox table **in the same transaction** ([`Outbox::enqueue`]): either both commit or
