@@ -202,7 +202,7 @@ impl<H: Handler> Batcher<H> {
             .collect();
         if new.len() == envelopes.len() {
             // The common case: nothing seen before, no copies needed.
-            self.handler.apply(tx, envelopes, ctx).await?;
+            self.call_handler(tx, envelopes, ctx).await?;
             return Ok((envelopes.len(), 0));
         }
         let mut taken = HashSet::new();
@@ -213,9 +213,34 @@ impl<H: Handler> Batcher<H> {
             .collect();
         let duplicates = envelopes.len() - fresh.len();
         if !fresh.is_empty() {
-            self.handler.apply(tx, &fresh, ctx).await?;
+            self.call_handler(tx, &fresh, ctx).await?;
         }
         Ok((fresh.len(), duplicates))
+    }
+
+    /// The handler's `apply`, with a panic turned into a permanent failure: the batch is then
+    /// isolated event by event like any permanent failure, the panicking event is
+    /// dead-lettered with the panic's message, and the partition keeps flowing. (Without
+    /// this a panic would end the partition's worker, silently.)
+    async fn call_handler(
+        &self,
+        tx: &mut PgConnection,
+        envelopes: &[Envelope],
+        ctx: &BatchContext,
+    ) -> Result<(), HandlerError> {
+        use futures::FutureExt;
+        match std::panic::AssertUnwindSafe(self.handler.apply(tx, envelopes, ctx)).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                tracing::error!(consumer = self.consumer, panic = message, "the handler panicked; treating it as a permanent failure");
+                Err(HandlerError::permanent(format!("the handler panicked: {message}")))
+            }
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use crate::store;
 const TOPIC: &str = "orders";
 
 /// Records every application as a row (no key, so a second application shows as a second
-/// row). A sku starting with `POISON` fails for good; one starting with `FLAKY` fails
-/// transiently while `flaky` is set.
+/// row). A sku starting with `POISON` fails for good; one starting with `PANIC` makes the
+/// handler panic; one starting with `FLAKY` fails transiently while `flaky` is set.
 struct Recorder {
     flaky: Arc<AtomicBool>,
 }
@@ -41,6 +41,9 @@ impl Handler for Recorder {
         for envelope in batch {
             let Event::OrderPlaced(order) = &envelope.event else { continue };
             let skus = || order.lines.iter().map(|l| l.sku.as_str());
+            if skus().any(|sku| sku.starts_with("PANIC")) {
+                panic!("order {} made the handler panic", order.order_id.as_str());
+            }
             if skus().any(|sku| sku.starts_with("POISON")) {
                 return Err(HandlerError::permanent(format!("order {} has a poisoned sku", order.order_id.as_str())));
             }
@@ -199,6 +202,26 @@ async fn a_permanently_failing_event_is_isolated_and_dead_lettered_while_the_res
     assert!(f.dead.sent()[0].2.contains("poisoned sku"), "{:?}", f.dead.sent());
     assert_eq!(f.in_ledger(&[&good_1, &poisoned, &good_2]).await, [true, false, true]);
     assert_eq!(f.stored().await, Some(15));
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_on_an_event_dead_letters_that_event_and_the_partition_keeps_flowing() {
+    // Arrange: the middle event makes the handler panic.
+    let f = fixture("batch_panic").await;
+    let (good_1, panicky, good_2) =
+        (order("good-1", &[("sku-a", 1)]), order("boom-1", &[("PANIC-1", 1)]), order("good-2", &[("sku-b", 2)]));
+
+    // Act: its batch, then a later one.
+    let next = f.apply(&[record(20, &good_1), record(21, &panicky), record(22, &good_2)]).await.unwrap();
+    let after = f.apply(&[record(23, &order("good-3", &[("sku-c", 1)]))]).await.unwrap();
+
+    // Assert: a permanent failure of that event only, with the panic's message.
+    assert_eq!((next, after), (23, 24));
+    assert_eq!(f.applied().await, counts(&[("good-1", 1), ("good-2", 1), ("good-3", 1)]));
+    let dead = f.dead.sent();
+    assert_eq!(dead.iter().map(|(o, c, _)| (*o, *c)).collect::<Vec<_>>(), [(21, ErrorClass::Permanent)]);
+    assert!(dead[0].2.contains("the handler panicked: order boom-1 made the handler panic"), "{dead:?}");
+    assert_eq!(f.in_ledger(&[&good_1, &panicky, &good_2]).await, [true, false, true]);
 }
 
 #[tokio::test]
