@@ -94,7 +94,11 @@ fn compose_kafka_runs_kraft_and_project_services_reach_it_inside_the_network() {
 fn stack_kafka_version() -> String {
     let script = std::fs::read_to_string(repo_root().join("scripts/kafka/kafka.sh")).unwrap();
     let line = script.lines().find(|l| l.starts_with("KAFKA_VERSION=")).expect("kafka.sh sets KAFKA_VERSION");
-    line.split(":-").nth(1).and_then(|v| v.strip_suffix('}')).expect("KAFKA_VERSION=${ORDERFLOW_KAFKA_VERSION:-x.y.z}").to_owned()
+    line.split(":-")
+        .nth(1)
+        .and_then(|v| v.strip_suffix('}'))
+        .expect("KAFKA_VERSION=${ORDERFLOW_KAFKA_VERSION:-x.y.z}")
+        .to_owned()
 }
 
 #[test]

@@ -132,8 +132,11 @@ async fn ingress_and_a_consumer_work_over_sasl_scram_and_tls_and_a_wrong_passwor
     assert!(client_env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", "{:?}", client_env.keys());
     let secure: Vec<(&str, &str)> = client_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let tokens = format!("checkout:{TOKEN}");
-    let ingress_env =
-        [("INGRESS_TOKENS", tokens.as_str()), ("INGRESS_ORDERS_TOPIC", &orders), ("INGRESS_INVENTORY_TOPIC", &inventory)];
+    let ingress_env = [
+        ("INGRESS_TOKENS", tokens.as_str()),
+        ("INGRESS_ORDERS_TOPIC", &orders),
+        ("INGRESS_INVENTORY_TOPIC", &inventory),
+    ];
     let schema = unique_ident("secure");
     let group = unique_name("secure-group");
     let dlq = format!("{orders}.dlq");
@@ -192,9 +195,9 @@ async fn ingress_and_a_consumer_work_over_sasl_scram_and_tls_and_a_wrong_passwor
         BinaryProcess::spawn("fulfillment", &bad_args, &[wrong.as_slice(), &consumer_env].concat()).unwrap(),
     ];
     for process in &mut bad {
-        let status = process.wait(Duration::from_secs(30)).unwrap_or_else(|e| {
-            panic!("a binary with a wrong password kept running: {e:#}\n{}", process.output())
-        });
+        let status = process
+            .wait(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("a binary with a wrong password kept running: {e:#}\n{}", process.output()));
         let output = process.output();
         assert!(!status.success(), "{output}");
         assert!(output.contains("authentication failed for SASL user `orderflow`"), "{output}");

@@ -18,9 +18,9 @@
 //! Must not touch other consumers' schemas or any Kafka plumbing (that is the runtime's).
 
 pub mod api;
+pub mod breaker;
 pub mod config;
 pub mod handler;
-pub mod breaker;
 pub mod sender;
 pub mod store;
 pub mod template;

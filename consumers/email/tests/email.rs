@@ -105,7 +105,10 @@ async fn start_email_shipped(prefix: &str, smtp_port: u16, max_attempts: u32) ->
 async fn circuit_state(consumer: &TestConsumer, smtp_port: u16) -> Option<u8> {
     let text = consumer.client.get(format!("{}/metrics", consumer.base_url)).send().await.ok()?.text().await.ok()?;
     let series = format!("orderflow_email_smtp_circuit_state{{smtp=\"127.0.0.1:{smtp_port}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(series.as_str())).and_then(|v| v.trim().parse::<f64>().ok()).map(|v| v as u8)
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u8)
 }
 
 async fn email_of(consumer: &TestConsumer, order_id: &str, check: impl Fn(&Value) -> bool) -> Value {

@@ -254,7 +254,13 @@ pub async fn drop_schema(env: &Env, schema: &str) {
 
 pub async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<Ceilings> {
     let topic = unique("bench-orders").replace('_', "-");
-    orderflow_kafka::admin::ensure_topic(&env.kafka, &topic, PARTITIONS, orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION).await?;
+    orderflow_kafka::admin::ensure_topic(
+        &env.kafka,
+        &topic,
+        PARTITIONS,
+        orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
+    )
+    .await?;
     let records = encoded_orders(settings.records)?;
     let record_bytes = records.first().map(|(_, v, _)| v.len()).unwrap_or(0);
     let produce_per_sec = produce(env, &topic, &records).await?;

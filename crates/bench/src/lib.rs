@@ -135,7 +135,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ConsumeChild(args) => child::run(&env, args).await,
         Command::Fill { topic, records } => {
-            orderflow_kafka::admin::ensure_topic(&env.kafka, &topic, ceilings::PARTITIONS, orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION).await?;
+            orderflow_kafka::admin::ensure_topic(
+                &env.kafka,
+                &topic,
+                ceilings::PARTITIONS,
+                orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
+            )
+            .await?;
             let rate = ceilings::produce(&env, &topic, &ceilings::encoded_orders(records)?).await?;
             eprintln!("{records} records to {topic} at {rate:.0}/s");
             Ok(())

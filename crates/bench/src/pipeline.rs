@@ -53,7 +53,8 @@ pub struct CpuSplit {
 
 /// Whether the process at `/proc/<pid>` is a Kafka broker: a JVM running `kafka.Kafka`.
 fn is_kafka_broker(proc_dir: &std::path::Path) -> bool {
-    std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == b"kafka.Kafka"))
+    std::fs::read(proc_dir.join("cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == b"kafka.Kafka"))
 }
 
 /// The local broker's name and version, read off the running `kafka.Kafka` processes: the
@@ -81,7 +82,11 @@ pub fn local_broker() -> Option<String> {
         }
     }
     (nodes > 0).then(|| {
-        format!("Apache Kafka {} ({nodes} node{}, KRaft)", version.as_deref().unwrap_or("(version unknown)"), if nodes == 1 { "" } else { "s" })
+        format!(
+            "Apache Kafka {} ({nodes} node{}, KRaft)",
+            version.as_deref().unwrap_or("(version unknown)"),
+            if nodes == 1 { "" } else { "s" }
+        )
     })
 }
 
@@ -316,7 +321,13 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
         return Ok(pipeline);
     }
     let backlog_topic = unique("bench-backlog").replace('_', "-");
-    orderflow_kafka::admin::ensure_topic(&env.kafka, &backlog_topic, ceilings::PARTITIONS, orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION).await?;
+    orderflow_kafka::admin::ensure_topic(
+        &env.kafka,
+        &backlog_topic,
+        ceilings::PARTITIONS,
+        orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
+    )
+    .await?;
     let chunk = 100_000;
     let mut filled = 0;
     while filled < settings.backlog {

@@ -33,7 +33,14 @@ pub async fn run(kafka: &KafkaArgs, command: TopicsCommand) -> anyhow::Result<()
             let names =
                 if names.is_empty() { vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()] } else { names };
             for name in names {
-                match ensure_topic(kafka, &name, partitions.into(), replication_factor.unwrap_or(CLUSTER_DEFAULT_REPLICATION)).await? {
+                match ensure_topic(
+                    kafka,
+                    &name,
+                    partitions.into(),
+                    replication_factor.unwrap_or(CLUSTER_DEFAULT_REPLICATION),
+                )
+                .await?
+                {
                     TopicOutcome::Created { partitions } => println!("created {name} ({partitions} partitions)"),
                     TopicOutcome::Existed { partitions } => println!("exists  {name} ({partitions} partitions)"),
                 }

@@ -7,8 +7,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use std::sync::Mutex;
 
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::error::KafkaError;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::KafkaArgs;

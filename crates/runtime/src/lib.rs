@@ -211,9 +211,14 @@ impl Runtime {
             replay: args.replay,
             ready_max_lag: args.ready_max_lag,
         };
-        orderflow_kafka::admin::ensure_topic(&args.kafka, &settings.dlq_topic, 1, orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION)
-            .await
-            .with_context(|| format!("Failed to create the dead-letter topic {}", settings.dlq_topic))?;
+        orderflow_kafka::admin::ensure_topic(
+            &args.kafka,
+            &settings.dlq_topic,
+            1,
+            orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
+        )
+        .await
+        .with_context(|| format!("Failed to create the dead-letter topic {}", settings.dlq_topic))?;
         let codec = match &args.schema_registry_url {
             Some(url) => Codec::with_registry(url).context("Invalid SCHEMA_REGISTRY_URL")?,
             None => Codec::new(),

@@ -76,10 +76,15 @@ pub fn unique_ident(prefix: &str) -> String {
 /// Create a topic only this test uses, with `partitions` partitions.
 pub async fn fresh_topic(prefix: &str, partitions: usize) -> String {
     let topic = unique_name(prefix);
-    orderflow_kafka::admin::ensure_topic(&kafka_args(), &topic, partitions, orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION)
-        .await
-        .with_context(|| format!("creating test topic {topic}; {STACK_HINT}"))
-        .unwrap();
+    orderflow_kafka::admin::ensure_topic(
+        &kafka_args(),
+        &topic,
+        partitions,
+        orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
+    )
+    .await
+    .with_context(|| format!("creating test topic {topic}; {STACK_HINT}"))
+    .unwrap();
     topic
 }
 

@@ -237,7 +237,11 @@ impl<H: Handler> Batcher<H> {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic without a message".to_owned());
-                tracing::error!(consumer = self.consumer, panic = message, "the handler panicked; treating it as a permanent failure");
+                tracing::error!(
+                    consumer = self.consumer,
+                    panic = message,
+                    "the handler panicked; treating it as a permanent failure"
+                );
                 Err(HandlerError::permanent(format!("the handler panicked: {message}")))
             }
         }
