@@ -47,13 +47,17 @@ pub fn lines(specs: &[&Spec]) -> String {
 }
 
 pub fn run(args: ConsumersArgs) -> anyhow::Result<()> {
-    if args.json {
+    let text = if args.json {
         let listed: Vec<Listed> = CONSUMERS.iter().map(|s| Listed::of(s)).collect();
-        println!("{}", serde_json::to_string_pretty(&listed)?);
+        format!("{}\n", serde_json::to_string_pretty(&listed)?)
     } else {
-        print!("{}", lines(CONSUMERS));
+        lines(CONSUMERS)
+    };
+    // A reader that stops early (`| head`) is not an error of this command.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
     }
-    Ok(())
 }
 
 #[cfg(test)]
