@@ -1,5 +1,5 @@
-//! `scripts/stack demo` end to end, as a developer runs it: the ingress, the four consumers
-//! and an SMTP server started from the built binaries, a sample load through the ingress,
+//! `scripts/stack demo` end to end, as a developer runs it: the ingress, every registered
+//! consumer (`orderflow consumers`) and an SMTP server started from the built binaries, a sample load through the ingress,
 //! and `orderflow verify` comparing every read store with it. Then every command the summary
 //! prints is run as printed, and a store that disagrees is shown to fail the check.
 //!
@@ -19,27 +19,52 @@ use std::time::Duration;
 use orderflow_testkit::process::{BinaryProcess, bin_path};
 use orderflow_testkit::{repo_root, unique_ident, unique_name};
 
-/// The binaries the demo starts; `cargo test --workspace` builds them.
-const BINARIES: [&str; 6] = ["orderflow", "ingress", "fulfillment", "email", "analytics", "inventory-projection"];
+/// A registered consumer, as `orderflow consumers` lists it.
+struct Consumer {
+    name: String,
+    binary: String,
+    port: u16,
+}
+
+/// The registered consumers, from the CLI the demo runs.
+fn consumers() -> Vec<Consumer> {
+    let cli = bin_path("orderflow").expect("the demo's binaries are built (cargo build --workspace --bins)");
+    let out = Command::new(cli).arg("consumers").output().expect("orderflow consumers runs");
+    assert!(out.status.success(), "orderflow consumers: {}", text(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            Consumer { name: fields[0].to_owned(), binary: fields[1].to_owned(), port: fields[2].parse().unwrap() }
+        })
+        .collect()
+}
 
 /// A demo of this test's own; its services are stopped when it is dropped, pass or fail.
 struct Demo {
     run_dir: PathBuf,
     env: Vec<(String, String)>,
+    consumers: Vec<Consumer>,
+    /// Ports from the base on: the ingress's, then up to the last consumer's.
+    ports: u16,
 }
 
 impl Demo {
     fn new() -> Demo {
+        let consumers = consumers();
         let mut bin_dir = None;
-        for name in BINARIES {
+        for name in ["orderflow", "ingress"].into_iter().chain(consumers.iter().map(|c| c.binary.as_str())) {
             let path = bin_path(name).expect("the demo's binaries are built (cargo build --workspace --bins)");
             bin_dir = path.parent().map(Path::to_path_buf);
         }
         let run_dir = std::env::temp_dir().join(unique_name("demo-run"));
-        let base = free_port_block(5);
+        // The demo puts each consumer at base + (its port - 8080).
+        let ports = consumers.iter().map(|c| c.port - 8080 + 1).max().unwrap();
+        let base = free_port_block(ports);
         let smtp = loop {
             let port = free_port();
-            if !(base..base + 5).contains(&port) {
+            if !(base..base + ports).contains(&port) {
                 break port;
             }
         };
@@ -52,7 +77,7 @@ impl Demo {
             ("ORDERFLOW_BIN_DIR".to_owned(), bin_dir.unwrap().to_str().unwrap().to_owned()),
             ("DEMO_ORDERS".to_owned(), "30".to_owned()),
         ];
-        Demo { run_dir, env }
+        Demo { run_dir, env, consumers, ports }
     }
 
     fn stack(&self, args: &[&str]) -> Output {
@@ -122,7 +147,7 @@ fn the_demo_checks_every_read_store_against_its_sample_load_and_its_printed_comm
     // Assert: it succeeded because every store matched.
     assert!(status.success(), "the demo failed:\n{out}");
     assert!(out.contains("every read store matches the sample load"), "{out}");
-    for store in ["fulfillment", "email", "analytics", "inventory-projection"] {
+    for store in demo.consumers.iter().map(|c| c.name.as_str()) {
         assert!(
             out.lines().any(|l| l.trim_start().starts_with(store) && l.split_whitespace().nth(1) == Some("ok")),
             "{store} is not reported ok:\n{out}"
@@ -133,7 +158,7 @@ fn the_demo_checks_every_read_store_against_its_sample_load_and_its_printed_comm
     // Every command the summary prints works as printed.
     let commands: Vec<&str> =
         out.lines().skip_while(|l| *l != "look at it:").skip(1).take_while(|l| !l.is_empty()).map(str::trim).collect();
-    assert_eq!(commands.len(), 7, "fulfillment, email, sales, inventory, metrics, lag, verify:\n{out}");
+    assert_eq!(commands.len(), 8, "fulfillment, email, sales, inventory, order history, metrics, lag, verify:\n{out}");
     for command in &commands {
         let ran = sh(command);
         let said = text(&ran);
@@ -164,7 +189,7 @@ fn the_demo_checks_every_read_store_against_its_sample_load_and_its_printed_comm
     // stop-demo stops this demo's services and nothing else.
     let stopped = demo.stack(&["stop-demo"]);
     assert!(stopped.status.success(), "{}", text(&stopped));
-    for offset in 0..5 {
+    for offset in 0..demo.ports {
         TcpListener::bind(("127.0.0.1", demo.port(offset))).expect("the demo's ports are free again");
     }
     let status = demo.stack(&["status"]);

@@ -3,7 +3,7 @@
 //! counts as a movement of its reason on the day it occurred.
 
 use chrono::{DurationRound, TimeDelta};
-use orderflow_events::{Event, INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_events::Event;
 use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
 use sqlx::PgConnection;
 
@@ -14,6 +14,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The consumer's name: group, schema and DLQ prefix.
 pub const NAME: &str = "analytics";
 
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Analytics;
 
 /// What `batch` adds to the store.
@@ -49,7 +50,7 @@ impl Handler for Analytics {
     }
 
     fn topics(&self) -> Vec<String> {
-        vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()]
+        crate::CONSUMER.topic_list()
     }
 
     fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {

@@ -6,7 +6,7 @@
 //! and `GET /v1/stock-movements` (port 8083).
 //!
 //! # Layout
-//! [`config`] (flags), [`handler`] (what an event does), [`store`] (queries), [`api`] (reads).
+//! [`CONSUMER`] (what the registry knows), [`handler`] (what an event does), [`store`] (queries), [`api`] (reads).
 //!
 //! # Order-insensitive
 //! Every table is a sum keyed by the event's own time bucket (never the arrival time), so
@@ -15,21 +15,23 @@
 //! Must not touch other consumers' schemas or any Kafka plumbing (that is the runtime's).
 
 pub mod api;
-pub mod config;
 pub mod handler;
 pub mod store;
 
-use std::future::Future;
-
-pub use config::Config;
-use handler::Analytics;
-use orderflow_consumer_kit::Consumer;
+use handler::{Analytics, NAME};
+use orderflow_consumer_kit::{Consumer, Spec, bare};
+use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_runtime::RuntimeArgs;
 
-/// Consume and serve on `config.listen` until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    connect(config.runtime).await?.run(config.listen, shutdown).await
-}
+/// The consumer as the registry (`crates/registry`) and its binary know it.
+pub const CONSUMER: Spec = Spec {
+    name: NAME,
+    binary: "analytics",
+    port: 8083,
+    topics: &[ORDERS_TOPIC, INVENTORY_TOPIC],
+    about: "Sales per hour and currency, units per sku and day, stock movements per day and reason",
+    rebuild: bare::<Analytics>,
+};
 
 /// Connect the store (schema, migrations) and build the read API, without consuming yet.
 pub async fn connect(runtime: RuntimeArgs) -> anyhow::Result<Consumer<Analytics>> {

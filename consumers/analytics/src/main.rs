@@ -1,9 +1,6 @@
-use clap::Parser;
-use orderflow_analytics::{Config, run};
+use orderflow_analytics::{CONSUMER, connect};
+use orderflow_consumer_kit::NoFlags;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    let _telemetry = orderflow_telemetry::init("analytics");
-    run(config, orderflow_runtime::shutdown_signal()).await
+fn main() -> anyhow::Result<()> {
+    orderflow_consumer_kit::main(&CONSUMER, |runtime, NoFlags {}| connect(runtime))
 }

@@ -1,27 +1,7 @@
-//! Command line and environment of the `email` binary.
+//! The `email` binary's own flags and environment (beyond the runtime's and `--listen`).
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
-
-use orderflow_runtime::RuntimeArgs;
-
-/// The contract's default port for this consumer.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8082";
-
-#[derive(Debug, Clone, clap::Parser)]
-#[command(name = "email", version, about = "One order-confirmation email per order, from orders.v1, sent over SMTP")]
-pub struct Config {
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
-
-    /// Address of the read API, /healthz, /readyz and /metrics.
-    #[arg(long, env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-
-    #[command(flatten)]
-    pub sender: SenderArgs,
-}
 
 /// How the sender task delivers the outbox.
 #[derive(Debug, Clone, clap::Args)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use orderflow_events::{Event, ORDERS_TOPIC};
+use orderflow_events::Event;
 use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
 use sqlx::PgConnection;
 
@@ -15,6 +15,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The consumer's name: group, schema and DLQ prefix.
 pub const NAME: &str = "email";
 
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Email;
 
 impl Handler for Email {
@@ -23,7 +24,7 @@ impl Handler for Email {
     }
 
     fn topics(&self) -> Vec<String> {
-        vec![ORDERS_TOPIC.to_owned()]
+        crate::CONSUMER.topic_list()
     }
 
     fn wants(&self, event: &Event) -> bool {

@@ -5,7 +5,7 @@
 //! `email`, and serves `GET /v1/emails?order_id=` (port 8082).
 //!
 //! # Layout
-//! [`config`] (flags, `SMTP_URL`), [`handler`] (queues the email in the outbox, in the batch
+//! [`CONSUMER`] (what the registry knows), [`config`] (the sender's flags, `SMTP_URL`), [`handler`] (queues the email in the outbox, in the batch
 //! transaction), [`template`] (rendering), [`store`] (queries), [`sender`] (the task that
 //! delivers the outbox), [`api`] (reads).
 //!
@@ -25,17 +25,22 @@ pub mod sender;
 pub mod store;
 pub mod template;
 
-use std::future::Future;
-
-pub use config::{Config, SenderArgs};
-use handler::Email;
-use orderflow_consumer_kit::Consumer;
+pub use config::SenderArgs;
+use handler::{Email, NAME};
+use orderflow_consumer_kit::{Consumer, Spec, bare};
+use orderflow_events::ORDERS_TOPIC;
 use orderflow_runtime::RuntimeArgs;
 
-/// Consume, send and serve on `config.listen` until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    connect(config.runtime, config.sender).await?.run(config.listen, shutdown).await
-}
+/// The consumer as the registry (`crates/registry`) and its binary know it. A replay runs the
+/// handler alone: confirmations are recorded `suppressed`, and no sender runs.
+pub const CONSUMER: Spec = Spec {
+    name: NAME,
+    binary: "email",
+    port: 8082,
+    topics: &[ORDERS_TOPIC],
+    about: "One order-confirmation email per order, from orders.v1, sent over SMTP",
+    rebuild: bare::<Email>,
+};
 
 /// Connect the store (schema, migrations), build the read API and the sender, without
 /// consuming or sending yet.

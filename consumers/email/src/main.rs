@@ -1,9 +1,5 @@
-use clap::Parser;
-use orderflow_email::{Config, run};
+use orderflow_email::{CONSUMER, SenderArgs, connect};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    let _telemetry = orderflow_telemetry::init("email");
-    run(config, orderflow_runtime::shutdown_signal()).await
+fn main() -> anyhow::Result<()> {
+    orderflow_consumer_kit::main(&CONSUMER, |runtime, sender: SenderArgs| connect(runtime, sender))
 }

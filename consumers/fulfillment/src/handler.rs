@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use orderflow_consumer_kit::{Amounts, ordered_quantities, shipment};
-use orderflow_events::{Event, INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_events::Event;
 use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
 use sqlx::PgConnection;
 
@@ -15,6 +15,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The consumer's name: group, schema and DLQ prefix.
 pub const NAME: &str = "fulfillment";
 
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Fulfillment;
 
 impl Handler for Fulfillment {
@@ -23,7 +24,7 @@ impl Handler for Fulfillment {
     }
 
     fn topics(&self) -> Vec<String> {
-        vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()]
+        crate::CONSUMER.topic_list()
     }
 
     /// Stock changes that are not shipments of an order do not concern fulfillment.

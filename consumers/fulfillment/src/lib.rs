@@ -6,7 +6,7 @@
 //! `GET /v1/fulfillments/{order_id}` (port 8081).
 //!
 //! # Layout
-//! [`config`] (flags), [`handler`] (what an event does), [`store`] (queries), [`api`] (reads).
+//! [`CONSUMER`] (what the registry knows), [`handler`] (what an event does), [`store`] (queries), [`api`] (reads).
 //!
 //! # Order-insensitive
 //! Shipments are summed per (order, sku) in their own table, with no reference to the order,
@@ -16,21 +16,23 @@
 //! Must not touch other consumers' schemas or any Kafka plumbing (that is the runtime's).
 
 pub mod api;
-pub mod config;
 pub mod handler;
 pub mod store;
 
-use std::future::Future;
-
-pub use config::Config;
-use handler::Fulfillment;
-use orderflow_consumer_kit::Consumer;
+use handler::{Fulfillment, NAME};
+use orderflow_consumer_kit::{Consumer, Spec, bare};
+use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_runtime::RuntimeArgs;
 
-/// Consume and serve on `config.listen` until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    connect(config.runtime).await?.run(config.listen, shutdown).await
-}
+/// The consumer as the registry (`crates/registry`) and its binary know it.
+pub const CONSUMER: Spec = Spec {
+    name: NAME,
+    binary: "fulfillment",
+    port: 8081,
+    topics: &[ORDERS_TOPIC, INVENTORY_TOPIC],
+    about: "One fulfillment per order and its shipment status, from orders.v1 and inventory.v1",
+    rebuild: bare::<Fulfillment>,
+};
 
 /// Connect the store (schema, migrations) and build the read API, without consuming yet.
 pub async fn connect(runtime: RuntimeArgs) -> anyhow::Result<Consumer<Fulfillment>> {

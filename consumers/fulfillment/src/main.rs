@@ -1,9 +1,6 @@
-use clap::Parser;
-use orderflow_fulfillment::{Config, run};
+use orderflow_consumer_kit::NoFlags;
+use orderflow_fulfillment::{CONSUMER, connect};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    let _telemetry = orderflow_telemetry::init("fulfillment");
-    run(config, orderflow_runtime::shutdown_signal()).await
+fn main() -> anyhow::Result<()> {
+    orderflow_consumer_kit::main(&CONSUMER, |runtime, NoFlags {}| connect(runtime))
 }

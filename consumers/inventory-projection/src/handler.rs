@@ -3,7 +3,7 @@
 //! quantity (which releases its reservation).
 
 use orderflow_consumer_kit::{ordered_quantities, shipment};
-use orderflow_events::{Event, INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_events::Event;
 use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
 use sqlx::PgConnection;
 
@@ -14,6 +14,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The consumer's name: group, schema (`inventory_projection`) and DLQ prefix.
 pub const NAME: &str = "inventory-projection";
 
+#[derive(Debug, Default, Clone, Copy)]
 pub struct InventoryProjection;
 
 impl Handler for InventoryProjection {
@@ -22,7 +23,7 @@ impl Handler for InventoryProjection {
     }
 
     fn topics(&self) -> Vec<String> {
-        vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()]
+        crate::CONSUMER.topic_list()
     }
 
     fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {

@@ -5,7 +5,7 @@
 //! the Postgres schema `inventory_projection`, and serves `GET /v1/inventory/{sku}` (port 8084).
 //!
 //! # Layout
-//! [`config`] (flags), [`handler`] (what an event does), [`store`] (queries), [`api`] (reads).
+//! [`CONSUMER`] (what the registry knows), [`handler`] (what an event does), [`store`] (queries), [`api`] (reads).
 //!
 //! # Order-insensitive
 //! On hand is a sum of deltas; per (order, sku) the ordered quantity is set by the order and
@@ -15,21 +15,23 @@
 //! Must not touch other consumers' schemas or any Kafka plumbing (that is the runtime's).
 
 pub mod api;
-pub mod config;
 pub mod handler;
 pub mod store;
 
-use std::future::Future;
-
-pub use config::Config;
-use handler::InventoryProjection;
-use orderflow_consumer_kit::Consumer;
+use handler::{InventoryProjection, NAME};
+use orderflow_consumer_kit::{Consumer, Spec, bare};
+use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_runtime::RuntimeArgs;
 
-/// Consume and serve on `config.listen` until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    connect(config.runtime).await?.run(config.listen, shutdown).await
-}
+/// The consumer as the registry (`crates/registry`) and its binary know it.
+pub const CONSUMER: Spec = Spec {
+    name: NAME,
+    binary: "inventory-projection",
+    port: 8084,
+    topics: &[ORDERS_TOPIC, INVENTORY_TOPIC],
+    about: "Stock on hand, reserved and available per sku, from orders.v1 and inventory.v1",
+    rebuild: bare::<InventoryProjection>,
+};
 
 /// Connect the store (schema, migrations) and build the read API, without consuming yet.
 pub async fn connect(runtime: RuntimeArgs) -> anyhow::Result<Consumer<InventoryProjection>> {

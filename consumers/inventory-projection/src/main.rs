@@ -1,9 +1,6 @@
-use clap::Parser;
-use orderflow_inventory_projection::{Config, run};
+use orderflow_consumer_kit::NoFlags;
+use orderflow_inventory_projection::{CONSUMER, connect};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    let _telemetry = orderflow_telemetry::init("inventory-projection");
-    run(config, orderflow_runtime::shutdown_signal()).await
+fn main() -> anyhow::Result<()> {
+    orderflow_consumer_kit::main(&CONSUMER, |runtime, NoFlags {}| connect(runtime))
 }

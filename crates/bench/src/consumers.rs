@@ -1,7 +1,7 @@
-//! The real consumers under load: each of `fulfillment`, `email`, `analytics` and
-//! `inventory-projection` runs as its own release binary (the sibling of the harness's
-//! executable) over the events it reads, into a fresh schema, with a fresh group. Per
-//! consumer: apply rate (1% to 100% of its stored offsets), peak RSS and CPU per 1000 events.
+//! The real consumers under load: every registered consumer (`crates/registry`) runs as its
+//! own release binary (the sibling of the harness's executable) over the events it reads,
+//! into a fresh schema, with a fresh group. Per consumer: apply rate (1% to 100% of its
+//! stored offsets), peak RSS and CPU per 1000 events.
 //!
 //! The orders are the round's ceiling topic (distinct orders, 3 lines, skus spread over
 //! [`ceilings::SKUS`]); the stock changes fill one topic per harness run ([`Workload`]): a
@@ -14,12 +14,15 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use chrono::{TimeDelta, Utc};
-use orderflow_events::{Event, InventoryChanged, OrderId, Reason, Sku, StockDelta, WarehouseId, samples};
+use orderflow_events::{
+    Event, INVENTORY_TOPIC, InventoryChanged, OrderId, Reason, Sku, StockDelta, WarehouseId, samples,
+};
+use orderflow_registry::{CONSUMERS, Spec};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use uuid::Uuid;
 
@@ -31,50 +34,26 @@ use crate::{Env, Settings};
 /// Warehouses the stock changes spread over.
 pub const WAREHOUSES: usize = 8;
 
-/// One consumer binary the harness measures.
-pub struct Spec {
-    /// The binary (and the consumer's name).
-    pub binary: &'static str,
-    /// The cargo package that builds it.
-    pub package: &'static str,
-    /// Whether it reads the inventory topic besides the orders topic.
-    pub reads_inventory: bool,
-    /// What it reads, for the report.
-    pub reads: &'static str,
-    /// Figure names: apply rate, peak RSS, CPU per 1000 events.
-    pub figures: [&'static str; 3],
+/// Whether `spec` reads the inventory topic besides the orders topic.
+fn reads_inventory(spec: &Spec) -> bool {
+    spec.topics.contains(&INVENTORY_TOPIC)
 }
 
-pub const CONSUMERS: [Spec; 4] = [
-    Spec {
-        binary: "fulfillment",
-        package: "orderflow-fulfillment",
-        reads_inventory: true,
-        reads: "orders + stock changes (keeps shipments)",
-        figures: ["fulfillment_apply", "fulfillment_rss", "fulfillment_cpu"],
-    },
-    Spec {
-        binary: "email",
-        package: "orderflow-email",
-        reads_inventory: false,
-        reads: "orders",
-        figures: ["email_apply", "email_rss", "email_cpu"],
-    },
-    Spec {
-        binary: "analytics",
-        package: "orderflow-analytics",
-        reads_inventory: true,
-        reads: "orders + stock changes",
-        figures: ["analytics_apply", "analytics_rss", "analytics_cpu"],
-    },
-    Spec {
-        binary: "inventory-projection",
-        package: "orderflow-inventory-projection",
-        reads_inventory: true,
-        reads: "orders + stock changes",
-        figures: ["inventory_apply", "inventory_rss", "inventory_cpu"],
-    },
-];
+/// What `spec` reads, for the report.
+fn reads(spec: &Spec) -> &'static str {
+    if reads_inventory(spec) { "orders + stock changes" } else { "orders" }
+}
+
+/// Figure names of `spec`: apply rate, peak RSS, CPU per 1000 events (`<name>_apply`, ...).
+fn figures(spec: &Spec) -> [&'static str; 3] {
+    // Made once per process; the report keys figures by `&'static str`.
+    static NAMES: OnceLock<Vec<(&'static str, [&'static str; 3])>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        let leak = |name: &str, kind: &str| -> &'static str { Box::leak(format!("{name}_{kind}").into_boxed_str()) };
+        CONSUMERS.iter().map(|c| (c.name, [leak(c.name, "apply"), leak(c.name, "rss"), leak(c.name, "cpu")])).collect()
+    });
+    names.iter().find(|(name, _)| *name == spec.name).map(|(_, f)| *f).expect("a registered consumer")
+}
 
 /// One consumer's figures in one round.
 #[derive(Debug, Clone)]
@@ -171,10 +150,9 @@ fn binary(spec: &Spec) -> anyhow::Result<PathBuf> {
     let path = exe.parent().context("the harness has no directory")?.join(spec.binary);
     anyhow::ensure!(
         path.exists(),
-        "no {} next to {}: build it with the same profile (`cargo build --release -p {}`; scripts/bench does)",
+        "no {} next to {}: build it with the same profile (`cargo build --release --workspace --bins`; scripts/bench does)",
         spec.binary,
         exe.display(),
-        spec.package
     );
     Ok(path)
 }
@@ -188,7 +166,9 @@ pub async fn measure(
     orders_topic: &str,
 ) -> anyhow::Result<Vec<Measured>> {
     let mut measured = Vec::new();
-    for spec in &CONSUMERS {
+    // The email consumer delivers here (the others ignore SMTP_URL).
+    let sink = SmtpSink::start().await?;
+    for spec in CONSUMERS {
         let schema = unique(&format!("bench_{}", spec.binary.replace('-', "_")));
         let mut command = Command::new(binary(spec)?);
         command
@@ -196,23 +176,18 @@ pub async fn measure(
             .args(["--schema", &schema, "--group", &unique(&format!("bench-{}", spec.binary))])
             .args(["--dlq-topic", &format!("{}-{}.dlq", workload.inventory_topic, spec.binary)])
             .args(["--batch-size", &settings.batch_size.to_string(), "--listen", "127.0.0.1:0"])
-            .args(["--topic", orders_topic]);
+            .args(["--topic", orders_topic])
+            .env("SMTP_URL", format!("smtp://{}", sink.addr));
         let mut events = settings.records;
-        if spec.reads_inventory {
+        if reads_inventory(spec) {
             command.args(["--topic", &workload.inventory_topic]);
             events += workload.inventory_events;
         }
-        let sink = if spec.binary == "email" {
-            let sink = SmtpSink::start().await?;
-            command.args(["--smtp-url", &format!("smtp://{}", sink.addr)]);
-            Some(sink)
-        } else {
-            None
-        };
+        let before = sink.delivered();
         let run =
             run_consumer(env, command, &schema, events).await.with_context(|| format!("measuring {}", spec.binary))?;
-        if let Some(sink) = sink {
-            tracing::info!(delivered = sink.delivered(), "emails delivered to the SMTP sink during the run");
+        if sink.delivered() > before {
+            tracing::info!(delivered = sink.delivered() - before, "emails delivered to the SMTP sink during the run");
         }
         measured.push(Measured {
             binary: spec.binary,
@@ -229,7 +204,7 @@ impl Figures {
     pub fn push_consumers(&mut self, measured: &[Measured]) {
         for m in measured {
             if let Some(spec) = CONSUMERS.iter().find(|s| s.binary == m.binary) {
-                let [apply, rss, cpu] = spec.figures;
+                let [apply, rss, cpu] = figures(spec);
                 self.push(apply, m.apply_per_sec);
                 self.push(rss, m.peak_rss_mb);
                 self.push(cpu, m.cpu_ms_per_1000);
@@ -244,7 +219,7 @@ pub fn render(md: &mut String, settings: &Settings, f: &Figures) {
     let _ = writeln!(md, "\n### Consumers\n");
     let _ = writeln!(
         md,
-        "Each consumer binary reads the round's {} orders and, all but `email`, {} stock changes (mostly shipments of those orders; {} warehouses), into a fresh schema with a fresh group; `email` delivers to an SMTP sink inside the harness. Ceiling: min(consume, upsert) = {}.\n",
+        "Each consumer binary reads the round's {} orders and, those that read `inventory.v1`, {} stock changes (mostly shipments of those orders; {} warehouses), into a fresh schema with a fresh group; `email` delivers to an SMTP sink inside the harness. Ceiling: min(consume, upsert) = {}.\n",
         settings.records,
         inventory_events(settings.records),
         WAREHOUSES,
@@ -254,14 +229,14 @@ pub fn render(md: &mut String, settings: &Settings, f: &Figures) {
         md,
         "| consumer | reads | apply rate (events/s) | ratio | target | | peak RSS (MB) | CPU per 1000 events (ms) |\n|---|---|---|---|---|---|---|---|"
     );
-    for spec in &CONSUMERS {
-        let [apply, rss, cpu] = spec.figures;
+    for spec in CONSUMERS {
+        let [apply, rss, cpu] = figures(spec);
         let ratio = f.median(apply) / ceiling;
         let _ = writeln!(
             md,
             "| `{}` consumer | {} | {} | {:.0}% | ≥ 80% | {} | {} | {} |",
             spec.binary,
-            spec.reads,
+            reads(spec),
             cell(f, apply),
             ratio * 100.0,
             if ratio >= 0.8 { "met" } else { "**missed**" },

@@ -7,8 +7,8 @@
 //!   upserts (with the runtime's ledger and offset writes), binary COPY, one-row commits/s.
 //! - [`pipeline`]: the consumer runtime's apply rate and replay rate (a child process running
 //!   a batched projection), its peak RSS and CPU per 1000 events under a backlog, codec cost.
-//! - [`consumers`]: the same figures for each real consumer binary (`fulfillment`, `email`,
-//!   `analytics`, `inventory-projection`) over orders and stock changes.
+//! - [`consumers`]: the same figures for each registered consumer binary (`crates/registry`)
+//!   over orders and stock changes.
 //! - [`ingress`]: the real `ingress` binary's maximum requests/s (closed loop) against raw
 //!   produce, and its latency under an open loop at half that rate.
 //! - [`e2e`]: ingress + the real `fulfillment` binary: the maximum sustainable rate, latency

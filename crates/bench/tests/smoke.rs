@@ -9,13 +9,13 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
         database_url: orderflow_testkit::database_url(),
     };
     // The child consumer is this crate's binary; run the harness through it so
-    // `current_exe()` is the harness, as in a real run. The ingress and fulfillment it spawns
+    // `current_exe()` is the harness, as in a real run. The ingress and consumers it spawns
     // are the debug binaries next to it (a workspace test run builds them; with
-    // `-p orderflow-bench` alone, `cargo build -p orderflow-ingress -p orderflow-fulfillment` first).
+    // `-p orderflow-bench` alone, `cargo build --workspace --bins` first).
     let exe = orderflow_testkit::process::bin_path("orderflow-bench").unwrap();
     // The harness runs the real consumer binaries beside it: a workspace run builds them;
     // `-p orderflow-bench` alone does not (build them first, or this fails here, clearly).
-    for spec in &orderflow_bench::consumers::CONSUMERS {
+    for spec in orderflow_registry::CONSUMERS {
         orderflow_testkit::process::bin_path(spec.binary).unwrap();
     }
     let out = std::env::temp_dir().join(orderflow_testkit::unique_name("bench-report")).with_extension("md");
@@ -44,6 +44,7 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
         "`email` consumer",
         "`analytics` consumer",
         "`inventory-projection` consumer",
+        "`order-history` consumer",
         "ingress requests/s, closed loop, 64 in flight",
         "ingress requests/s, closed loop, 256 in flight",
         "ingress maximum requests/s",

@@ -15,10 +15,12 @@
 //! - [`dlq`]: list, show and (auditably) redrive dead letters.
 //! - [`export`]: a topic range to JSON Lines, CSV or Avro files, resumable.
 //! - [`replay`]: rebuild a consumer's store into a shadow schema, diff, promote.
+//! - [`consumers`]: the registered consumers (name, binary, port, topics), for scripts.
 //!
 //! The CLI prints data to stdout and diagnostics to stderr, so its output can be piped.
 
 pub mod broker;
+pub mod consumers;
 pub mod dlq;
 pub mod export;
 pub mod lag;
@@ -73,6 +75,8 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Compare the consumers' read APIs with the totals `simulate --expect-file` wrote.
     Verify(Box<verify::VerifyArgs>),
+    /// List the registered consumers: name, binary, port, topics.
+    Consumers(consumers::ConsumersArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -88,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(&cli.kafka, args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::Verify(args) => verify::run(*args).await,
+        Command::Consumers(args) => consumers::run(args),
     }
 }
 

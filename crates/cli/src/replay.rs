@@ -11,14 +11,16 @@
 //! rebuild ended, so the consumer, started again, continues there with no gap and no double
 //! count. Promotion refuses while the consumer runs.
 //!
-//! Consumers are looked up in [`registry`]; a consumer crate adds itself there.
+//! Consumers are looked up in the registry (`crates/registry`, `orderflow consumers`), which
+//! says how to run each one's handler alone.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use orderflow_consumer_kit::{Bare, LocalBoxFuture, bare_with};
 use orderflow_kafka::KafkaArgs;
-use orderflow_runtime::{CancellationToken, Handler, Runtime, RuntimeArgs, store};
+use orderflow_runtime::{CancellationToken, Handler, RuntimeArgs, store};
 use sqlx::PgPool;
 
 use crate::position::{self, ConsumerArgs, ConsumerRef};
@@ -30,8 +32,8 @@ use crate::records;
   orderflow replay fulfillment --promote              ... and swap it in (stop the consumer first)
   orderflow replay analytics --topic orders.v1 --topic inventory.v1 --schema analytics
 
-Known consumers: fulfillment, email, analytics, inventory-projection (the registry in
-crates/cli/src/replay.rs; email replays record confirmations as `suppressed`, never sent).")]
+Known consumers: `orderflow consumers` (email replays record confirmations as `suppressed`,
+never sent).")]
 pub struct ReplayArgs {
     /// The consumer; the shadow schema is `<schema>_shadow`.
     #[command(flatten)]
@@ -86,22 +88,11 @@ pub struct ReplayReport {
     pub promoted: bool,
 }
 
-/// The consumers `orderflow replay` knows, by name. Each arm runs [`replay`] with the
-/// consumer's handler; consumer crates add themselves here.
+/// Replay the registered consumer `args` names (`orderflow consumers`), with its handler
+/// alone (for email: confirmations are recorded `suppressed` and nothing is sent).
 pub async fn registry(kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
-    match args.consumer.consumer.as_str() {
-        "fulfillment" => replay(orderflow_fulfillment::handler::Fulfillment, kafka, args).await,
-        // Replay mode: the email handler records `suppressed` rows and nothing is sent.
-        "email" => replay(orderflow_email::handler::Email, kafka, args).await,
-        "analytics" => replay(orderflow_analytics::handler::Analytics, kafka, args).await,
-        "inventory-projection" => {
-            replay(orderflow_inventory_projection::handler::InventoryProjection, kafka, args).await
-        }
-        other => bail!(
-            "orderflow replay does not know consumer {other}; known: fulfillment, email, analytics, \
-             inventory-projection"
-        ),
-    }
+    let spec = orderflow_registry::get(&args.consumer.consumer).context("orderflow replay")?;
+    replay_with(spec.topic_list(), spec.rebuild, kafka, args).await
 }
 
 pub async fn run(kafka: &KafkaArgs, args: ReplayArgs) -> anyhow::Result<()> {
@@ -134,10 +125,22 @@ pub async fn run(kafka: &KafkaArgs, args: ReplayArgs) -> anyhow::Result<()> {
 /// Rebuild `handler`'s store into `<schema>_shadow`, report the difference from the live
 /// store, and promote it when asked.
 pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
+    let topics = handler.topics();
+    replay_with(topics, |runtime_args| bare_with(handler, runtime_args), kafka, args).await
+}
+
+/// [`replay`] of the handler `connect` runs alone, reading `default_topics` unless `--topic`
+/// names others.
+async fn replay_with(
+    default_topics: Vec<String>,
+    connect: impl FnOnce(RuntimeArgs) -> LocalBoxFuture<anyhow::Result<Bare>>,
+    kafka: &KafkaArgs,
+    args: &ReplayArgs,
+) -> anyhow::Result<ReplayReport> {
     let live = args.consumer.consumer_ref()?;
     let shadow = format!("{}_shadow", live.schema);
     store::validate_schema_name(&shadow)?;
-    let topics = if args.topics.is_empty() { handler.topics() } else { args.topics.clone() };
+    let topics = if args.topics.is_empty() { default_topics } else { args.topics.clone() };
     anyhow::ensure!(!topics.is_empty(), "consumer {} reads no topics; name them with --topic", live.name);
     let pool = args.consumer.db.connect().await?;
 
@@ -185,16 +188,14 @@ pub async fn replay<H: Handler>(handler: H, kafka: &KafkaArgs, args: &ReplayArgs
     runtime_args.topics = topics.clone();
     runtime_args.dlq_topic = Some(format!("{}.replay.dlq", live.name));
     runtime_args.replay = true;
-    let runtime = Runtime::connect(&handler, runtime_args).await?;
-    let shadow_pool = runtime.pool().clone();
+    let Bare { pool: shadow_pool, serve, .. } = connect(runtime_args).await?;
     store::seed_offsets(&shadow_pool, &shadow, &starts)
         .await
         .with_context(|| format!("Failed to set the start points in {shadow}"))?;
     let listener =
         tokio::net::TcpListener::bind("127.0.0.1:0").await.context("Failed to bind the replay's health port")?;
     let stop = CancellationToken::new();
-    let task =
-        tokio::spawn(runtime.run_with_listener(handler, axum::Router::new(), listener, stop.clone().cancelled_owned()));
+    let task = tokio::spawn(serve(listener, Box::pin(stop.clone().cancelled_owned())));
 
     let total: i64 = ends.values().sum();
     let bar = records::progress(Some(total as u64), &format!("rebuilding {shadow}"));

@@ -99,6 +99,10 @@ pub struct Expected {
     /// Sum of the accepted orders' totals per currency, in minor units.
     pub revenue_minor: BTreeMap<String, i64>,
     pub skus: BTreeMap<String, SkuTotals>,
+    /// Accepted orders per customer (customer ids carry the run's id). Absent in files of
+    /// earlier versions.
+    #[serde(default)]
+    pub customers: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +224,8 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
     let mut orders = Vec::new();
     for i in 0..args.orders {
         let order_id = format!("{run_id}-ord-{i:05}");
+        // About three orders per customer, so histories have more than one.
+        let customer = format!("{run_id}-cust-{}", rng.random_range(0..args.orders.div_ceil(3).max(1)));
         let mut chosen = BTreeSet::new();
         let lines: Vec<(String, i64, i64)> = (0..rng.random_range(1..=3))
             .filter_map(|_| {
@@ -227,15 +233,15 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
                 chosen.insert(sku.clone()).then(|| (sku, rng.random_range(1..=3), rng.random_range(100..=10_000)))
             })
             .collect();
-        orders.push((order_id, lines));
+        orders.push((order_id, customer, lines));
     }
     let requests = orders
         .iter()
-        .map(|(order_id, lines)| {
+        .map(|(order_id, customer, lines)| {
             let total: i64 = lines.iter().map(|(_, q, p)| q * p).sum();
             let body = json!({
                 "order_id": order_id,
-                "customer": {"id": format!("cust-{}", rng.random_range(0..1000)), "email": format!("buyer{}@example.com", rng.random_range(0..1000)), "name": "Sam Buyer"},
+                "customer": {"id": customer, "email": format!("buyer{}@example.com", rng.random_range(0..1000)), "name": "Sam Buyer"},
                 "currency": CURRENCY,
                 "lines": lines.iter().map(|(sku, q, p)| json!({"sku": sku, "quantity": q, "unit_price_minor": p})).collect::<Vec<_>>(),
                 "total_minor": total,
@@ -249,9 +255,10 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
         .collect();
     let outcomes = client.send_all(requests, &mut report).await;
     let mut accepted_orders = Vec::new();
-    for ((order_id, lines), outcome) in orders.iter().zip(&outcomes) {
+    for ((order_id, customer, lines), outcome) in orders.iter().zip(&outcomes) {
         expected.events += outcome.event_ids.len();
         if outcome.accepted {
+            expected.customers.entry(customer.clone()).or_default().insert(order_id.clone());
             expected.orders += 1;
             *expected.orders_by_currency.entry(CURRENCY.to_owned()).or_default() += 1;
             *expected.revenue_minor.entry(CURRENCY.to_owned()).or_default() +=

@@ -8,7 +8,12 @@
 //!   hours around the run, minus a baseline recorded before the load when one is given), and
 //!   units ordered per sku of the run (`GET /v1/units`);
 //! - inventory-projection: on hand, reserved, available and on hand per warehouse of every sku
-//!   of the run (`GET /v1/inventory/{sku}`).
+//!   of the run (`GET /v1/inventory/{sku}`);
+//! - order-history: every accepted order is in its customer's history
+//!   (`GET /v1/customers/{customer_id}/orders`).
+//!
+//! Each consumer is read at `http://127.0.0.1:<its port>` (`orderflow consumers`) unless a
+//! flag moves it. A registered consumer this command has no check for is reported as skipped.
 //!
 //! Order ids and skus carry the run's id, so those checks hold on a store shared with other
 //! runs. Sales are totals over time, not per run: on a shared store, record them with
@@ -17,7 +22,7 @@
 //! `--wait` polls the stores that still differ until they match or the deadline passes (the
 //! email sender delivers after the consumer applied the order).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -59,18 +64,22 @@ pub struct VerifyArgs {
     /// Run it before the load, once every consumer caught up.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["expect_file", "analytics_baseline"])]
     pub save_analytics_baseline: Option<PathBuf>,
-    /// Base URL of the fulfillment consumer.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8081")]
-    pub fulfillment_url: Url,
-    /// Base URL of the email consumer.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8082")]
-    pub email_url: Url,
-    /// Base URL of the analytics consumer.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8083")]
-    pub analytics_url: Url,
-    /// Base URL of the inventory-projection consumer.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8084")]
-    pub inventory_url: Url,
+    /// Base URL of the fulfillment consumer [default: http://127.0.0.1:8081].
+    #[arg(long, value_name = "URL")]
+    pub fulfillment_url: Option<Url>,
+    /// Base URL of the email consumer [default: http://127.0.0.1:8082].
+    #[arg(long, value_name = "URL")]
+    pub email_url: Option<Url>,
+    /// Base URL of the analytics consumer [default: http://127.0.0.1:8083].
+    #[arg(long, value_name = "URL")]
+    pub analytics_url: Option<Url>,
+    /// Base URL of the inventory-projection consumer [default: http://127.0.0.1:8084].
+    #[arg(long, value_name = "URL")]
+    pub inventory_url: Option<Url>,
+    /// Base URL of any registered consumer, by name (repeatable), e.g.
+    /// `--consumer-url order-history=http://127.0.0.1:18087`; default: its port on 127.0.0.1.
+    #[arg(long = "consumer-url", value_name = "NAME=URL", value_parser = parse_consumer_url)]
+    pub consumer_urls: Vec<(String, Url)>,
     /// Bearer token sent to the read APIs (Authorization header).
     #[arg(long, env = "ORDERFLOW_READ_TOKEN", hide_env_values = true)]
     pub read_token: Option<String>,
@@ -149,6 +158,9 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let reports = verify(&args).await?;
     for report in &reports {
         print!("{}", format_report(report, args.max_differences));
+    }
+    for name in skipped() {
+        println!("{name:<20} skipped  orderflow verify has no check for this consumer");
     }
     let differing: Vec<String> = reports.iter().filter(|r| !r.ok()).map(|r| r.store.to_owned()).collect();
     if differing.is_empty() {
@@ -298,9 +310,10 @@ enum Store {
     Email,
     Analytics,
     Inventory,
+    OrderHistory,
 }
 
-const STORES: [Store; 4] = [Store::Fulfillment, Store::Email, Store::Analytics, Store::Inventory];
+const STORES: [Store; 5] = [Store::Fulfillment, Store::Email, Store::Analytics, Store::Inventory, Store::OrderHistory];
 
 impl Store {
     fn name(self) -> &'static str {
@@ -309,8 +322,45 @@ impl Store {
             Store::Email => "email",
             Store::Analytics => "analytics",
             Store::Inventory => "inventory-projection",
+            Store::OrderHistory => "order-history",
         }
     }
+}
+
+/// Registered consumers this command has no check for.
+pub fn skipped() -> Vec<&'static str> {
+    orderflow_registry::names().into_iter().filter(|name| !STORES.iter().any(|s| s.name() == *name)).collect()
+}
+
+/// `NAME=URL` of `--consumer-url`.
+fn parse_consumer_url(text: &str) -> Result<(String, Url), String> {
+    let (name, url) = text.split_once('=').ok_or_else(|| format!("expected NAME=URL, got '{text}'"))?;
+    orderflow_registry::get(name).map_err(|e| e.to_string())?;
+    let url = Url::parse(url).map_err(|e| format!("{name}: '{url}' is not a URL ({e})"))?;
+    Ok((name.to_owned(), url))
+}
+
+/// Where each registered consumer is read: its own flag, else `--consumer-url`, else its
+/// registered port on 127.0.0.1.
+fn consumer_urls(args: &VerifyArgs) -> anyhow::Result<BTreeMap<&'static str, (String, Url)>> {
+    let legacy = [
+        ("fulfillment", "--fulfillment-url", &args.fulfillment_url),
+        ("email", "--email-url", &args.email_url),
+        ("analytics", "--analytics-url", &args.analytics_url),
+        ("inventory-projection", "--inventory-url", &args.inventory_url),
+    ];
+    let mut urls = BTreeMap::new();
+    for spec in orderflow_registry::CONSUMERS {
+        let given = args.consumer_urls.iter().rev().find(|(name, _)| name == spec.name);
+        let flag = legacy.iter().find(|(name, _, url)| *name == spec.name && url.is_some());
+        let (flag, url) = match (flag, given) {
+            (Some((_, flag, Some(url))), _) => ((*flag).to_owned(), url.clone()),
+            (_, Some((_, url))) => (format!("--consumer-url {}=", spec.name), url.clone()),
+            _ => ("the default".to_owned(), Url::parse(&format!("http://127.0.0.1:{}", spec.port))?),
+        };
+        urls.insert(spec.name, (flag, url));
+    }
+    Ok(urls)
 }
 
 /// What one GET found out about one order or sku: nothing wrong, a difference, or the store
@@ -324,17 +374,14 @@ struct Checker {
     email: Url,
     analytics: Url,
     inventory: Url,
+    order_history: Url,
     concurrency: usize,
 }
 
 impl Checker {
     fn new(args: &VerifyArgs) -> anyhow::Result<Checker> {
-        for (flag, url) in [
-            ("--fulfillment-url", &args.fulfillment_url),
-            ("--email-url", &args.email_url),
-            ("--analytics-url", &args.analytics_url),
-            ("--inventory-url", &args.inventory_url),
-        ] {
+        let urls = consumer_urls(args)?;
+        for (flag, url) in urls.values() {
             if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
                 bail!("{flag} must be an http(s) base URL like http://127.0.0.1:8081 (got {url})");
             }
@@ -344,10 +391,11 @@ impl Checker {
         Ok(Checker {
             http,
             token: args.read_token.clone().filter(|t| !t.is_empty()),
-            fulfillment: args.fulfillment_url.clone(),
-            email: args.email_url.clone(),
-            analytics: args.analytics_url.clone(),
-            inventory: args.inventory_url.clone(),
+            fulfillment: urls["fulfillment"].1.clone(),
+            email: urls["email"].1.clone(),
+            analytics: urls["analytics"].1.clone(),
+            inventory: urls["inventory-projection"].1.clone(),
+            order_history: urls["order-history"].1.clone(),
             concurrency: usize::from(args.concurrency),
         })
     }
@@ -364,6 +412,7 @@ impl Checker {
             Store::Email => self.check_email(expected).await,
             Store::Analytics => self.check_analytics(expected, window, baseline).await,
             Store::Inventory => self.check_inventory(expected).await,
+            Store::OrderHistory => self.check_order_history(expected).await,
         };
         StoreReport { store: store.name(), checked, differences }
     }
@@ -587,6 +636,40 @@ impl Checker {
         (format!("{} skus (on hand, reserved, available, per warehouse)", expected.skus.len()), differences)
     }
 }
+
+impl Checker {
+    /// Every accepted order of the run is in its customer's history (a customer of the run
+    /// has at most [`HISTORY_PAGE`] orders in it, all of them this run's).
+    async fn check_order_history(&self, expected: &Expected) -> (String, Vec<String>) {
+        let orders: usize = expected.customers.values().map(BTreeSet::len).sum();
+        if orders == 0 && expected.orders > 0 {
+            let checked = "nothing: the expected file names no customers (an older `orderflow simulate` wrote it)";
+            return (checked.to_owned(), vec![]);
+        }
+        let differences = self
+            .each(expected.customers.keys(), |customer| async move {
+                let want = &expected.customers[customer];
+                let limit = HISTORY_PAGE.to_string();
+                let url =
+                    Self::url(&self.order_history, &["v1", "customers", customer, "orders"], &[("limit", &limit)]);
+                let (status, body) = self.get(url).await?;
+                let Some(listed) = body["orders"].as_array().filter(|_| status == 200) else {
+                    return Ok(Some(format!("{customer}: HTTP {status} {}", api_error(&body))));
+                };
+                let listed: BTreeSet<&str> = listed.iter().filter_map(|o| o["order_id"].as_str()).collect();
+                let missing: Vec<&str> = want.iter().map(String::as_str).filter(|id| !listed.contains(id)).collect();
+                Ok((!missing.is_empty()).then(|| format!("{customer}: missing {}", missing.join(", "))))
+            })
+            .await;
+        (
+            format!("{orders} orders of {} customers, each in its customer's history", expected.customers.len()),
+            differences,
+        )
+    }
+}
+
+/// The page `verify` reads a customer's history with (the API's largest).
+const HISTORY_PAGE: u16 = 100;
 
 /// One line naming every field of a sku that differs, or `None` when it matches.
 fn inventory_differences(sku: &str, want: &crate::simulate::SkuTotals, body: &Value) -> Option<String> {

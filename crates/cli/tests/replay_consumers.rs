@@ -1,30 +1,33 @@
-//! `orderflow replay` of the real consumers: a rebuild from the topics into a shadow schema
-//! equals the store the live consumer built. (Email is left out on purpose: a replay records
-//! its confirmations as `suppressed` instead of `queued`, so the stores differ by design.)
+//! `orderflow replay` of the real consumers, looked up in the registry as the command does: a
+//! rebuild from the topics into a shadow schema equals the store the live consumer built.
+//! (Email is left out on purpose: a replay records its confirmations as `suppressed` instead
+//! of `queued`, so the stores differ by design.)
 
 use std::time::Duration;
 
 use orderflow_cli::position::{ConsumerArgs, DbArgs};
-use orderflow_cli::replay::{ReplayArgs, replay};
+use orderflow_cli::replay::{ReplayArgs, registry};
 use orderflow_events::Event;
-use orderflow_runtime::Handler;
+use orderflow_registry::Bare;
 use orderflow_runtime::testing::{self, isolated_args};
 use orderflow_testkit::events::{order, producer, publish, stock_change};
 use orderflow_testkit::{database_url, fresh_topic, kafka_args};
 
-/// Run `handler` live over `topics` (fresh schema and group) until it applied `records`, stop
-/// it, and return replay arguments for its store plus a pool on that database.
-async fn run_live<H: Handler>(handler: impl Fn() -> H, topics: &[String], records: i64) -> (ReplayArgs, sqlx::PgPool) {
-    let name = handler().name().to_owned();
-    let args = isolated_args(&name, topics);
+/// Run the registered consumer `name`'s handler live over `topics` (fresh schema and group)
+/// until it applied `records`, stop it, and return replay arguments for its store plus a pool
+/// on that database.
+async fn run_live(name: &str, topics: &[String], records: i64) -> (ReplayArgs, sqlx::PgPool) {
+    let spec = orderflow_registry::get(name).unwrap();
+    let args = isolated_args(name, topics);
     let (schema, group) = (args.schema.clone().unwrap(), args.group.clone().unwrap());
-    let running = testing::spawn(handler(), args).await;
+    let Bare { pool, schema: connected, serve } = (spec.rebuild)(args).await.unwrap();
+    let running = testing::spawn_serving(pool, connected, move |listener, stop| serve(listener, Box::pin(stop))).await;
     running.wait_for_offsets_sum(records, Duration::from_secs(60)).await;
     let pool = running.pool.clone();
     running.shutdown().await;
     let replay_args = ReplayArgs {
         consumer: ConsumerArgs {
-            consumer: name,
+            consumer: name.to_owned(),
             schema: Some(schema),
             group: Some(group),
             db: DbArgs { database_url: database_url() },
@@ -39,13 +42,12 @@ async fn run_live<H: Handler>(handler: impl Fn() -> H, topics: &[String], record
     (replay_args, pool)
 }
 
-/// Run `handler` live, then replay it into a shadow schema and assert every table equals
-/// the live one.
-async fn live_store_equals_its_replay<H: Handler>(handler: impl Fn() -> H, topics: &[String], records: i64) {
-    let (replay_args, pool) = run_live(&handler, topics, records).await;
+/// Run the consumer `name` live, then replay it into a shadow schema and assert every table
+/// equals the live one.
+async fn live_store_equals_its_replay(name: &str, topics: &[String], records: i64) {
+    let (replay_args, pool) = run_live(name, topics, records).await;
     pool.close().await;
-    let name = replay_args.consumer.consumer.clone();
-    let report = replay(handler(), &kafka_args(), &replay_args).await.unwrap();
+    let report = registry(&kafka_args(), &replay_args).await.unwrap();
     assert_eq!(report.records_replayed, records, "{name}: {report:#?}");
     assert!(!report.tables.is_empty(), "{name}: no tables compared");
     for table in &report.tables {
@@ -55,7 +57,7 @@ async fn live_store_equals_its_replay<H: Handler>(handler: impl Fn() -> H, topic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replay_of_fulfillment_analytics_and_inventory_equals_their_live_stores() {
+async fn replay_of_every_consumer_but_email_equals_its_live_store() {
     // Arrange: orders, restocks and shipments for half of the orders, on two topics.
     let orders_topic = fresh_topic("replay-orders", 3).await;
     let inventory_topic = fresh_topic("replay-inventory", 3).await;
@@ -71,10 +73,9 @@ async fn replay_of_fulfillment_analytics_and_inventory_equals_their_live_stores(
     let records = (orders.len() + changes.len()) as i64;
 
     // Act + Assert, per consumer.
-    live_store_equals_its_replay(|| orderflow_fulfillment::handler::Fulfillment, &topics, records).await;
-    live_store_equals_its_replay(|| orderflow_analytics::handler::Analytics, &topics, records).await;
-    live_store_equals_its_replay(|| orderflow_inventory_projection::handler::InventoryProjection, &topics, records)
-        .await;
+    for name in orderflow_registry::names().into_iter().filter(|name| *name != "email") {
+        live_store_equals_its_replay(name, &topics, records).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -85,14 +86,13 @@ async fn replay_from_an_offset_rebuilds_only_the_records_from_there_and_refuses_
     let orders: Vec<Event> = (0..10).map(|i| order(&format!("f-{i}"), &[("sku-f", 1)])).collect();
     publish(&producer(), &orders_topic, &orders).await;
     let topics = [orders_topic, inventory_topic];
-    let handler = || orderflow_fulfillment::handler::Fulfillment;
-    let (mut replay_args, pool) = run_live(handler, &topics, 10).await;
+    let (mut replay_args, pool) = run_live("fulfillment", &topics, 10).await;
     let schema = replay_args.consumer.schema.clone().unwrap();
     replay_args.from_offset = Some(6);
     replay_args.sample = 20;
 
     // Act
-    let report = replay(handler(), &kafka_args(), &replay_args).await.unwrap();
+    let report = registry(&kafka_args(), &replay_args).await.unwrap();
 
     // Assert: offsets 6..9 only, so the shadow has exactly the last 4 orders.
     assert_eq!(report.records_replayed, 4, "{report:#?}");
@@ -107,7 +107,7 @@ async fn replay_from_an_offset_rebuilds_only_the_records_from_there_and_refuses_
 
     // A partial rebuild never replaces the live store.
     replay_args.promote = true;
-    let refused = replay(handler(), &kafka_args(), &replay_args).await.unwrap_err();
+    let refused = registry(&kafka_args(), &replay_args).await.unwrap_err();
     assert!(format!("{refused:#}").contains("--promote needs a rebuild from the beginning"), "{refused:#}");
     pool.close().await;
 }

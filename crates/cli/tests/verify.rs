@@ -1,4 +1,4 @@
-//! `orderflow verify` against stand-ins of the four read APIs (same paths, parameters, bodies
+//! `orderflow verify` against stand-ins of the five read APIs (same paths, parameters, bodies
 //! and range limits as the consumers'), so every difference can be staged exactly. The real
 //! consumers are verified end to end by the demo test (`tests/demo.rs`).
 
@@ -29,6 +29,8 @@ struct Stores {
     sales: Vec<(String, i64, i64)>,
     units: BTreeMap<String, i64>,
     inventory: BTreeMap<String, Value>,
+    /// customer id → its order ids, as the order history lists them
+    histories: BTreeMap<String, Vec<String>>,
     /// Every request needs `Authorization: Bearer <token>`.
     token: Option<String>,
     /// Query strings of /v1/sales requests.
@@ -150,7 +152,17 @@ async fn inventory(State(s): State<Shared>, headers: HeaderMap, Path(sku): Path<
     }
 }
 
-/// The four read APIs on one free port.
+async fn history(State(s): State<Shared>, headers: HeaderMap, Path(customer): Path<String>) -> Response {
+    let s = s.lock().unwrap();
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let orders: Vec<Value> =
+        s.histories.get(&customer).into_iter().flatten().map(|id| json!({"order_id": id})).collect();
+    axum::Json(json!({"customer_id": customer, "orders": orders, "more": false})).into_response()
+}
+
+/// The five read APIs on one free port.
 async fn serve(stores: Stores) -> (String, Shared) {
     let shared = Arc::new(Mutex::new(stores));
     let app = axum::Router::new()
@@ -159,6 +171,7 @@ async fn serve(stores: Stores) -> (String, Shared) {
         .route("/v1/sales", get(sales))
         .route("/v1/units", get(units))
         .route("/v1/inventory/{sku}", get(inventory))
+        .route("/v1/customers/{customer_id}/orders", get(history))
         .with_state(shared.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -190,6 +203,10 @@ fn sample_run() -> Expected {
             ("simtest-SKU-000".into(), sku(40, 3, 5, &[("wh-0", 30), ("wh-1", 10), ("wh-2", 0)])),
             ("simtest-SKU-001".into(), sku(0, 2, 2, &[])),
         ]),
+        customers: BTreeMap::from([
+            ("simtest-cust-0".into(), BTreeSet::from(["simtest-ord-00000".into(), "simtest-ord-00002".into()])),
+            ("simtest-cust-1".into(), BTreeSet::from(["simtest-ord-00001".into(), "simtest-ord-00003".into()])),
+        ]),
     }
 }
 
@@ -210,6 +227,9 @@ fn matching(expected: &Expected) -> Stores {
         let (o, r) = (*orders as i64, expected.revenue_minor[currency]);
         stores.sales.push((currency.clone(), o / 2, r / 2));
         stores.sales.push((currency.clone(), o - o / 2, r - r / 2));
+    }
+    for (customer, orders) in &expected.customers {
+        stores.histories.insert(customer.clone(), orders.iter().cloned().collect());
     }
     for (sku, totals) in &expected.skus {
         stores.units.insert(sku.clone(), totals.units_ordered);
@@ -246,6 +266,8 @@ fn cli(expect_file: &str, url: &str, extra: &[&str]) -> Cli {
             argv.extend([flag, url]);
         }
     }
+    let history = format!("order-history={url}");
+    argv.extend(["--consumer-url", &history]);
     argv.extend(extra);
     Cli::parse_from(argv)
 }
@@ -269,7 +291,7 @@ async fn a_matching_pipeline_verifies_and_every_store_says_ok() {
 
     assert_eq!(
         reports.iter().map(|r| r.store).collect::<Vec<_>>(),
-        ["fulfillment", "email", "analytics", "inventory-projection"]
+        ["fulfillment", "email", "analytics", "inventory-projection", "order-history"]
     );
     for report in &reports {
         assert!(report.ok(), "{report:?}");
@@ -277,6 +299,7 @@ async fn a_matching_pipeline_verifies_and_every_store_says_ok() {
     let reports = by_store(&reports);
     assert_eq!(reports["fulfillment"].checked, "4 orders (2 shipped, 2 pending)");
     assert_eq!(reports["email"].checked, "4 orders, one email each, sent");
+    assert_eq!(reports["order-history"].checked, "4 orders of 2 customers, each in its customer's history");
     assert!(
         reports["analytics"].checked.starts_with("4 orders, revenue EUR 12345 minor units in ["),
         "{:?}",
@@ -304,6 +327,7 @@ async fn each_store_reports_its_differences_and_the_command_exits_3() {
     stores.units.insert("simtest-SKU-001".into(), 3);
     stores.inventory.get_mut("simtest-SKU-000").unwrap()["on_hand"] = json!(41);
     stores.inventory.remove("simtest-SKU-001");
+    stores.histories.get_mut("simtest-cust-1").unwrap().retain(|id| id != "simtest-ord-00003");
     let (url, _stores) = serve(stores).await;
     let run = write_expected(&expected);
 
@@ -333,12 +357,13 @@ async fn each_store_reports_its_differences_and_the_command_exits_3() {
         reports["inventory-projection"].differences,
         ["simtest-SKU-000: on_hand 41 (expected 40)", "simtest-SKU-001: no inventory (404), expected on_hand 0"]
     );
+    assert_eq!(reports["order-history"].differences, ["simtest-cust-1: missing simtest-ord-00003"]);
 
     let error = orderflow_cli::run(cli(&run.expect_file, &url, &[])).await.unwrap_err();
     assert_eq!(orderflow_cli::exit_code(&error), 3);
     assert!(
-        error.to_string().starts_with("4 of 4 read store(s) do not match")
-            && error.to_string().ends_with("fulfillment, email, analytics, inventory-projection"),
+        error.to_string().starts_with("5 of 5 read store(s) do not match")
+            && error.to_string().ends_with("fulfillment, email, analytics, inventory-projection, order-history"),
         "{error}"
     );
 }

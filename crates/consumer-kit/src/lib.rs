@@ -1,6 +1,8 @@
 //! What orderflow's own consumers (`consumers/*`) share beyond the runtime.
 //!
 //! # Owns
+//! - [`Spec`] and [`main`]: what the registry knows of a consumer (name, binary, port,
+//!   topics, how to run its handler alone), and the whole `main` of a consumer binary;
 //! - [`Consumer`]: connect a handler's store, build its read API, then consume and serve;
 //! - [`ApiError`]: the JSON error bodies of the read APIs (400 with the parameter and the
 //!   problem, 404 for unknown ids, 500 without internals);
@@ -11,8 +13,11 @@
 //! # Must not touch
 //! Kafka, offsets and batching (that is `orderflow-runtime`), and any consumer's tables.
 
+mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use service::{Bare, BoxFuture, Flags, LocalBoxFuture, NoFlags, Rebuild, Spec, bare, bare_with, main};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -115,6 +120,11 @@ impl<H: Handler> Consumer<H> {
     /// The read store's pool (search path = the consumer's schema).
     pub fn pool(&self) -> &PgPool {
         self.runtime.pool()
+    }
+
+    /// The handler's name (group, schema and dead-letter prefix by default).
+    pub fn name(&self) -> &str {
+        self.handler.name()
     }
 
     /// The read store's Postgres schema.
