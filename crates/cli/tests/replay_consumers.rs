@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use orderflow_cli::position::{ConsumerArgs, DbArgs};
+use orderflow_cli::position::ConsumerArgs;
 use orderflow_cli::replay::{ReplayArgs, replay};
 use orderflow_events::Event;
 use orderflow_runtime::Handler;
@@ -27,7 +27,7 @@ async fn run_live<H: Handler>(handler: impl Fn() -> H, topics: &[String], record
             consumer: name,
             schema: Some(schema),
             group: Some(group),
-            db: DbArgs { database_url: database_url() },
+            db: orderflow_service::DatabaseArgs::new(database_url()),
         },
         topics: topics.to_vec(),
         promote: false,
