@@ -31,14 +31,15 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use orderflow_kafka::KafkaArgs;
+use orderflow_service::DatabaseArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "orderflow-bench", about = "Measure orderflow against the machine's own ceilings")]
 pub struct Cli {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    #[arg(long, env = "DATABASE_URL", default_value = orderflow_runtime::DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -118,7 +119,7 @@ pub struct Env {
 }
 
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
-    let env = Env { kafka: cli.kafka, database_url: cli.database_url };
+    let env = Env { kafka: cli.kafka, database_url: cli.database.database_url };
     match cli.command {
         Command::Run(settings) => {
             let settings = settings.effective();

@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use orderflow_kafka::KafkaArgs;
+use orderflow_service::DatabaseArgs;
 use sqlx::PgPool;
 
-use crate::position::{self, ConsumerRef, DbArgs};
+use crate::position::{self, ConsumerRef};
 use crate::records;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -35,8 +36,9 @@ pub struct LagArgs {
     /// Topics to report (repeatable; default: those in the consumer's offsets table).
     #[arg(long = "topic", value_name = "TOPIC")]
     pub topics: Vec<String>,
+    // Postgres holding the consumers' read stores.
     #[command(flatten)]
-    pub db: DbArgs,
+    pub db: DatabaseArgs,
     /// Exit with code 2 when a consumer's total lag in messages is above this.
     #[arg(long, value_name = "MESSAGES")]
     pub max_lag: Option<i64>,
@@ -74,7 +76,7 @@ pub async fn run(kafka: &KafkaArgs, args: LagArgs) -> anyhow::Result<()> {
         args.consumers.len() == 1 || (args.schema.is_none() && args.group.is_none()),
         "--schema and --group apply to a single --consumer"
     );
-    let pool = args.db.connect().await?;
+    let pool = position::connect(&args.db).await?;
     let names = if args.consumers.is_empty() {
         let schemas = orderflow_runtime::store::consumer_schemas(&pool).await?;
         anyhow::ensure!(

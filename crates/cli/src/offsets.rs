@@ -110,7 +110,7 @@ pub async fn run(kafka: &KafkaArgs, command: OffsetsCommand) -> anyhow::Result<(
     match command {
         OffsetsCommand::Show { consumer, topics, json } => {
             let target = consumer.consumer_ref()?;
-            let pool = consumer.db.connect().await?;
+            let pool = position::connect(&consumer.db).await?;
             let positions = position::positions(kafka, &pool, &target, &topics).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&positions)?);
@@ -121,7 +121,7 @@ pub async fn run(kafka: &KafkaArgs, command: OffsetsCommand) -> anyhow::Result<(
         }
         OffsetsCommand::Reset { consumer, to, topic, partition, dry_run } => {
             let target = consumer.consumer_ref()?;
-            let pool = consumer.db.connect().await?;
+            let pool = position::connect(&consumer.db).await?;
             let moves = reset(kafka, &pool, &target, &to, topic.as_deref(), partition, dry_run).await?;
             for m in &moves {
                 println!("{}\t{}\t{} -> {}", m.topic, m.partition, m.from, m.to);

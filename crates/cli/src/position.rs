@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use orderflow_kafka::KafkaArgs;
 use orderflow_runtime::store::{self, redact_url, validate_schema_name};
+use orderflow_service::DatabaseArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -16,23 +17,14 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::records::{self, REQUEST_TIMEOUT};
 
-/// The database of the consumers' read stores.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DbArgs {
-    /// Postgres holding the consumers' read stores (the password is never printed).
-    #[arg(long, env = "DATABASE_URL", default_value = orderflow_runtime::DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
-}
-
-impl DbArgs {
-    pub async fn connect(&self) -> anyhow::Result<PgPool> {
-        PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&self.database_url)
-            .await
-            .with_context(|| format!("Failed to connect to Postgres at {}", redact_url(&self.database_url)))
-    }
+/// Connect to the database of the consumers' read stores (`--database-url`).
+pub async fn connect(db: &DatabaseArgs) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&db.database_url)
+        .await
+        .with_context(|| format!("Failed to connect to Postgres at {}", redact_url(&db.database_url)))
 }
 
 /// A consumer as the tools address it: its name, Postgres schema and consumer group.
@@ -63,8 +55,9 @@ pub struct ConsumerArgs {
     /// Consumer group.
     #[arg(long)]
     pub group: Option<String>,
+    // Postgres holding the consumers' read stores.
     #[command(flatten)]
-    pub db: DbArgs,
+    pub db: DatabaseArgs,
 }
 
 impl ConsumerArgs {

@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use orderflow_events::{Codec, Event, FieldError, InventoryChangeRequest, OrderRequest, idempotent_event_id};
-use orderflow_kafka::{INVENTORY_TOPIC, KafkaArgs, ORDERS_TOPIC};
+use orderflow_events::{
+    Codec, Event, FieldError, INVENTORY_TOPIC, InventoryChangeRequest, ORDERS_TOPIC, OrderRequest, idempotent_event_id,
+};
+use orderflow_kafka::KafkaArgs;
 use orderflow_publisher::Publisher;
 use serde_json::Value;
 

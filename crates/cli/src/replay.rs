@@ -142,7 +142,7 @@ async fn replay_with(
     store::validate_schema_name(&shadow)?;
     let topics = if args.topics.is_empty() { default_topics } else { args.topics.clone() };
     anyhow::ensure!(!topics.is_empty(), "consumer {} reads no topics; name them with --topic", live.name);
-    let pool = args.consumer.db.connect().await?;
+    let pool = position::connect(&args.consumer.db).await?;
 
     // An empty shadow, and the end of the rebuild: the high watermarks now.
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))

@@ -93,7 +93,7 @@ pub struct TailSummary {
 pub async fn run(kafka: &KafkaArgs, args: TailArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let summary = tail(kafka, &args, &mut out, orderflow_runtime::shutdown_signal()).await?;
+    let summary = tail(kafka, &args, &mut out, orderflow_service::shutdown_signal()).await?;
     eprintln!(
         "tail {}: {} records printed ({} undecodable, {} filtered out)",
         args.topic, summary.printed, summary.undecodable, summary.filtered_out

@@ -1,8 +1,9 @@
 use std::time::Duration;
 
 use clap::Subcommand;
+use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_kafka::KafkaArgs;
 use orderflow_kafka::admin::{CLUSTER_DEFAULT_REPLICATION, TopicOutcome, ensure_topic, wait_for_broker};
-use orderflow_kafka::{INVENTORY_TOPIC, KafkaArgs, ORDERS_TOPIC};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{consumer_args, orders};
-use orderflow_cli::position::{ConsumerArgs, DbArgs};
+use orderflow_cli::position::ConsumerArgs;
 use orderflow_cli::replay::{ReplayArgs, replay};
 use orderflow_runtime::testing::{Recorder, spawn};
 use orderflow_testkit::events::{producer, publish};
@@ -28,7 +28,7 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
             consumer: name.clone(),
             schema: args.schema.clone(),
             group: args.group.clone(),
-            db: DbArgs { database_url: database_url() },
+            db: orderflow_service::DatabaseArgs::new(database_url()),
         },
         topics: vec![topic.clone()],
         promote: false,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use orderflow_cli::position::{ConsumerArgs, DbArgs};
+use orderflow_cli::position::ConsumerArgs;
 use orderflow_cli::replay::{ReplayArgs, registry};
 use orderflow_events::Event;
 use orderflow_registry::Bare;
@@ -30,7 +30,7 @@ async fn run_live(name: &str, topics: &[String], records: i64) -> (ReplayArgs, s
             consumer: name.to_owned(),
             schema: Some(schema),
             group: Some(group),
-            db: DbArgs { database_url: database_url() },
+            db: orderflow_service::DatabaseArgs::new(database_url()),
         },
         topics: topics.to_vec(),
         promote: false,

@@ -9,13 +9,10 @@
 //! - [`admin`]: metadata wait and idempotent topic creation.
 //!
 //! This crate must not know about events, schemas or Postgres: it only talks to the broker.
+//! The contract's topic names belong to the events (`orderflow_events::ORDERS_TOPIC`,
+//! `INVENTORY_TOPIC`).
 
 pub mod admin;
 mod settings;
 
 pub use settings::{DEFAULT_BROKERS, KafkaArgs, KafkaOption};
-
-/// The topics of the public contract (docs/events.md).
-pub const ORDERS_TOPIC: &str = "orders.v1";
-/// The topics of the public contract (docs/events.md).
-pub const INVENTORY_TOPIC: &str = "inventory.v1";

@@ -45,11 +45,11 @@ use sqlx::PgPool;
 use tokio_util::sync::DropGuard;
 
 pub use handler::{BatchContext, Envelope, Handler, HandlerError};
+/// Shared with every orderflow binary (`orderflow-service`); re-exported so a consumer needs
+/// only the runtime.
+pub use orderflow_service::{DatabaseArgs, shutdown_signal};
 /// The stop signal of every task the runtime starts (see [`Runtime::child_token`]).
 pub use tokio_util::sync::CancellationToken;
-
-/// The local stack's database when `DATABASE_URL` is not set.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orderflow";
 
 /// Settings every consumer binary shares (flatten into its clap config).
 #[derive(Debug, Clone, clap::Args)]
@@ -57,9 +57,9 @@ pub struct RuntimeArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
-    /// Postgres holding the read store (the password is never logged).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
+    // Postgres holding the read store.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     /// Schema Registry for the Confluent wire format; unset means single-object encoding.
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
@@ -111,7 +111,7 @@ impl RuntimeArgs {
     pub fn new(kafka: KafkaArgs, database_url: impl Into<String>) -> Self {
         RuntimeArgs {
             kafka,
-            database_url: database_url.into(),
+            database: DatabaseArgs::new(database_url),
             schema_registry_url: None,
             schema: None,
             group: None,
@@ -146,7 +146,7 @@ impl Runtime {
     pub async fn connect<H: Handler>(handler: &H, args: RuntimeArgs) -> anyhow::Result<Runtime> {
         let name = handler.name().to_owned();
         let schema = args.schema.clone().unwrap_or_else(|| name.replace('-', "_"));
-        let pool = store::connect(&args.database_url, &schema, args.db_connections).await?;
+        let pool = store::connect(&args.database.database_url, &schema, args.db_connections).await?;
         store::migrate(&pool).await?;
         if let Some(migrator) = handler.migrator() {
             migrator.run(&pool).await.with_context(|| format!("Failed to migrate schema {schema}"))?;
@@ -285,23 +285,6 @@ async fn prune_ledger_until(pool: PgPool, retention: Duration, stop: Cancellatio
         _ = stop.cancelled() => {}
         _ = prune => {}
     }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutdown signal received");
 }
 
 /// The runtime's consumer configuration: the group's (see `KafkaArgs::consumer_config`) plus

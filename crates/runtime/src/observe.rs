@@ -2,32 +2,16 @@
 //! log line and the metric never disagree; and the spans that join a consumer's work to the
 //! trace of the request that produced each event.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use orderflow_events::Event;
+/// The process-wide Prometheus recorder every orderflow binary shares.
+pub use orderflow_service::prometheus;
 use tracing::Span;
 use tracing::field::Empty;
 
 use crate::handler::Envelope;
-
-/// The process-wide Prometheus recorder (installed on first use).
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
-            .expect("static buckets are valid");
-        let recorder = builder.build_recorder();
-        let handle = recorder.handle();
-        // Another recorder may already be installed (tests in one process): keep ours for
-        // rendering either way.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
 
 pub fn batch_applied(
     consumer: &str,

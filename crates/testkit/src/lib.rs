@@ -30,8 +30,8 @@ use orderflow_kafka::KafkaArgs;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
 
-/// The local stack's database when `DATABASE_URL` is not set.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orderflow";
+/// The local stack's database when `DATABASE_URL` is not set: the binaries' default.
+pub use orderflow_service::DEFAULT_DATABASE_URL;
 
 const STACK_HINT: &str = "is the local stack up? run `scripts/stack up` (see docs/local-stack.md)";
 

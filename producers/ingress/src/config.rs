@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use orderflow_kafka::{INVENTORY_TOPIC, KafkaArgs, ORDERS_TOPIC};
+use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_kafka::KafkaArgs;
 
 /// A value that must never reach a log line: `Debug` prints a placeholder.
 #[derive(Clone)]

@@ -31,18 +31,16 @@ pub mod observe;
 pub mod trace;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::post;
 use orderflow_events::Codec;
 use orderflow_publisher::{Limits, Publisher};
+use orderflow_service::ops::{self, Cached, Probe, Readiness};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use auth::Tokens;
 pub use config::IngressConfig;
@@ -61,8 +59,6 @@ pub struct AppState {
     pub publish_timeout: Duration,
     /// Bounds requests in progress (memory, producer queue).
     permits: Arc<Semaphore>,
-    /// Last broker check: when and whether it answered.
-    ready: Mutex<Option<(Instant, bool)>>,
 }
 
 impl AppState {
@@ -104,7 +100,6 @@ impl AppState {
             max_changes: config.max_changes,
             publish_timeout: config.publish_timeout(),
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
-            ready: Mutex::new(None),
         })
     }
 
@@ -116,43 +111,34 @@ impl AppState {
             .and_then(Result::ok)
             .ok_or_else(|| ApiError::Unavailable("too many requests in progress; retry later".to_owned()))
     }
+}
 
-    /// Whether the broker answered a metadata request recently (cached [`READY_CACHE`]).
-    async fn broker_ready(&self) -> bool {
-        let mut ready = self.ready.lock().await;
-        match *ready {
-            Some((at, ok)) if at.elapsed() < READY_CACHE => ok,
-            _ => {
-                let ok = self.publisher.broker_reachable(Duration::from_secs(2)).await;
-                *ready = Some((Instant::now(), ok));
-                ok
-            }
+/// What the operator endpoints read: ready while a broker answers a metadata request
+/// (asked at most every [`READY_CACHE`]); the producer queue's depth at each scrape.
+struct BrokerProbe(Publisher);
+
+impl Probe for BrokerProbe {
+    async fn readiness(&self) -> Readiness {
+        if self.0.broker_reachable(Duration::from_secs(2)).await {
+            Readiness::ready("a broker answered a metadata request")
+        } else {
+            Readiness::not_ready("no broker answered a metadata request within 2 s")
         }
+    }
+
+    fn before_scrape(&self) {
+        observe::producer_queue(self.0.in_flight());
     }
 }
 
-/// The whole HTTP surface: write endpoints, `/healthz`, `/readyz`, `/metrics`.
+/// The whole HTTP surface: write endpoints, and the shared `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
+    let probe = Cached::new(BrokerProbe(state.publisher.clone()), READY_CACHE);
     Router::new()
         .route("/v1/orders", post(api::post_order))
         .route("/v1/inventory/changes", post(api::post_inventory_changes))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .with_state(state)
-}
-
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.broker_ready().await {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable")
-    }
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    observe::producer_queue(state.publisher.in_flight());
-    orderflow_runtime::observe::prometheus().render()
+        .merge(ops::router(probe))
 }
 
 /// Bind `config.listen` and serve until `shutdown` resolves.
@@ -168,7 +154,7 @@ pub async fn run_with_listener(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let _ = orderflow_runtime::observe::prometheus();
+    orderflow_service::prometheus();
     orderflow_kafka::admin::check_credentials(&config.kafka, Duration::from_secs(10)).await?;
     let state = Arc::new(AppState::from_config(&config)?);
     let clients = state.tokens.as_ref().map_or(0, Tokens::len);

@@ -5,5 +5,5 @@ use orderflow_ingress::IngressConfig;
 async fn main() -> anyhow::Result<()> {
     let config = IngressConfig::parse();
     let _telemetry = orderflow_telemetry::init("ingress");
-    orderflow_ingress::run(config, orderflow_runtime::shutdown_signal()).await
+    orderflow_ingress::run(config, orderflow_service::shutdown_signal()).await
 }

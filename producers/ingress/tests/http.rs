@@ -279,17 +279,30 @@ async fn an_unreachable_broker_gets_a_quick_503_with_retry_after() {
 
     let ready = ingress.http.get(format!("{}/readyz", ingress.url)).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body, json!({"ready": false, "detail": "no broker answered a metadata request within 2 s"}));
+    // The process itself is fine: only readiness depends on the broker.
+    let health = ingress.http.get(format!("{}/healthz", ingress.url)).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.json::<Value>().await.unwrap(), json!({"status": "ok"}));
 }
 
 #[tokio::test]
 async fn health_readiness_and_metrics_are_served() {
     let ingress = spawn_ingress(|_| {}).await;
     let get = |path: &'static str| ingress.http.get(format!("{}{path}", ingress.url)).send();
-    assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
-    wait_until("ingress ready", Duration::from_secs(20), || async {
-        (get("/readyz").await.unwrap().status() == StatusCode::OK).then_some(())
+    let health = get("/healthz").await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    let ready = wait_until("ingress ready", Duration::from_secs(20), || async {
+        let response = get("/readyz").await.unwrap();
+        (response.status() == StatusCode::OK).then_some(response)
     })
     .await;
+    assert_eq!(
+        ready.json::<Value>().await.unwrap(),
+        json!({"ready": true, "detail": "a broker answered a metadata request"})
+    );
     assert_eq!(ingress.post("/v1/orders", &order_body("o-m"), None).await.status(), StatusCode::ACCEPTED);
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ingress_requests_total{route=\"/v1/orders\",status=\"202\"}"), "{metrics}");

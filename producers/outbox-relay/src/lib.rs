@@ -12,7 +12,8 @@
 //!
 //! # Layout
 //! [`outbox`] (the table, its migration and `enqueue`, for checkout services) ;
-//! [`relay`] (claim → publish → mark) ; [`RelayConfig`] + [`run`] (the binary).
+//! [`relay`] (claim → publish → mark) ; [`RelayConfig`] + [`run`] (the binary, with the
+//! shared `/healthz`, `/readyz` and `/metrics`).
 //!
 //! # Must not touch
 //! The checkout service's own tables, consumers, HTTP ingress.
@@ -21,15 +22,19 @@ pub mod outbox;
 pub mod relay;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::routing::get;
-use orderflow_events::Codec;
-use orderflow_kafka::{INVENTORY_TOPIC, KafkaArgs, ORDERS_TOPIC};
+use orderflow_events::{Codec, INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_kafka::KafkaArgs;
 use orderflow_publisher::{Limits, Publisher};
-use sqlx::postgres::PgConnectOptions;
+use orderflow_service::DatabaseArgs;
+use orderflow_service::ops::{self, Cached, Probe, Readiness};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
 
 pub use outbox::Outbox;
 pub use relay::{Relay, RelaySettings};
@@ -40,14 +45,9 @@ pub struct RelayConfig {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
-    /// The checkout database holding the outbox.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/orderflow",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    // The checkout database holding the outbox.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     /// Schema of the outbox table (`<schema>.orderflow_outbox`).
     #[arg(long, env = "OUTBOX_SCHEMA", default_value = "public")]
@@ -75,20 +75,73 @@ pub struct RelayConfig {
     #[arg(long, env = "OUTBOX_INVENTORY_TOPIC", default_value = INVENTORY_TOPIC)]
     pub inventory_topic: String,
 
-    /// Address for /healthz and /metrics.
+    /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8086")]
     pub listen: SocketAddr,
 }
 
-/// Migrate the outbox, serve /healthz and /metrics, and relay until `shutdown`.
+/// How long a `/readyz` answer is reused before Postgres and the broker are asked again.
+const READY_CACHE: Duration = Duration::from_secs(3);
+/// How long each readiness check waits for Postgres or a broker.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `/readyz` checks: whether this relay could publish now, i.e. Postgres answers a query
+/// and a broker answers a metadata request. A standby relay (another one holds the outbox's
+/// lock) is ready too: it takes over as soon as the active one goes; `detail` says which it is.
+struct RelayProbe {
+    /// One lazily opened connection, only for the check.
+    pool: PgPool,
+    publisher: Publisher,
+    active: Arc<AtomicBool>,
+}
+
+impl Probe for RelayProbe {
+    async fn readiness(&self) -> Readiness {
+        let database = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool));
+        let (database, broker) = tokio::join!(database, self.publisher.broker_reachable(CHECK_TIMEOUT));
+        let mut problems = Vec::new();
+        match database {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => problems.push(format!("Postgres did not answer: {error}")),
+            Err(_) => problems.push(format!("Postgres did not answer within {} s", CHECK_TIMEOUT.as_secs())),
+        }
+        if !broker {
+            problems.push(format!("no broker answered a metadata request within {} s", CHECK_TIMEOUT.as_secs()));
+        }
+        if !problems.is_empty() {
+            return Readiness::not_ready(problems.join("; "));
+        }
+        let role = if self.active.load(Ordering::Relaxed) {
+            "active relay"
+        } else {
+            "standing by (another relay holds the outbox's lock, or this one is taking it)"
+        };
+        Readiness::ready(format!("Postgres and a broker answered; {role}"))
+    }
+}
+
+/// Bind `config.listen`, then [`run_with_listener`].
 pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    run_with_listener(config, listener, shutdown).await
+}
+
+/// Migrate the outbox, serve `/healthz`, `/readyz` and `/metrics` on `listener` (tests bind
+/// port 0), and relay until `shutdown`; then wait for in-flight records to be acknowledged.
+pub async fn run_with_listener(
+    config: RelayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let outbox = Outbox::new(&config.schema)?;
     if config.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
+    orderflow_service::prometheus();
     orderflow_kafka::admin::check_credentials(&config.kafka, Duration::from_secs(10)).await?;
-    outbox.migrate(&config.database_url).await?;
-    let options: PgConnectOptions = config.database_url.parse().context("DATABASE_URL is not a valid Postgres URL")?;
+    let database_url = &config.database.database_url;
+    outbox.migrate(database_url).await?;
+    let options: PgConnectOptions = database_url.parse().context("DATABASE_URL is not a valid Postgres URL")?;
     let codec = Codec::from_config(config.schema_registry_url.as_deref()).context("configuring the codec")?;
     let limits = Limits { message_timeout: Duration::from_secs(30), ..Limits::default() };
     let publisher = Publisher::with_limits(&config.kafka, codec, "orderflow/outbox-relay", limits)
@@ -99,13 +152,14 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()> + Send 
         poll_interval: Duration::from_millis(config.poll_interval_ms.max(10)),
         retention: Duration::from_secs(config.retention_hours * 3600),
     };
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let prometheus = orderflow_runtime::observe::prometheus();
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { prometheus.render() }));
-    tracing::info!(table = outbox.table(), addr = %config.listen, brokers = %config.kafka.brokers, "outbox relay starting");
+    let relay = Relay::new(outbox.clone(), options.clone(), publisher.clone(), settings);
+    let probe = RelayProbe {
+        pool: PgPoolOptions::new().max_connections(1).acquire_timeout(CHECK_TIMEOUT).connect_lazy_with(options),
+        publisher: publisher.clone(),
+        active: relay.active_flag(),
+    };
+    let router = ops::router(Cached::new(probe, READY_CACHE));
+    tracing::info!(table = outbox.table(), addr = %listener.local_addr()?, brokers = %config.kafka.brokers, "outbox relay starting");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -114,7 +168,7 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()> + Send 
             })
             .await
     });
-    Relay::new(outbox, options, publisher.clone(), settings).run(shutdown).await;
+    relay.run(shutdown).await;
     let _ = stop_http.send(());
     http.await.context("HTTP task")?.context("serving HTTP")?;
     publisher.flush(Duration::from_secs(10)).context("flushing the producer at shutdown")?;

@@ -5,5 +5,5 @@ use orderflow_outbox_relay::RelayConfig;
 async fn main() -> anyhow::Result<()> {
     let config = RelayConfig::parse();
     let _telemetry = orderflow_telemetry::init("outbox-relay");
-    orderflow_outbox_relay::run(config, orderflow_runtime::shutdown_signal()).await
+    orderflow_outbox_relay::run(config, orderflow_service::shutdown_signal()).await
 }

@@ -15,6 +15,8 @@
 //! connection closes, Postgres releases the lock, and a standby takes over. Throughput of one
 //! relay is bounded by the producer, not by Postgres, so this costs little.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -48,11 +50,18 @@ pub struct Relay {
     options: PgConnectOptions,
     publisher: Publisher,
     settings: RelaySettings,
+    /// Whether this relay holds the lock and publishes (else it stands by).
+    active: Arc<AtomicBool>,
 }
 
 impl Relay {
     pub fn new(outbox: Outbox, options: PgConnectOptions, publisher: Publisher, settings: RelaySettings) -> Relay {
-        Relay { outbox, options, publisher, settings }
+        Relay { outbox, options, publisher, settings, active: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// True while this relay is the active one (holds the lock); `/readyz` reports it.
+    pub fn active_flag(&self) -> Arc<AtomicBool> {
+        self.active.clone()
     }
 
     /// Relay until `shutdown` resolves. Errors (database or broker down) are logged and
@@ -97,7 +106,9 @@ impl Relay {
         }
         tracing::info!(table = self.outbox.table(), "active relay");
         metrics::gauge!("outbox_relay_active").set(1.0);
+        self.active.store(true, Ordering::Relaxed);
         let result = self.publish_while_active(&mut conn).await;
+        self.active.store(false, Ordering::Relaxed);
         metrics::gauge!("outbox_relay_active").set(0.0);
         result
     }

@@ -3,12 +3,16 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use clap::Parser;
 use orderflow_events::Event;
-use orderflow_outbox_relay::Outbox;
+use orderflow_outbox_relay::{Outbox, RelayConfig};
 use orderflow_testkit::events::{read_distinct, stock_change};
 use orderflow_testkit::process::BinaryProcess;
 use orderflow_testkit::{database_url, fresh_topic, kafka_args, unique_ident, wait_until};
+use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 const PARTITIONS: usize = 3;
 
@@ -57,6 +61,34 @@ impl Fixture {
         .unwrap()
     }
 
+    /// A relay in this process on port 0 (the binary's `--listen 127.0.0.1:0` port is not
+    /// known to the test), publishing through `brokers`.
+    async fn start_in_process(&self, brokers: &str) -> InProcessRelay {
+        let db = database_url();
+        let config = RelayConfig::parse_from([
+            "outbox-relay",
+            "--kafka-brokers",
+            brokers,
+            "--database-url",
+            &db,
+            "--schema",
+            self.outbox.schema(),
+            "--orders-topic",
+            &self.orders_topic,
+            "--inventory-topic",
+            &self.inventory_topic,
+            "--poll-interval-ms",
+            "200",
+        ]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(orderflow_outbox_relay::run_with_listener(config, listener, async {
+            let _ = stopped.await;
+        }));
+        InProcessRelay { url, stop, task, http: reqwest::Client::new() }
+    }
+
     async fn count(&self, condition: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {} WHERE {condition}", self.outbox.table()))
             .fetch_one(&self.pool)
@@ -79,6 +111,29 @@ impl Fixture {
             tx.commit().await.unwrap();
         }
         events.len()
+    }
+}
+
+struct InProcessRelay {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+    http: reqwest::Client,
+}
+
+impl InProcessRelay {
+    /// GET `path`: the status and the body (JSON, or the text as a JSON string).
+    async fn get(&self, path: &str) -> (u16, Value) {
+        assert!(!self.task.is_finished(), "the relay stopped early");
+        let response = self.http.get(format!("{}{path}", self.url)).send().await.expect("GET reaches the relay");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("the relay task ended").expect("the relay stopped cleanly");
     }
 }
 
@@ -212,4 +267,36 @@ async fn an_unreadable_row_is_marked_with_its_error_and_never_blocks_the_rows_af
         .unwrap();
     assert!(error.contains("payload is not an event"), "{error}");
     relay.terminate(Duration::from_secs(10)).unwrap();
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_the_shared_json_once_postgres_and_the_broker_answer() {
+    let f = fixture().await;
+    let relay = f.start_in_process(&kafka_args().brokers).await;
+
+    assert_eq!(relay.get("/healthz").await, (200, json!({"status": "ok"})));
+    // The only relay on this outbox takes its lock and becomes the active one.
+    let body = wait_until("/readyz to report the active relay", Duration::from_secs(30), || async {
+        let (status, body) = relay.get("/readyz").await;
+        (status == 200 && body["detail"].as_str()?.contains("active relay")).then_some(body)
+    })
+    .await;
+    assert_eq!(body, json!({"ready": true, "detail": "Postgres and a broker answered; active relay"}));
+    let (status, metrics) = relay.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.as_str().unwrap().contains("outbox_relay_active"), "{metrics}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_answers_503_naming_the_broker_while_no_broker_answers() {
+    let f = fixture().await;
+    let relay = f.start_in_process("127.0.0.1:1").await;
+
+    assert_eq!(relay.get("/healthz").await, (200, json!({"status": "ok"})));
+    assert_eq!(
+        relay.get("/readyz").await,
+        (503, json!({"ready": false, "detail": "no broker answered a metadata request within 2 s"}))
+    );
+    relay.stop().await;
 }
