@@ -19,6 +19,19 @@ use crate::{Env, Settings};
 
 pub const PARTITIONS: usize = 6;
 
+/// Create a topic of the harness's own: [`PARTITIONS`] partitions, the cluster's default
+/// replication factor.
+pub async fn create_topic(env: &Env, topic: &str) -> anyhow::Result<()> {
+    orderflow_kafka::admin::ensure_topic(
+        &env.kafka,
+        topic,
+        PARTITIONS,
+        orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
+    )
+    .await?;
+    Ok(())
+}
+
 /// One run's ceilings. `topic` holds `settings.records` distinct OrderPlaced events for the
 /// pipeline measurements that follow.
 #[derive(Debug, Clone)]
@@ -254,13 +267,7 @@ pub async fn drop_schema(env: &Env, schema: &str) {
 
 pub async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<Ceilings> {
     let topic = unique("bench-orders").replace('_', "-");
-    orderflow_kafka::admin::ensure_topic(
-        &env.kafka,
-        &topic,
-        PARTITIONS,
-        orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
-    )
-    .await?;
+    create_topic(env, &topic).await?;
     let records = encoded_orders(settings.records)?;
     let record_bytes = records.first().map(|(_, v, _)| v.len()).unwrap_or(0);
     let produce_per_sec = produce(env, &topic, &records).await?;

@@ -128,13 +128,7 @@ impl Workload {
     /// Fill a fresh stock-change topic for orders of `settings.records` orders.
     pub async fn fill(env: &Env, settings: &Settings) -> anyhow::Result<Workload> {
         let inventory_topic = unique("bench-inventory").replace('_', "-");
-        orderflow_kafka::admin::ensure_topic(
-            &env.kafka,
-            &inventory_topic,
-            ceilings::PARTITIONS,
-            orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
-        )
-        .await?;
+        ceilings::create_topic(env, &inventory_topic).await?;
         let inventory_events = inventory_events(settings.records);
         let changes = stock_changes(inventory_events, settings.records)?;
         let records = ceilings::encoded(changes.into_iter().map(Event::InventoryChanged))?;

@@ -207,13 +207,7 @@ async fn visible_latencies(
 /// Ingress + fulfillment: the maximum sustainable rate, then open loops at 50% and 80% of it.
 pub async fn measure(env: &Env, settings: &Settings, alone: &IngressFigures) -> anyhow::Result<E2eFigures> {
     let topic = unique("bench-e2e").replace('_', "-");
-    orderflow_kafka::admin::ensure_topic(
-        &env.kafka,
-        &topic,
-        ceilings::PARTITIONS,
-        orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
-    )
-    .await?;
+    ceilings::create_topic(env, &topic).await?;
     let reader = Reader::start(env, &topic).await?;
     let result = measure_with(env, settings, alone, &topic, &reader).await;
     reader.stop(env).await;

@@ -339,13 +339,7 @@ pub fn order_body(order_id: &str, index: usize) -> Vec<u8> {
 /// Ingress alone: closed loops for the maximum, then an open loop at half of it.
 pub async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<IngressFigures> {
     let topic = unique("bench-ingress").replace('_', "-");
-    orderflow_kafka::admin::ensure_topic(
-        &env.kafka,
-        &topic,
-        ceilings::PARTITIONS,
-        orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
-    )
-    .await?;
+    ceilings::create_topic(env, &topic).await?;
     let ingress = Arc::new(IngressUnderTest::start(env, &topic).await?);
     let phase = phase(settings);
     let mut figures = IngressFigures::default();

@@ -136,13 +136,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ConsumeChild(args) => child::run(&env, args).await,
         Command::Fill { topic, records } => {
-            orderflow_kafka::admin::ensure_topic(
-                &env.kafka,
-                &topic,
-                ceilings::PARTITIONS,
-                orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
-            )
-            .await?;
+            ceilings::create_topic(&env, &topic).await?;
             let rate = ceilings::produce(&env, &topic, &ceilings::encoded_orders(records)?).await?;
             eprintln!("{records} records to {topic} at {rate:.0}/s");
             Ok(())

@@ -321,13 +321,7 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
         return Ok(pipeline);
     }
     let backlog_topic = unique("bench-backlog").replace('_', "-");
-    orderflow_kafka::admin::ensure_topic(
-        &env.kafka,
-        &backlog_topic,
-        ceilings::PARTITIONS,
-        orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
-    )
-    .await?;
+    ceilings::create_topic(env, &backlog_topic).await?;
     let chunk = 100_000;
     let mut filled = 0;
     while filled < settings.backlog {
