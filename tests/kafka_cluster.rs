@@ -11,12 +11,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use orderflow_kafka::admin::{CLUSTER_DEFAULT_REPLICATION, ensure_topic};
 use orderflow_testkit::cluster::KafkaCluster;
+use orderflow_testkit::events::order_request;
 use orderflow_testkit::process::BinaryProcess;
 use orderflow_testkit::{database_url, unique_ident, unique_name, wait_until};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::json;
 
 async fn start_cluster(nodes: usize, secure: bool) -> KafkaCluster {
     tokio::task::spawn_blocking(move || if secure { KafkaCluster::start_secure() } else { KafkaCluster::start(nodes) })
@@ -161,14 +161,7 @@ async fn ingress_and_a_consumer_work_over_sasl_scram_and_tls_and_a_wrong_passwor
     let response = http
         .post(format!("http://{ingress_addr}/v1/orders"))
         .bearer_auth(TOKEN)
-        .json(&json!({
-            "order_id": "o-secure",
-            "customer": {"id": "c-1", "email": "ada@example.com", "name": "Ada Lovelace"},
-            "currency": "EUR",
-            "lines": [{"sku": "sku-1", "quantity": 2, "unit_price_minor": 1999}],
-            "total_minor": 3998,
-            "shipping_address": {"line1": "1 Main St", "city": "Zurich", "postal_code": "8000", "country": "CH"}
-        }))
+        .json(&order_request("o-secure", &[("sku-1", 2)]))
         .send()
         .await
         .unwrap();

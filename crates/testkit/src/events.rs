@@ -11,10 +11,11 @@ use uuid::Uuid;
 
 use crate::kafka_args;
 
-/// An order with the given `(sku, quantity)` lines at 250 minor units each, in EUR.
-pub fn order(order_id: &str, lines: &[(&str, u32)]) -> Event {
+/// The `POST /v1/orders` body of an order with the given `(sku, quantity)` lines at 250
+/// minor units each, in EUR (what a checkout service sends the ingress).
+pub fn order_request(order_id: &str, lines: &[(&str, u32)]) -> serde_json::Value {
     let total: u64 = lines.iter().map(|(_, q)| u64::from(*q) * 250).sum();
-    let request: OrderRequest = serde_json::from_value(serde_json::json!({
+    serde_json::json!({
         "order_id": order_id,
         "customer": {"id": "c-1", "email": "ada@example.com", "name": "Ada Lovelace"},
         "currency": "EUR",
@@ -22,8 +23,13 @@ pub fn order(order_id: &str, lines: &[(&str, u32)]) -> Event {
         "total_minor": total,
         "shipping_address": {"line1": "1 Main St", "city": "Zurich", "postal_code": "8000", "country": "CH"},
         "channel": "web"
-    }))
-    .expect("test order request is well-formed");
+    })
+}
+
+/// An order with the given `(sku, quantity)` lines at 250 minor units each, in EUR.
+pub fn order(order_id: &str, lines: &[(&str, u32)]) -> Event {
+    let request: OrderRequest =
+        serde_json::from_value(order_request(order_id, lines)).expect("test order request is well-formed");
     let event = request.into_event(Uuid::new_v4(), chrono::Utc::now()).expect("test order is valid");
     Event::OrderPlaced(event)
 }
