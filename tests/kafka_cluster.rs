@@ -174,18 +174,28 @@ async fn ingress_and_a_consumer_work_over_sasl_scram_and_tls_and_a_wrong_passwor
     })
     .await;
 
-    // And with a wrong password both refuse to start, saying why, within seconds.
+    // And with a wrong password the ingress, a consumer and the outbox relay refuse to start,
+    // saying why, within seconds.
     let wrong: Vec<(&str, &str)> = secure
         .iter()
         .map(|&(k, v)| if k == "KAFKA_SASL_PASSWORD" { (k, "not-the-password") } else { (k, v) })
         .collect();
     let bad_ingress_addr = free_addr();
     let bad_consumer_addr = free_addr();
+    let bad_relay_addr = free_addr();
+    let relay_schema = unique_ident("secure_relay");
     let bad_args = ["--listen", &bad_consumer_addr, "--topic", &orders, "--schema", &schema, "--group", &group];
     let mut bad = [
         BinaryProcess::spawn("ingress", &["--listen", &bad_ingress_addr], &[wrong.as_slice(), &ingress_env].concat())
             .unwrap(),
         BinaryProcess::spawn("fulfillment", &bad_args, &[wrong.as_slice(), &consumer_env].concat()).unwrap(),
+        BinaryProcess::spawn(
+            "outbox-relay",
+            &["--listen", &bad_relay_addr],
+            &[wrong.as_slice(), &[("DATABASE_URL", database.as_str()), ("OUTBOX_SCHEMA", relay_schema.as_str())]]
+                .concat(),
+        )
+        .unwrap(),
     ];
     for process in &mut bad {
         let status = process
