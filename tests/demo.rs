@@ -11,7 +11,7 @@
 //! and nextest build them, `cargo test -p orderflow-e2e` alone does not, so build them
 //! first then (`cargo build --workspace --bins`).
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -46,8 +46,6 @@ struct Demo {
     run_dir: PathBuf,
     env: Vec<(String, String)>,
     consumers: Vec<Consumer>,
-    /// Ports from the base on: the ingress's, then up to the last consumer's.
-    ports: u16,
 }
 
 impl Demo {
@@ -77,7 +75,7 @@ impl Demo {
             ("ORDERFLOW_BIN_DIR".to_owned(), bin_dir.unwrap().to_str().unwrap().to_owned()),
             ("DEMO_ORDERS".to_owned(), "30".to_owned()),
         ];
-        Demo { run_dir, env, consumers, ports }
+        Demo { run_dir, env, consumers }
     }
 
     fn stack(&self, args: &[&str]) -> Output {
@@ -105,23 +103,27 @@ fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
+/// Ports below Linux's ephemeral range (32768 on): no client socket of another test takes one
+/// between this check and the demo binding it.
+const DEMO_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port_block(1)
 }
 
-/// The first of `n` consecutive ports that are free right now.
+/// The first of `n` consecutive ports that are free right now, below the ephemeral range.
 fn free_port_block(n: u16) -> u16 {
-    for _ in 0..100 {
-        let base = free_port();
-        if base > u16::MAX - n {
-            continue;
-        }
+    let seed = std::process::id() as usize
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as usize;
+    let span = (DEMO_PORTS.end - DEMO_PORTS.start - n) as usize;
+    for attempt in 0..200 {
+        let base = DEMO_PORTS.start + ((seed.wrapping_add(attempt * 7919)) % span) as u16;
         let listeners: Vec<_> = (base..base + n).map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
         if listeners.iter().all(Result::is_ok) {
             return base;
         }
     }
-    panic!("no {n} consecutive free ports on 127.0.0.1");
+    panic!("no {n} consecutive free ports on 127.0.0.1 in {DEMO_PORTS:?}");
 }
 
 fn sh(line: &str) -> Output {
@@ -189,8 +191,12 @@ fn the_demo_checks_every_read_store_against_its_sample_load_and_its_printed_comm
     // stop-demo stops this demo's services and nothing else.
     let stopped = demo.stack(&["stop-demo"]);
     assert!(stopped.status.success(), "{}", text(&stopped));
-    for offset in 0..demo.ports {
-        TcpListener::bind(("127.0.0.1", demo.port(offset))).expect("the demo's ports are free again");
+    // Nothing listens on the ports the demo served on. (Binding them is no test: a port of the
+    // block may be any process's ephemeral client port by now.)
+    let served = std::iter::once(demo.port(0)).chain(demo.consumers.iter().map(|c| demo.port(c.port - 8080)));
+    for port in served {
+        let connected = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2));
+        assert!(connected.is_err(), "something still listens on the demo's port {port} after stop-demo");
     }
     let status = demo.stack(&["status"]);
     assert!(status.status.success(), "the broker and Postgres still run:\n{}", text(&status));
