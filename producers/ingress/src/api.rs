@@ -1,14 +1,13 @@
 //! The two write endpoints, `POST /v1/orders` and `POST /v1/inventory/changes`.
 //!
 //! Each request runs: authenticate → content type → a permit (bounded in-flight requests) →
-//! read the body up to its limit → parse → validate every field → event ids → publish, all
-//! in flight at once → 202 with where the broker put each event. Nothing is published unless
-//! the whole request is valid.
+//! read the body up to its limit → parse → validate every field → event ids → the
+//! `Idempotency-Key` store ([`crate::idempotency`]) → publish, all in flight at once → 202 with
+//! where the broker put each event. Nothing is published unless the whole request is valid.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -20,6 +19,7 @@ use tracing::{Instrument, field::Empty};
 use uuid::Uuid;
 
 use crate::error::{ApiError, parse_json};
+use crate::idempotency::{self, Claim};
 use crate::{AppState, observe};
 
 /// Longest `Idempotency-Key` accepted.
@@ -56,21 +56,27 @@ impl Caller {
     }
 }
 
+/// A valid request's events and the shape of its 202 body.
+struct Prepared {
+    events: Vec<Event>,
+    /// `POST /v1/orders` answers with its one event; the changes route with `{"events": [...]}`.
+    single: bool,
+}
+
 pub async fn post_order(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(state, "/v1/orders", headers, body, |state, caller, bytes, traceparent| async move {
-        let request: OrderRequest = parse_json(&bytes)?;
+    handle(state, "/v1/orders", headers, body, |_state, caller, bytes| {
+        let request: OrderRequest = parse_json(bytes)?;
         let event_id = caller.event_id("orders", 0);
         let event = Event::OrderPlaced(request.into_event(event_id, chrono::Utc::now()).map_err(ApiError::Invalid)?);
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
-        let mut acks = publish(&state, "/v1/orders", vec![event], traceparent).await?;
-        Ok((StatusCode::ACCEPTED, Json(Accepted::from(acks.remove(0)))).into_response())
+        Ok(Prepared { events: vec![event], single: true })
     })
     .await
 }
 
 pub async fn post_inventory_changes(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(state, "/v1/inventory/changes", headers, body, |state, caller, bytes, traceparent| async move {
-        let request: InventoryChangesRequest = parse_json(&bytes)?;
+    handle(state, "/v1/inventory/changes", headers, body, |state, caller, bytes| {
+        let request: InventoryChangesRequest = parse_json(bytes)?;
         let count = request.changes.as_ref().map_or(0, Vec::len);
         if count > state.max_changes {
             return Err(ApiError::TooLarge(format!(
@@ -80,19 +86,15 @@ pub async fn post_inventory_changes(State(state): State<Arc<AppState>>, headers:
         }
         let events =
             request.into_events(|i| caller.event_id("inventory", i), chrono::Utc::now()).map_err(ApiError::Invalid)?;
-        let events: Vec<Event> = events.into_iter().map(Event::InventoryChanged).collect();
-        let acks = publish(&state, "/v1/inventory/changes", events, traceparent).await?;
-        let events: Vec<Accepted> = acks.into_iter().map(Accepted::from).collect();
-        Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "events": events }))).into_response())
+        Ok(Prepared { events: events.into_iter().map(Event::InventoryChanged).collect(), single: false })
     })
     .await
 }
 
 /// The steps every write request shares, inside one span that carries the trace id.
-async fn handle<F, Fut>(state: Arc<AppState>, route: &'static str, headers: HeaderMap, body: Body, work: F) -> Response
+async fn handle<F>(state: Arc<AppState>, route: &'static str, headers: HeaderMap, body: Body, prepare: F) -> Response
 where
-    F: FnOnce(Arc<AppState>, Caller, axum::body::Bytes, TraceParent) -> Fut,
-    Fut: Future<Output = Result<Response, ApiError>>,
+    F: FnOnce(&AppState, &Caller, &[u8]) -> Result<Prepared, ApiError>,
 {
     let started = Instant::now();
     let span = tracing::info_span!(
@@ -115,7 +117,8 @@ where
             check_content_type(&headers)?;
             let _permit = state.acquire_permit().await?;
             let bytes = read_body(&headers, body, state.max_body_bytes).await?;
-            work(state.clone(), caller, bytes, traceparent.clone()).await
+            let prepared = prepare(&state, &caller, &bytes)?;
+            publish_once(&state, route, &caller, &bytes, prepared, traceparent.clone()).await
         }
         .await;
         let mut response = result.unwrap_or_else(|error| {
@@ -130,6 +133,64 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// Publish a valid request's events, unless its `Idempotency-Key` already succeeded (then the
+/// stored answer is replayed), is in flight (409) or came with another body (422); see
+/// [`crate::idempotency`].
+async fn publish_once(
+    state: &AppState,
+    route: &'static str,
+    caller: &Caller,
+    bytes: &[u8],
+    prepared: Prepared,
+    traceparent: TraceParent,
+) -> Result<Response, ApiError> {
+    let lease = match &caller.idempotency_key {
+        None => None,
+        Some(key) => {
+            // The body parsed into its request type already, so it is JSON.
+            let body: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+            match state.keys.claim(&caller.client, route, key, &idempotency::fingerprint(route, &body)).await {
+                Claim::Owned(lease) => Some(lease),
+                Claim::Bypassed => None,
+                Claim::Replay(answer) => return Ok(accepted(answer, true)),
+                Claim::InFlight => return Err(ApiError::KeyInFlight),
+                Claim::Reused => return Err(ApiError::KeyReused),
+            }
+        }
+    };
+    match publish(state, route, prepared.events, traceparent).await {
+        Ok(acks) => {
+            let mut accepted_events: Vec<Accepted> = acks.into_iter().map(Accepted::from).collect();
+            let answer = if prepared.single {
+                serde_json::to_vec(&accepted_events.remove(0))
+            } else {
+                serde_json::to_vec(&serde_json::json!({ "events": accepted_events }))
+            }
+            .map_err(|e| ApiError::Internal(format!("could not write the answer: {e}")))?;
+            if let Some(lease) = &lease {
+                state.keys.complete(lease, &answer).await;
+            }
+            Ok(accepted(answer, false))
+        }
+        Err(error) => {
+            if let Some(lease) = &lease {
+                state.keys.release(lease).await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The 202 with its JSON body; `Idempotent-Replayed: true` when it is a stored answer.
+fn accepted(body: Vec<u8>, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+    }
+    response
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_kafka::KafkaArgs;
+use orderflow_service::DatabaseArgs;
 
 /// A value that must never reach a log line: `Debug` prints a placeholder.
 #[derive(Clone)]
@@ -33,6 +34,23 @@ pub struct IngressConfig {
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
+
+    /// The database of the `Idempotency-Key` store, shared by every ingress instance.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Postgres schema of the `Idempotency-Key` store (created if missing).
+    #[arg(long, env = "INGRESS_IDEMPOTENCY_SCHEMA", default_value = "ingress")]
+    pub idempotency_schema: String,
+
+    /// How long an `Idempotency-Key` and its answer are kept (then pruned; the key may be
+    /// used for a new request).
+    #[arg(long, env = "INGRESS_IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
+    pub idempotency_ttl_hours: u64,
+
+    /// Connections to the key store's database, at most.
+    #[arg(long, env = "INGRESS_IDEMPOTENCY_DB_CONNECTIONS", default_value_t = 16)]
+    pub idempotency_db_connections: u32,
 
     /// Schema Registry URL; unset: Avro single-object encoding.
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
@@ -85,5 +103,9 @@ pub struct IngressConfig {
 impl IngressConfig {
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms.max(1))
+    }
+
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_secs(self.idempotency_ttl_hours.saturating_mul(3600))
     }
 }

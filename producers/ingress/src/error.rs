@@ -22,6 +22,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 422: well-formed JSON naming invalid fields.
     Invalid(Vec<FieldError>),
+    /// 409: a request with the same `Idempotency-Key` is still being processed.
+    KeyInFlight,
+    /// 422: the `Idempotency-Key` was used before with a different request body.
+    KeyReused,
     /// 503: the broker is unreachable, slow, or we are at capacity. Safe to retry.
     Unavailable(String),
     /// 500: something that should not happen (logged where it happened).
@@ -35,7 +39,8 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_) | ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::KeyInFlight => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -48,6 +53,8 @@ impl ApiError {
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
+            ApiError::KeyInFlight => "idempotency_key_in_flight",
+            ApiError::KeyReused => "idempotency_key_reused",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -62,6 +69,14 @@ impl ApiError {
             | ApiError::Internal(m) => m.clone(),
             ApiError::Unauthorized => "missing or unknown bearer token (Authorization: Bearer <token>)".to_owned(),
             ApiError::Invalid(fields) => format!("{} invalid field(s)", fields.len()),
+            ApiError::KeyInFlight => {
+                "a request with this Idempotency-Key is still being processed; retry after Retry-After seconds \
+                 with the same key"
+                    .to_owned()
+            }
+            ApiError::KeyReused => "this Idempotency-Key was already used with a different request body; a new \
+                                    request needs a new key"
+                .to_owned(),
         }
     }
 }
@@ -77,6 +92,9 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Unavailable(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            ApiError::KeyInFlight => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             ApiError::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
