@@ -24,6 +24,7 @@
 //! This crate must not know any particular consumer's tables or events beyond the
 //! [`orderflow_events::Event`] type.
 
+pub mod consistency;
 pub mod consumer;
 pub mod dlq;
 pub mod handler;
@@ -104,6 +105,11 @@ pub struct RuntimeArgs {
     /// Postgres connections (partitions apply concurrently, one transaction each).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_connections: u32,
+
+    /// Longest a read carrying a consistency token waits for the consumer to apply the
+    /// write, in milliseconds (then 503 + Retry-After; docs/read-your-writes.md).
+    #[arg(long, env = "READ_WAIT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub read_wait_ms: u64,
 }
 
 impl RuntimeArgs {
@@ -123,6 +129,7 @@ impl RuntimeArgs {
             ledger_retention_hours: 168,
             ready_max_lag: 1000,
             db_connections: 8,
+            read_wait_ms: 2000,
         }
     }
 }
@@ -240,9 +247,19 @@ impl Runtime {
         };
 
         let health = Arc::new(consumer::Health::default());
+        let topics_read = settings.topics.clone();
         tracing::info!(consumer = name, schema, replay = args.replay, "starting");
         let consuming = root.child_token();
         let mut poller = consumer::start(batcher, settings, health.clone(), config, consuming.clone())?;
+        let api = consistency::layer(
+            api,
+            consistency::Consistency::new(
+                health.clone(),
+                pool.clone(),
+                topics_read,
+                Duration::from_millis(args.read_wait_ms),
+            ),
+        );
         let server = tokio::spawn(http::serve(listener, api, health, root.child_token().cancelled_owned()));
         let retention = Duration::from_secs(args.ledger_retention_hours * 3600);
         let pruner = tokio::spawn(prune_ledger_until(pool.clone(), retention, root.child_token()));

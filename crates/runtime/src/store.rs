@@ -152,6 +152,15 @@ pub async fn consumer_schemas(pool: &PgPool) -> anyhow::Result<Vec<String>> {
         .context("Failed to list the consumers' schemas")
 }
 
+/// The stored next offset of one partition (in the pool's schema), `None` before its first batch.
+pub async fn next_offset(pool: &PgPool, topic: &str, partition: i32) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT next_offset FROM orderflow_offsets WHERE topic = $1 AND partition = $2")
+        .bind(topic)
+        .bind(partition)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The stored next offset of every partition of the consumer whose store is `schema`, or
 /// `None` when the schema has no offsets table (the consumer never started there).
 pub async fn stored_offsets(pool: &PgPool, schema: &str) -> anyhow::Result<Option<BTreeMap<(String, i32), i64>>> {

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_events::{Event, InventoryChangesRequest, OrderRequest, TraceParent, idempotent_event_id};
 use orderflow_publisher::{Ack, PublishError};
+use orderflow_service::consistency::Token;
 use serde::Serialize;
 use tracing::{Instrument, field::Empty};
 use uuid::Uuid;
@@ -37,6 +38,22 @@ impl From<Ack> for Accepted {
     fn from(ack: Ack) -> Self {
         Accepted { event_id: ack.event_id, topic: ack.topic, partition: ack.partition, offset: ack.offset }
     }
+}
+
+/// The 202 of `POST /v1/orders`: where its event landed, and the token a read can wait on
+/// (docs/read-your-writes.md).
+#[derive(Debug, Serialize)]
+struct OneAccepted {
+    #[serde(flatten)]
+    event: Accepted,
+    consistency_token: String,
+}
+
+/// The 202 of `POST /v1/inventory/changes`.
+#[derive(Debug, Serialize)]
+struct ManyAccepted {
+    events: Vec<Accepted>,
+    consistency_token: String,
 }
 
 /// What the caller of one request is: its client name and idempotency key.
@@ -163,11 +180,12 @@ async fn publish_once(
     };
     match publish(state, route, prepared.events, traceparent).await {
         Ok(acks) => {
+            let token = Token::new(acks.iter().map(|a| (a.topic.as_str(), a.partition, a.offset))).encode();
             let mut accepted_events: Vec<Accepted> = acks.into_iter().map(Accepted::from).collect();
             let answer = if prepared.single {
-                serde_json::to_vec(&accepted_events.remove(0))
+                serde_json::to_vec(&OneAccepted { event: accepted_events.remove(0), consistency_token: token })
             } else {
-                serde_json::to_vec(&serde_json::json!({ "events": accepted_events }))
+                serde_json::to_vec(&ManyAccepted { events: accepted_events, consistency_token: token })
             }
             .map_err(|e| ApiError::Internal(format!("could not write the answer: {e}")))?;
             if let Some(lease) = &lease {
