@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use orderflow_service::consistency::Token;
 use orderflow_testkit::events::order_request;
 use orderflow_testkit::process::BinaryProcess;
-use orderflow_testkit::{fresh_topic, unique_ident, wait_until};
+use orderflow_testkit::{API_TOKEN, fresh_topic, unique_ident, wait_until};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -35,7 +35,11 @@ async fn start() -> Pipeline {
     let ns = unique_ident("ryw");
     let orders = fresh_topic("ryw-orders", 4).await;
     let inventory = fresh_topic("ryw-inventory", 1).await;
-    let http = reqwest::Client::new();
+    // Reads carry the read API token (the test kit starts consumers accepting it); writes
+    // set the ingress's own.
+    let mut read_token = reqwest::header::HeaderMap::new();
+    read_token.insert(reqwest::header::AUTHORIZATION, format!("Bearer {API_TOKEN}").parse().unwrap());
+    let http = reqwest::Client::builder().default_headers(read_token).build().unwrap();
     let tokens = format!("checkout:{TOKEN}");
     let ingress = format!("127.0.0.1:{}", free_port());
     let key_schema = format!("{ns}_ingress");

@@ -48,6 +48,7 @@ use tokio_util::sync::DropGuard;
 pub use handler::{BatchContext, Envelope, Handler, HandlerError};
 /// Shared with every orderflow binary (`orderflow-service`); re-exported so a consumer needs
 /// only the runtime.
+pub use orderflow_service::auth::Secret;
 pub use orderflow_service::{DatabaseArgs, shutdown_signal};
 /// The stop signal of every task the runtime starts (see [`Runtime::child_token`]).
 pub use tokio_util::sync::CancellationToken;
@@ -106,6 +107,20 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_connections: u32,
 
+    /// Bearer tokens the read API accepts, comma-separated, each `name:token` or a plain
+    /// token. Read it from the environment, not the command line (which `ps` shows).
+    #[arg(long, env = "API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<Secret>,
+
+    /// A file of read API tokens, one per line (`name:token` or a plain token; `#` comments).
+    #[arg(long, env = "API_TOKENS_FILE")]
+    pub api_tokens_file: Option<std::path::PathBuf>,
+
+    /// Serve the read API without a token. Only for local experiments: the read APIs return
+    /// customer data (names, email addresses).
+    #[arg(long, env = "API_INSECURE_NO_AUTH")]
+    pub api_insecure_no_auth: bool,
+
     /// Longest a read carrying a consistency token waits for the consumer to apply the
     /// write, in milliseconds (then 503 + Retry-After; docs/read-your-writes.md).
     #[arg(long, env = "READ_WAIT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
@@ -130,6 +145,9 @@ impl RuntimeArgs {
             ready_max_lag: 1000,
             db_connections: 8,
             read_wait_ms: 2000,
+            api_tokens: None,
+            api_tokens_file: None,
+            api_insecure_no_auth: false,
         }
     }
 }
@@ -208,6 +226,7 @@ impl Runtime {
         let Runtime { args, name, schema, pool, root, cancel_on_drop } = self;
         let topics = if args.topics.is_empty() { handler.topics() } else { args.topics.clone() };
         anyhow::ensure!(!topics.is_empty(), "consumer {name} reads no topics");
+        let api_tokens = if api.has_routes() { http::api_tokens(&args)? } else { None };
         let settings = consumer::LoopSettings {
             consumer: name.clone(),
             group: args.group.clone().unwrap_or_else(|| name.clone()),
@@ -260,6 +279,8 @@ impl Runtime {
                 Duration::from_millis(args.read_wait_ms),
             ),
         );
+        // The token check is the outer layer: nothing runs for a caller without a token.
+        let api = http::authenticated(api, api_tokens);
         let server = tokio::spawn(http::serve(listener, api, health, root.child_token().cancelled_owned()));
         let retention = Duration::from_secs(args.ledger_retention_hours * 3600);
         let pruner = tokio::spawn(prune_ledger_until(pool.clone(), retention, root.child_token()));

@@ -7,23 +7,7 @@ use std::time::Duration;
 use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_kafka::KafkaArgs;
 use orderflow_service::DatabaseArgs;
-
-/// A value that must never reach a log line: `Debug` prints a placeholder.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
-}
+pub use orderflow_service::auth::Secret;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "ingress", version, about = "Accept orders and stock changes over HTTP and publish them to Kafka")]

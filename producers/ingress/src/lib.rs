@@ -22,14 +22,13 @@
 //!
 //! # Layout
 //! [`config`] (flags) → [`run`] builds the [`AppState`] and the router; [`api`] (the write
-//! endpoints), [`auth`] (bearer tokens), [`error`] (statuses and bodies), [`trace`]
+//! endpoints), `orderflow_service::auth` (bearer tokens), [`error`] (statuses and bodies), [`trace`]
 //! (traceparent), [`observe`] (logs + metrics), [`idempotency`] (the key store).
 //!
 //! # Must not touch
 //! Any database but its key store, consumers, schemas (validation lives in `orderflow-events`).
 
 pub mod api;
-pub mod auth;
 pub mod config;
 pub mod error;
 pub mod idempotency;
@@ -48,10 +47,10 @@ use orderflow_service::ops::{self, Cached, Probe, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use auth::Tokens;
 pub use config::IngressConfig;
 use error::ApiError;
 use idempotency::KeyStore;
+pub use orderflow_service::auth::Tokens;
 
 /// How long a readiness answer is reused before asking the broker again.
 const READY_CACHE: Duration = Duration::from_secs(3);
