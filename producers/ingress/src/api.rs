@@ -131,17 +131,34 @@ where
         let result = async {
             let caller = authenticate(&state, &headers)?;
             tracing::Span::current().record("client", caller.client.as_str());
-            check_content_type(&headers)?;
-            let _permit = state.acquire_permit().await?;
-            let bytes = read_body(&headers, body, state.max_body_bytes).await?;
-            let prepared = prepare(&state, &caller, &bytes)?;
-            publish_once(&state, route, &caller, &bytes, prepared, traceparent.clone()).await
+            let budget = state.rate_limits.check(&caller.client).map_err(|limited| {
+                observe::rate_limited(&caller.client);
+                ApiError::RateLimited(limited)
+            })?;
+            let answer = async {
+                check_content_type(&headers)?;
+                let _permit = state.acquire_permit().await?;
+                let bytes = read_body(&headers, body, state.max_body_bytes).await?;
+                let prepared = prepare(&state, &caller, &bytes)?;
+                publish_once(&state, route, &caller, &bytes, prepared, traceparent.clone()).await
+            }
+            .await;
+            Ok((budget, answer))
         }
         .await;
+        let (budget, result) = match result {
+            Ok((budget, answer)) => (budget, answer),
+            Err(error) => (Vec::new(), Err(error)),
+        };
         let mut response = result.unwrap_or_else(|error| {
             observe::request_failed(route, &error);
             error.into_response()
         });
+        for (name, value) in budget {
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
         if let Ok(value) = header::HeaderValue::from_str(traceparent.as_str()) {
             response.headers_mut().insert("traceparent", value);
         }

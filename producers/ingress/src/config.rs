@@ -79,6 +79,11 @@ pub struct IngressConfig {
     #[arg(long, env = "INGRESS_PRODUCER_QUEUE", default_value_t = 100_000)]
     pub producer_queue: usize,
 
+    /// Per-client rate limits: `client=RATE/BURST,...` (requests per second, and how many may
+    /// come at once), `*` for every client without an entry; empty: no limits. Over it: 429.
+    #[arg(long = "rate-limit", env = "INGRESS_RATE_LIMITS", default_value = "", value_parser = parse_limits)]
+    pub rate_limits: crate::ratelimit::Limits,
+
     /// Requests processed at once; more wait (up to the publish timeout) and then get 503.
     #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
@@ -92,4 +97,8 @@ impl IngressConfig {
     pub fn idempotency_ttl(&self) -> Duration {
         Duration::from_secs(self.idempotency_ttl_hours.saturating_mul(3600))
     }
+}
+
+fn parse_limits(spec: &str) -> Result<crate::ratelimit::Limits, String> {
+    crate::ratelimit::Limits::parse(spec).map_err(|e| format!("{e:#}"))
 }

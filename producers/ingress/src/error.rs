@@ -26,6 +26,8 @@ pub enum ApiError {
     KeyInFlight,
     /// 422: the `Idempotency-Key` was used before with a different request body.
     KeyReused,
+    /// 429: the client is over its rate limit.
+    RateLimited(crate::ratelimit::Limited),
     /// 503: the broker is unreachable, slow, or we are at capacity. Safe to retry.
     Unavailable(String),
     /// 500: something that should not happen (logged where it happened).
@@ -41,6 +43,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) | ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::KeyInFlight => StatusCode::CONFLICT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid",
             ApiError::KeyInFlight => "idempotency_key_in_flight",
             ApiError::KeyReused => "idempotency_key_reused",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -73,6 +77,9 @@ impl ApiError {
                 "a request with this Idempotency-Key is still being processed; retry after Retry-After seconds \
                  with the same key"
                     .to_owned()
+            }
+            ApiError::RateLimited(limited) => {
+                format!("this client is over its rate limit; retry after {} s", retry_after_secs(limited.retry_after))
             }
             ApiError::KeyReused => "this Idempotency-Key was already used with a different request body; a new \
                                     request needs a new key"
@@ -95,6 +102,17 @@ impl IntoResponse for ApiError {
             }
             ApiError::KeyInFlight => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            ApiError::RateLimited(limited) => {
+                let wait = retry_after_secs(limited.retry_after);
+                let headers = response.headers_mut();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                if let Ok(policy) = HeaderValue::from_str(&limited.policy) {
+                    headers.insert("ratelimit-policy", policy);
+                }
+                if let Ok(state) = HeaderValue::from_str(&format!("\"per-client\";r=0;t={wait}")) {
+                    headers.insert("ratelimit", state);
+                }
             }
             ApiError::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -131,6 +149,11 @@ fn without_position(message: &str) -> String {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),
     }
+}
+
+/// Whole seconds to wait, at least 1 (`Retry-After` has no fractions).
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 #[cfg(test)]

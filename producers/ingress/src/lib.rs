@@ -33,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod observe;
+pub mod ratelimit;
 pub mod trace;
 
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub publish_timeout: Duration,
     /// The shared `Idempotency-Key` store.
     pub keys: Arc<KeyStore>,
+    /// Per-client token buckets.
+    pub rate_limits: ratelimit::RateLimits,
     /// Bounds requests in progress (memory, producer queue).
     permits: Arc<Semaphore>,
 }
@@ -114,6 +117,7 @@ impl AppState {
         Ok(AppState {
             publisher,
             keys,
+            rate_limits: ratelimit::RateLimits::new(config.rate_limits.clone()),
             tokens,
             max_body_bytes: config.max_body_bytes,
             max_changes: config.max_changes,

@@ -516,3 +516,47 @@ fn the_ingress_binary_refuses_to_start_without_tokens_and_says_why() {
     assert!(!status.success());
     assert!(ingress.output().contains("no ingress tokens configured"), "{}", ingress.output());
 }
+
+#[tokio::test]
+async fn a_client_over_its_rate_limit_gets_429_with_retry_after_while_another_client_is_unaffected() {
+    let ingress = spawn_ingress(|c| {
+        c.tokens = Some(Secret(format!("checkout:{TOKEN},backfill:tok-backfill-0123456789")));
+        c.rate_limits = orderflow_ingress::ratelimit::Limits::parse("backfill=1/3,*=1000/1000").unwrap();
+    })
+    .await;
+    let post_as = |token: &'static str, i: usize| {
+        let request = ingress.http.post(format!("{}/v1/orders", ingress.url)).bearer_auth(token);
+        request.json(&order_body(&format!("o-{token}-{i}"))).send()
+    };
+
+    // backfill may send 3 at once, then 1 per second; checkout shares nothing with it.
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for i in 0..6 {
+        let response = post_as("tok-backfill-0123456789", i).await.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS && limited.is_none() {
+            limited = Some(response);
+        }
+    }
+    let checkout: Vec<u16> = futures::future::join_all((0..6).map(|i| post_as(TOKEN, i)))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+
+    assert_eq!(&statuses[..3], [202, 202, 202], "the burst passes: {statuses:?}");
+    assert!(statuses[3..].contains(&429), "then the limit: {statuses:?}");
+    assert_eq!(checkout, [202; 6], "another client is unaffected");
+    let limited = limited.unwrap();
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_eq!(limited.headers()["ratelimit-policy"], "\"per-client\";q=3;w=3");
+    assert_eq!(limited.headers()["ratelimit"], "\"per-client\";r=0;t=1");
+    let said: Value = limited.json().await.unwrap();
+    assert_eq!(said["error"], "rate_limited", "{said}");
+    // Accepted requests say how much budget is left; 429s published nothing.
+    let accepted = post_as(TOKEN, 99).await.unwrap();
+    assert!(accepted.headers()["ratelimit"].to_str().unwrap().starts_with("\"per-client\";r="));
+    let rejected = statuses.iter().filter(|s| **s == 429).count() as i64;
+    assert_eq!(high_watermark_sum(&ingress.orders_topic), 6 - rejected + 6 + 1);
+}
