@@ -270,23 +270,48 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Most bytes of an oversized body read and thrown away before the 413 is sent, and how long
+/// at most: a client that writes its whole body before reading the answer (Python's urllib,
+/// curl without `Expect`) then sees the 413 instead of a broken pipe. Past either bound the
+/// connection is closed.
+const DISCARD_AT_MOST: usize = 16 * 1024 * 1024;
+const DISCARD_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    use futures::StreamExt as _;
     let too_large = || ApiError::TooLarge(format!("request body is larger than {limit} bytes"));
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > limit as u64) {
+        discard(stream).await;
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // http-body-util's `LengthLimitError` ("length limit exceeded") somewhere in the chain.
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        let mut length_limit = false;
-        while let Some(s) = source {
-            length_limit |= s.to_string().contains("length limit exceeded");
-            source = s.source();
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            discard(stream).await;
+            return Err(too_large());
         }
-        if length_limit { too_large() } else { ApiError::BadRequest(format!("could not read the request body: {e}")) }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.into())
+}
+
+/// Read and drop the rest of a body, within [`DISCARD_AT_MOST`] and [`DISCARD_FOR_AT_MOST`].
+async fn discard(mut stream: axum::body::BodyDataStream) {
+    use futures::StreamExt as _;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DISCARD_FOR_AT_MOST, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DISCARD_AT_MOST {
+                break;
+            }
+        }
     })
+    .await;
 }
 
 /// Publish every event concurrently and wait for all acknowledgements, bounded by the

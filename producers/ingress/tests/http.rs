@@ -560,3 +560,47 @@ async fn a_client_over_its_rate_limit_gets_429_with_retry_after_while_another_cl
     let rejected = statuses.iter().filter(|s| **s == 429).count() as i64;
     assert_eq!(high_watermark_sum(&ingress.orders_topic), 6 - rejected + 6 + 1);
 }
+
+/// Write a whole request (headers, then the body) before reading anything, as Python's urllib
+/// does, and return what the server answered.
+async fn send_whole_then_read(addr: &str, head: String, body: Vec<u8>) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_sends_a_4_mb_body_before_reading_gets_the_413_not_a_broken_pipe() {
+    let ingress = spawn_ingress(|_| {}).await;
+    let addr = ingress.url.trim_start_matches("http://").to_owned();
+    let body = vec![b'x'; 4 * 1024 * 1024];
+
+    // With a declared length over the limit, and chunked without one.
+    let declared = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = send_whole_then_read(&addr, declared, body.clone()).await.expect("the whole body is accepted");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(300)]);
+    assert!(answer.contains("larger than 262144 bytes"), "{answer}");
+
+    let mut chunked_body = Vec::new();
+    for chunk in body.chunks(64 * 1024) {
+        chunked_body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked_body.extend_from_slice(chunk);
+        chunked_body.extend_from_slice(b"\r\n");
+    }
+    chunked_body.extend_from_slice(b"0\r\n\r\n");
+    let chunked = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let answer = send_whole_then_read(&addr, chunked, chunked_body).await.expect("the whole body is accepted");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(300)]);
+    assert_eq!(high_watermark_sum(&ingress.orders_topic), 0);
+}
