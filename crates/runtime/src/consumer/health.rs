@@ -29,6 +29,10 @@ pub struct PartitionStatus {
     pub low_watermark: AtomicI64,
     /// Kafka timestamp (ms) of the last record of the last committed batch; 0 until one.
     pub last_applied_ms: AtomicI64,
+    /// Since when (ms) the lag gauges have seen this partition behind at `behind_at_offset`
+    /// without progress; 0 while caught up.
+    behind_since_ms: AtomicI64,
+    behind_at_offset: AtomicI64,
     /// Woken after every committed batch (reads waiting on a consistency token).
     pub applied: tokio::sync::Notify,
 }
@@ -43,6 +47,8 @@ impl PartitionStatus {
             high_watermark: AtomicI64::new(-1),
             low_watermark: AtomicI64::new(-1),
             last_applied_ms: AtomicI64::new(0),
+            behind_since_ms: AtomicI64::new(0),
+            behind_at_offset: AtomicI64::new(-1),
             applied: tokio::sync::Notify::new(),
         }
     }
@@ -56,6 +62,32 @@ impl PartitionStatus {
             self.last_applied_ms.fetch_max(ms, Ordering::Relaxed);
         }
         self.applied.notify_waiters();
+    }
+
+    /// Lag in seconds at `now_ms`: the age of the oldest record not applied yet. Known exactly
+    /// while a batch holding it is in progress (its Kafka timestamp); otherwise (the worker
+    /// waits for records it has not received, or has not pulled them yet) at least how long
+    /// the partition has been seen behind at the same next offset. So a consumer stuck
+    /// behind shows a growing value, never 0. Called by the lag gauges at every statistics
+    /// tick, which is what records "seen behind".
+    pub fn lag_seconds(&self, now_ms: i64) -> f64 {
+        if self.lag().unwrap_or(0) == 0 {
+            self.behind_since_ms.store(0, Ordering::Relaxed);
+            self.behind_at_offset.store(-1, Ordering::Relaxed);
+            return 0.0;
+        }
+        let next = self.next_offset.load(Ordering::SeqCst);
+        if self.behind_at_offset.swap(next, Ordering::Relaxed) != next
+            || self.behind_since_ms.load(Ordering::Relaxed) == 0
+        {
+            self.behind_since_ms.store(now_ms, Ordering::Relaxed);
+        }
+        let pending = match self.oldest_pending_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            oldest => now_ms - oldest,
+        };
+        let stalled = now_ms - self.behind_since_ms.load(Ordering::Relaxed);
+        pending.max(stalled).max(0) as f64 / 1000.0
     }
 
     /// Lag in messages, `None` while the watermarks needed to tell are unknown.
@@ -102,5 +134,43 @@ impl Health {
             return (false, format!("{assigned} partitions assigned, lag of {unknown} not known yet"));
         }
         (lag <= max, format!("{assigned} partitions assigned, lag {lag} messages (ready at <= {max})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn behind(next: i64, high: i64) -> PartitionStatus {
+        let status = PartitionStatus::starting_at(Some(next));
+        status.high_watermark.store(high, Ordering::Relaxed);
+        status
+    }
+
+    #[test]
+    fn a_partition_stuck_behind_with_no_batch_in_progress_shows_a_growing_lag_in_seconds() {
+        let status = behind(10, 50);
+        assert_eq!(status.lag_seconds(1_000_000), 0.0, "first seen behind now");
+        assert_eq!(status.lag_seconds(1_005_000), 5.0);
+        assert_eq!(status.lag_seconds(1_030_000), 30.0, "still at offset 10: still growing");
+    }
+
+    #[test]
+    fn progress_restarts_the_clock_and_a_pending_batch_gives_the_age_of_its_oldest_record() {
+        let status = behind(10, 50);
+        status.lag_seconds(1_000_000);
+        status.committed(20, Some(999_000));
+        assert_eq!(status.lag_seconds(1_010_000), 0.0, "moved on: behind at a new offset from now");
+        status.oldest_pending_ms.store(1_002_000, Ordering::Relaxed);
+        assert_eq!(status.lag_seconds(1_012_000), 10.0, "the batch in progress started with a record 10 s old");
+    }
+
+    #[test]
+    fn a_caught_up_partition_has_no_lag_in_seconds() {
+        let status = behind(50, 50);
+        status.oldest_pending_ms.store(1, Ordering::Relaxed);
+        assert_eq!(status.lag_seconds(1_000_000), 0.0);
+        let unknown = PartitionStatus::starting_at(None);
+        assert_eq!(unknown.lag_seconds(1_000_000), 0.0, "watermarks not known yet");
     }
 }

@@ -97,9 +97,7 @@ impl<H: Handler> Shared<H> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for ((topic, partition), worker) in workers.iter() {
             let lag = worker.status.lag().unwrap_or(0);
-            let oldest = worker.status.oldest_pending_ms.load(Ordering::Relaxed);
-            let seconds = if lag > 0 && oldest > 0 { (now_ms - oldest) as f64 / 1000.0 } else { 0.0 };
-            observe::lag(self.consumer_name(), topic, *partition, lag, seconds);
+            observe::lag(self.consumer_name(), topic, *partition, lag, worker.status.lag_seconds(now_ms));
         }
     }
 
