@@ -16,6 +16,7 @@
 //! - [`export`]: a topic range to JSON Lines, CSV or Avro files, resumable.
 //! - [`replay`]: rebuild a consumer's store into a shadow schema, diff, promote.
 //! - [`consumers`]: the registered consumers (name, binary, port, topics), for scripts.
+//! - [`schema_check`]: this build's readers against the writer schemas a topic holds.
 //!
 //! The CLI prints data to stdout and diagnostics to stderr, so its output can be piped.
 
@@ -29,6 +30,7 @@ pub mod position;
 pub mod publish;
 pub mod records;
 pub mod replay;
+pub mod schema_check;
 pub mod simulate;
 pub mod tail;
 pub mod topics;
@@ -77,6 +79,9 @@ pub enum Command {
     Verify(Box<verify::VerifyArgs>),
     /// List the registered consumers: name, binary, port, topics.
     Consumers(consumers::ConsumersArgs),
+    /// Check this build's readers against the writer schemas a topic really holds.
+    #[command(subcommand)]
+    Schema(schema_check::SchemaCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -93,15 +98,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => simulate::run(args).await,
         Command::Verify(args) => verify::run(*args).await,
         Command::Consumers(args) => consumers::run(args),
+        Command::Schema(command) => schema_check::run(&cli.kafka, command).await,
     }
 }
 
 /// The process exit code for an error: 2 when a threshold was exceeded (`lag --max-lag`),
-/// 3 when a read store does not match the expected totals (`verify`), 1 otherwise.
+/// 3 when a read store does not match the expected totals (`verify`) or a reader cannot read
+/// what a topic holds (`schema check`), 1 otherwise.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<lag::LagExceeded>().is_some() {
         2
-    } else if error.downcast_ref::<verify::VerifyFailed>().is_some() {
+    } else if error.downcast_ref::<verify::VerifyFailed>().is_some()
+        || error.downcast_ref::<schema_check::SchemaCheckFailed>().is_some()
+    {
         3
     } else {
         1
