@@ -547,11 +547,15 @@ async fn zombie_consumer_frozen_mid_batch_past_its_session_applies_nothing_twice
     .await;
 
     // Act: catch the first instance inside a batch's transaction (it holds its partition's
-    // offset row lock): lock the store table so its write waits, freeze it (SIGSTOP), let the
+    // offset row lock): lock the store tables so its write waits, freeze it (SIGSTOP), let the
     // write through. It is now a zombie holding a transaction open.
     let pool = pipeline.pool().await;
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query(&format!("LOCK TABLE {}.stock IN EXCLUSIVE MODE", zombie.schema)).execute(&mut *blocker).await.unwrap();
+    let schema = &zombie.schema;
+    sqlx::query(&format!("LOCK TABLE {schema}.stock, {schema}.order_skus IN EXCLUSIVE MODE"))
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
     let zombie_pid = zombie.process.pid();
     wait_until("the first instance's batch to wait for the store table", Duration::from_secs(30), || {
         let ports = local_ports(zombie_pid);
@@ -581,8 +585,6 @@ async fn zombie_consumer_frozen_mid_batch_past_its_session_applies_nothing_twice
     })
     .await;
     let handed_over = frozen.elapsed();
-    let watermarks = pipeline.high_watermarks().await;
-    let _ = watermarks;
     wait_until("the twin to advance every partition past where the zombie froze", Duration::from_secs(60), || async {
         let now = stored_offsets(&pool, &zombie.schema, &topics).await;
         at_freeze.iter().all(|(tp, offset)| now.get(tp).is_some_and(|n| n > offset)).then_some(())
@@ -606,14 +608,9 @@ async fn zombie_consumer_frozen_mid_batch_past_its_session_applies_nothing_twice
     assert!(zombie.process.is_running(), "the zombie exited:\n{}", zombie.process.output());
     let skipped = metric(&zombie.addr, "orderflow_duplicates_skipped_total").await.unwrap_or(0.0);
     assert_eq!(skipped, 0.0, "the ledger, not the offset fence, stopped the zombie's batch");
-    eprintln!(
-        "zombie's log:\n{}",
-        zombie
-            .process
-            .output()
-            .lines()
-            .filter(|l| l.contains("WARN") || l.contains("revoked") || l.contains("assigned") || l.contains("retry"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    // Its log shows the fence: the stale batch's commit failed (Postgres had ended the idle
+    // transaction), then the group took the partitions away.
+    let log = zombie.process.output();
+    let failed = log.find("batch failed transiently").unwrap_or_else(|| panic!("no failed stale batch:\n{log}"));
+    assert!(log[failed..].contains("partitions revoked"), "the zombie never gave its partitions up:\n{log}");
 }
