@@ -70,9 +70,9 @@ async fn whole_broker_down_for_ten_seconds_loses_nothing_and_doubles_nothing() {
         (load.progress.acknowledged() >= total / 4).then_some(())
     })
     .await;
-    let acked_before = load.progress.acknowledged();
-    let killed = Instant::now();
     tokio::task::block_in_place(|| cluster.kill(1)).unwrap();
+    let killed = Instant::now();
+    let acked_before = load.progress.acknowledged();
     wait_until("the broker down for 10 s, and the ingress not ready", Duration::from_secs(60), || async {
         (killed.elapsed() >= Duration::from_secs(10) && ingress_ready(&pipeline).await == 503).then_some(())
     })
@@ -80,6 +80,8 @@ async fn whole_broker_down_for_ten_seconds_loses_nothing_and_doubles_nothing() {
     let acked_while_down = load.progress.acknowledged() - acked_before;
     let down_for = killed.elapsed();
     tokio::task::block_in_place(|| cluster.restart(1)).unwrap();
+    let broker_back = load.began.elapsed();
+    let restart_took = killed.elapsed() - down_for;
     let acked_at_restart = load.progress.acknowledged();
     wait_until("the ingress ready again", Duration::from_secs(60), || async {
         (ingress_ready(&pipeline).await == 200).then_some(())
@@ -87,12 +89,14 @@ async fn whole_broker_down_for_ten_seconds_loses_nothing_and_doubles_nothing() {
     .await;
     let ready_after = killed.elapsed();
     let history = load.finish().await;
+    let first_ack = history.first_ack_after(broker_back).unwrap_or_default();
 
     // Assert: the ingress said 503 while the broker was down, then acknowledged again, and
     // every store matches what the clients were told.
     let faults = vec![format!(
         "kill -9 the only broker after {acked_before} acknowledgements; restarted on its data after {down_for:.1?} \
-         ({acked_while_down} acknowledged while it was down); the ingress ready again {ready_after:.1?} after the kill"
+         ({acked_while_down} acknowledged while it was down), up again {restart_took:.1?} later; first acknowledgement \
+         {first_ack:.1?} after that; the ingress ready again {ready_after:.1?} after the kill"
     )];
     let report = check_and_report(&pipeline, &history, &faults).await;
     assert!(history.statuses().contains_key(&503), "the ingress never said 503 while the broker was down:\n{report}");
@@ -121,9 +125,9 @@ async fn partition_leader_killed_mid_load_loses_no_acknowledged_order_and_the_in
     }
     let (&victim, partitions) = led.iter().max_by_key(|(_, p)| p.len()).unwrap();
     let partitions = partitions.clone();
-    let acked_before = load.progress.acknowledged();
     tokio::task::block_in_place(|| cluster.kill(victim as usize)).unwrap();
     let killed = Instant::now();
+    let acked_before = load.progress.acknowledged();
     wait_until("other nodes to lead the killed node's partitions", Duration::from_secs(60), || async {
         partitions
             .iter()
@@ -261,9 +265,9 @@ async fn postgres_crashed_and_restarted_mid_load_everything_resumes_without_rest
         (load.progress.acknowledged() >= total / 4).then_some(())
     })
     .await;
-    let acked_before = load.progress.acknowledged();
     tokio::task::block_in_place(|| postgres.stop_immediate()).unwrap();
     let stopped = Instant::now();
+    let acked_before = load.progress.acknowledged();
     wait_until("5 s of outage, and the checkout's writes failing", Duration::from_secs(60), || async {
         (stopped.elapsed() >= Duration::from_secs(5) && outbox_failures.load(std::sync::atomic::Ordering::Relaxed) > 0)
             .then_some(())

@@ -148,6 +148,17 @@ impl History {
     }
 
     /// One line: requests, outcomes, statuses and latencies.
+    /// How long after `since` (from the start of the workload) the first request that
+    /// started before it and ended after it was acknowledged: how long the clients waited for
+    /// the system to come back once a fault was over.
+    pub fn first_ack_after(&self, since: Duration) -> Option<Duration> {
+        self.ops
+            .iter()
+            .filter(|op| op.outcome == Outcome::Acknowledged && op.started + op.latency >= since)
+            .map(|op| op.started + op.latency - since)
+            .min()
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "{} requests in {:.1?}: {} acknowledged, {} rejected, {} unknown; statuses {:?}; latency p50 {:.0?} p99 {:.0?} max {:.0?}",
@@ -185,6 +196,8 @@ impl Progress {
 pub struct RunningWorkload {
     pub progress: Arc<Progress>,
     pub total: usize,
+    /// When the workload started: [`Op::started`] counts from here.
+    pub began: Instant,
     handle: tokio::task::JoinHandle<History>,
 }
 
@@ -240,17 +253,17 @@ pub fn start(config: WorkloadConfig) -> RunningWorkload {
     let ops = plan(&config);
     let total = ops.len();
     let progress = Arc::new(Progress::default());
-    let handle = tokio::spawn(run(config, ops, progress.clone()));
-    RunningWorkload { progress, total, handle }
+    let began = Instant::now();
+    let handle = tokio::spawn(run(config, ops, progress.clone(), began));
+    RunningWorkload { progress, total, began, handle }
 }
 
-async fn run(config: WorkloadConfig, ops: Vec<Op>, progress: Arc<Progress>) -> History {
+async fn run(config: WorkloadConfig, ops: Vec<Op>, progress: Arc<Progress>, began: Instant) -> History {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(2))
         .build()
         .expect("http client");
-    let began = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let ops = Arc::new(ops);
     let config = Arc::new(config);
