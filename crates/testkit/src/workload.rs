@@ -1,8 +1,9 @@
 //! A Jepsen-style client workload against the real `ingress`: `clients` tasks post orders and
 //! stock changes at a steady rate, each request with its own `Idempotency-Key`, and retry it
 //! with the same key (and the same body) the way a checkout service would: on a connection
-//! error, a timeout, any 5xx (503 honours `Retry-After`) and 409 (the key is in flight),
-//! backing off between attempts, until the request's deadline passes.
+//! error, a timeout, any 5xx, 409 (the key is in flight) and 429 (over the client's rate
+//! limit), honouring `Retry-After` and backing off between attempts, until the request's
+//! deadline passes.
 //!
 //! The [`History`] records what each client was finally told, per request:
 //! - **acknowledged**: a 202 (a replayed 202 for a key seen before counts the same);
@@ -104,7 +105,7 @@ pub struct Op {
 #[derive(Debug, Clone, Default)]
 pub struct History {
     pub ops: Vec<Op>,
-    /// 503 answers that had no `Retry-After` header.
+    /// 503 and 429 answers that had no `Retry-After` header.
     pub unavailable_without_retry_after: usize,
     pub elapsed: Duration,
 }
@@ -352,13 +353,13 @@ async fn send(
                 op.outcome = Outcome::Acknowledged;
                 break;
             }
-            400..=499 if status != 409 => {
+            400..=499 if status != 409 && status != 429 => {
                 op.outcome = Outcome::Rejected(status);
                 break;
             }
             _ => {}
         }
-        if status == 503 && retry_after.is_none() {
+        if matches!(status, 503 | 429) && retry_after.is_none() {
             missing.fetch_add(1, Ordering::Relaxed);
         }
         // Retry: after Retry-After when given (at most a few seconds), else exponential backoff.
