@@ -169,7 +169,8 @@ async fn ingress_and_a_consumer_work_over_sasl_scram_and_tls_and_a_wrong_passwor
     // Assert: acknowledged over SASL_SSL, and applied by a consumer reading over SASL_SSL.
     assert_eq!(response.status().as_u16(), 202, "{}", response.text().await.unwrap_or_default());
     wait_until("fulfillment to store the order it read over SASL_SSL", Duration::from_secs(60), || async {
-        let response = http.get(format!("http://{consumer_addr}/v1/fulfillments/o-secure")).send().await.ok()?;
+        let url = format!("http://{consumer_addr}/v1/fulfillments/o-secure");
+        let response = http.get(url).bearer_auth(orderflow_testkit::API_TOKEN).send().await.ok()?;
         (response.status().as_u16() == 200).then_some(())
     })
     .await;

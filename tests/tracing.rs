@@ -154,7 +154,8 @@ async fn one_trace_runs_from_the_ingress_request_to_the_consumers_event_span() {
     let echoed = response.headers()["traceparent"].to_str().unwrap().to_owned();
     let accepted: Value = response.json().await.unwrap();
     wait_until("fulfillment to store the order", Duration::from_secs(60), || async {
-        let response = http.get(format!("http://{consumer_addr}/v1/fulfillments/o-traced")).send().await.ok()?;
+        let url = format!("http://{consumer_addr}/v1/fulfillments/o-traced");
+        let response = http.get(url).bearer_auth(orderflow_testkit::API_TOKEN).send().await.ok()?;
         (response.status().as_u16() == 200).then_some(())
     })
     .await;

@@ -171,7 +171,9 @@ pub async fn measure(
             .args(["--dlq-topic", &format!("{}-{}.dlq", workload.inventory_topic, spec.binary)])
             .args(["--batch-size", &settings.batch_size.to_string(), "--listen", "127.0.0.1:0"])
             .args(["--topic", orders_topic])
-            .env("SMTP_URL", format!("smtp://{}", sink.addr));
+            .env("SMTP_URL", format!("smtp://{}", sink.addr))
+            // The bench reads no read API, but a consumer does not start without its tokens.
+            .env("API_TOKENS", format!("bench:{}", uuid::Uuid::new_v4().simple()));
         let mut events = settings.records;
         if reads_inventory(spec) {
             command.args(["--topic", &workload.inventory_topic]);

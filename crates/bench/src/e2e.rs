@@ -74,7 +74,8 @@ impl Reader {
             env,
             "fulfillment",
             &["--topic", topic, "--schema", &schema, "--group", &group, "--dlq-topic", &dlq, "--listen", &listen],
-            &[("DATABASE_URL", &env.database_url)],
+            // The harness reads the store, not the read API; the API still needs its token.
+            &[("DATABASE_URL", &env.database_url), ("API_TOKENS", &format!("bench:{}", uuid::Uuid::new_v4().simple()))],
         )?;
         let pool = PgPool::connect(&env.database_url).await.context("connecting to Postgres")?;
         match Self::listen(&process, &pool, &schema).await {

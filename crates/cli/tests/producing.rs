@@ -90,6 +90,9 @@ async fn simulate_sends_its_load_through_the_ingress_and_its_totals_match_the_to
         &inventory_topic,
     ]);
     config.tokens = Some(Secret("sim:sim-token-123456".to_owned()));
+    // The run id (and so every Idempotency-Key) is fixed: a key store of this run's own, or
+    // the ingress would replay the answers of the last run.
+    config.idempotency_schema = orderflow_testkit::unique_ident("sim_keys");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();

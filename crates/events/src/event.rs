@@ -214,11 +214,72 @@ impl Event {
             Event::InventoryChanged(e) => e.occurred_at,
         }
     }
+    /// The fact's natural key, for events that describe a fact that happens once: an order is
+    /// placed once. A stock change has none: two equal changes are two movements.
+    pub fn natural_key(&self) -> Option<NaturalKey> {
+        match self {
+            Event::OrderPlaced(e) => Some(e.natural_key()),
+            Event::InventoryChanged(_) => None,
+        }
+    }
     /// Cross-field invariants of the inner event.
     pub fn validate(&self) -> Result<(), (String, Invalid)> {
         match self {
             Event::OrderPlaced(e) => e.validate(),
             Event::InventoryChanged(e) => e.validate(),
+        }
+    }
+}
+
+/// The identity of a fact that happens once, whatever event id it travels under
+/// (docs/events.md, "Natural keys"). Two events with the same `kind` and `key` describe the
+/// same fact: consumers apply the first one, skip a repeat whose `fingerprint` matches, and
+/// dead-letter one whose fingerprint differs (a conflicting second version of the fact).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NaturalKey {
+    /// What kind of fact, e.g. `order_placed`; keys of different kinds never meet.
+    pub kind: &'static str,
+    /// The fact's id within its kind, e.g. the order id.
+    pub key: String,
+    /// SHA-256 of the fact's content, without what a retry may change (the event id, the
+    /// time). Stored by consumers: its input's layout must not change within a kind.
+    pub fingerprint: Vec<u8>,
+}
+
+/// What an order's identity covers: everything but the event id and `placed_at` (a checkout
+/// retrying without an `Idempotency-Key` sends the same order with a later time).
+#[derive(Serialize)]
+struct OrderContent<'a> {
+    customer: &'a Customer,
+    currency: &'a Currency,
+    lines: &'a [OrderLine],
+    total_minor: &'a MinorUnits,
+    shipping_address: &'a Address,
+    channel: &'a Channel,
+}
+
+impl OrderPlaced {
+    /// Kind of [`NaturalKey`] an order carries.
+    pub const NATURAL_KEY_KIND: &'static str = "order_placed";
+
+    /// The order's natural key: its order id, fingerprinted by customer, currency, lines,
+    /// total, shipping address and channel.
+    pub fn natural_key(&self) -> NaturalKey {
+        use sha2::Digest as _;
+        let content = OrderContent {
+            customer: &self.customer,
+            currency: &self.currency,
+            lines: &self.lines,
+            total_minor: &self.total_minor,
+            shipping_address: &self.shipping_address,
+            channel: &self.channel,
+        };
+        // Serializing plain data structs to JSON cannot fail.
+        let json = serde_json::to_vec(&content).unwrap_or_default();
+        NaturalKey {
+            kind: Self::NATURAL_KEY_KIND,
+            key: self.order_id.as_str().to_owned(),
+            fingerprint: sha2::Sha256::digest(&json).to_vec(),
         }
     }
 }
@@ -243,4 +304,41 @@ pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_7700_
 pub fn idempotent_event_id(scope: &str, idempotency_key: &str, index: usize) -> Uuid {
     let name = format!("{}\u{0}{}\u{0}{}", scope, idempotency_key, index);
     Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples;
+
+    #[test]
+    fn a_repeat_of_an_order_under_another_event_id_and_time_has_the_same_natural_key() {
+        let first = samples::order_placed();
+        let mut repeat = first.clone();
+        repeat.event_id = Uuid::new_v4();
+        repeat.placed_at += chrono::Duration::seconds(30);
+        assert_eq!(first.natural_key(), repeat.natural_key());
+        assert_eq!(first.natural_key().kind, "order_placed");
+        assert_eq!(first.natural_key().key, first.order_id.as_str());
+        assert_eq!(first.natural_key().fingerprint.len(), 32);
+    }
+
+    #[test]
+    fn an_order_with_other_content_under_the_same_id_has_another_fingerprint() {
+        let first = samples::order_placed();
+        let mut other = first.clone();
+        other.lines[0].quantity = Quantity::parse(i64::from(other.lines[0].quantity.get()) + 1).unwrap();
+        other.total_minor = other.lines_sum().unwrap();
+        assert_eq!(first.natural_key().key, other.natural_key().key);
+        assert_ne!(first.natural_key().fingerprint, other.natural_key().fingerprint);
+        let mut moved = first.clone();
+        moved.shipping_address.city = City::parse("Elsewhere").unwrap();
+        assert_ne!(first.natural_key().fingerprint, moved.natural_key().fingerprint);
+    }
+
+    #[test]
+    fn stock_changes_have_no_natural_key() {
+        assert_eq!(Event::from(samples::inventory_changed()).natural_key(), None);
+        assert!(Event::from(samples::order_placed()).natural_key().is_some());
+    }
 }

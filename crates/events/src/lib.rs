@@ -41,7 +41,7 @@ pub use domain::{
 pub use error::{DecodeError, EncodeError, HeaderError, RegistryError};
 pub use event::{
     Address, Customer, EVENT_ID_NAMESPACE, Event, EventKind, INVENTORY_CHANGED_TYPE, INVENTORY_TOPIC, InventoryChanged,
-    ORDER_PLACED_TYPE, ORDERS_TOPIC, OrderLine, OrderPlaced, idempotent_event_id,
+    NaturalKey, ORDER_PLACED_TYPE, ORDERS_TOPIC, OrderLine, OrderPlaced, idempotent_event_id,
 };
 pub use headers::{CeHeaders, TraceParent};
 pub use registry::RegistryClient;

@@ -24,6 +24,7 @@
 //! This crate must not know any particular consumer's tables or events beyond the
 //! [`orderflow_events::Event`] type.
 
+pub mod consistency;
 pub mod consumer;
 pub mod dlq;
 pub mod handler;
@@ -47,6 +48,7 @@ use tokio_util::sync::DropGuard;
 pub use handler::{BatchContext, Envelope, Handler, HandlerError};
 /// Shared with every orderflow binary (`orderflow-service`); re-exported so a consumer needs
 /// only the runtime.
+pub use orderflow_service::auth::Secret;
 pub use orderflow_service::{DatabaseArgs, shutdown_signal};
 /// The stop signal of every task the runtime starts (see [`Runtime::child_token`]).
 pub use tokio_util::sync::CancellationToken;
@@ -104,6 +106,25 @@ pub struct RuntimeArgs {
     /// Postgres connections (partitions apply concurrently, one transaction each).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_connections: u32,
+
+    /// Bearer tokens the read API accepts, comma-separated, each `name:token` or a plain
+    /// token. Read it from the environment, not the command line (which `ps` shows).
+    #[arg(long, env = "API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<Secret>,
+
+    /// A file of read API tokens, one per line (`name:token` or a plain token; `#` comments).
+    #[arg(long, env = "API_TOKENS_FILE")]
+    pub api_tokens_file: Option<std::path::PathBuf>,
+
+    /// Serve the read API without a token. Only for local experiments: the read APIs return
+    /// customer data (names, email addresses).
+    #[arg(long, env = "API_INSECURE_NO_AUTH")]
+    pub api_insecure_no_auth: bool,
+
+    /// Longest a read carrying a consistency token waits for the consumer to apply the
+    /// write, in milliseconds (then 503 + Retry-After; docs/read-your-writes.md).
+    #[arg(long, env = "READ_WAIT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub read_wait_ms: u64,
 }
 
 impl RuntimeArgs {
@@ -123,6 +144,10 @@ impl RuntimeArgs {
             ledger_retention_hours: 168,
             ready_max_lag: 1000,
             db_connections: 8,
+            read_wait_ms: 2000,
+            api_tokens: None,
+            api_tokens_file: None,
+            api_insecure_no_auth: false,
         }
     }
 }
@@ -201,6 +226,7 @@ impl Runtime {
         let Runtime { args, name, schema, pool, root, cancel_on_drop } = self;
         let topics = if args.topics.is_empty() { handler.topics() } else { args.topics.clone() };
         anyhow::ensure!(!topics.is_empty(), "consumer {name} reads no topics");
+        let api_tokens = if api.has_routes() { http::api_tokens(&args)? } else { None };
         let settings = consumer::LoopSettings {
             consumer: name.clone(),
             group: args.group.clone().unwrap_or_else(|| name.clone()),
@@ -240,9 +266,21 @@ impl Runtime {
         };
 
         let health = Arc::new(consumer::Health::default());
+        let topics_read = settings.topics.clone();
         tracing::info!(consumer = name, schema, replay = args.replay, "starting");
         let consuming = root.child_token();
         let mut poller = consumer::start(batcher, settings, health.clone(), config, consuming.clone())?;
+        let api = consistency::layer(
+            api,
+            consistency::Consistency::new(
+                health.clone(),
+                pool.clone(),
+                topics_read,
+                Duration::from_millis(args.read_wait_ms),
+            ),
+        );
+        // The token check is the outer layer: nothing runs for a caller without a token.
+        let api = http::authenticated(api, api_tokens);
         let server = tokio::spawn(http::serve(listener, api, health, root.child_token().cancelled_owned()));
         let retention = Duration::from_secs(args.ledger_retention_hours * 3600);
         let pruner = tokio::spawn(prune_ledger_until(pool.clone(), retention, root.child_token()));

@@ -1,9 +1,11 @@
 //! The runtime's own tables in each consumer's schema: the stored offsets (authoritative,
-//! written in the same transaction as the batch's effects) and the applied-event ledger.
+//! written in the same transaction as the batch's effects), the applied-event ledger, and
+//! the natural keys of facts that happen once (an order id: docs/events.md, "Natural keys").
 //! Every statement binds its values; identifiers come only from the validated schema name.
 //!
 //! # Owns
-//! Every statement against `orderflow_offsets` and `orderflow_applied_events`. Tools that need
+//! Every statement against `orderflow_offsets`, `orderflow_applied_events` and
+//! `orderflow_natural_keys`. Tools that need
 //! the runtime's tables from outside (the `orderflow` CLI, the bench) use the functions here
 //! ([`stored_offsets`], [`seed_offsets`], [`consumer_schemas`], [`RUNTIME_TABLES`]) instead
 //! of writing SQL against them, so their layout can change in one place.
@@ -22,9 +24,11 @@ use uuid::Uuid;
 pub const OFFSETS_TABLE: &str = "orderflow_offsets";
 /// The applied-event ledger: event ids applied within the retention.
 pub const LEDGER_TABLE: &str = "orderflow_applied_events";
-/// Tables in a consumer's schema that are not its read store: the runtime's two, and the
+/// The natural keys applied within the retention: which event first applied each fact.
+pub const NATURAL_KEYS_TABLE: &str = "orderflow_natural_keys";
+/// Tables in a consumer's schema that are not its read store: the runtime's three, and the
 /// migration history sqlx keeps for the handler's migrations (run by the runtime at start).
-pub const RUNTIME_TABLES: [&str; 3] = [OFFSETS_TABLE, LEDGER_TABLE, "_sqlx_migrations"];
+pub const RUNTIME_TABLES: [&str; 4] = [OFFSETS_TABLE, LEDGER_TABLE, NATURAL_KEYS_TABLE, "_sqlx_migrations"];
 
 /// How long Postgres lets a batch's transaction sit idle before it ends the session
 /// (`idle_in_transaction_session_timeout`). A batch's transaction is idle only between its
@@ -122,6 +126,19 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         );
         CREATE INDEX IF NOT EXISTS orderflow_applied_events_applied_at
             ON orderflow_applied_events (applied_at);
+        CREATE TABLE IF NOT EXISTS orderflow_natural_keys (
+            kind        text        NOT NULL,
+            key         text        NOT NULL,
+            fingerprint bytea       NOT NULL,
+            event_id    uuid        NOT NULL,
+            topic       text        NOT NULL,
+            partition   integer     NOT NULL,
+            "offset"    bigint      NOT NULL,
+            applied_at  timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (kind, key)
+        );
+        CREATE INDEX IF NOT EXISTS orderflow_natural_keys_applied_at
+            ON orderflow_natural_keys (applied_at);
         "#,
     )
     .execute(&mut *tx)
@@ -147,6 +164,15 @@ pub async fn consumer_schemas(pool: &PgPool) -> anyhow::Result<Vec<String>> {
         .fetch_all(pool)
         .await
         .context("Failed to list the consumers' schemas")
+}
+
+/// The stored next offset of one partition (in the pool's schema), `None` before its first batch.
+pub async fn next_offset(pool: &PgPool, topic: &str, partition: i32) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT next_offset FROM orderflow_offsets WHERE topic = $1 AND partition = $2")
+        .bind(topic)
+        .bind(partition)
+        .fetch_optional(pool)
+        .await
 }
 
 /// The stored next offset of every partition of the consumer whose store is `schema`, or
@@ -250,25 +276,103 @@ pub async fn record_applied(
     .await
 }
 
-/// Forget ledger entries older than `retention`, a chunk at a time. Returns rows deleted.
+/// A natural key claimed by an event of a batch.
+#[derive(Debug, Clone)]
+pub struct NaturalKeyClaim {
+    pub kind: &'static str,
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+    pub event_id: Uuid,
+    pub offset: i64,
+}
+
+/// Who first applied a natural key: its fingerprint and event id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NaturalKeyOwner {
+    pub fingerprint: Vec<u8>,
+    pub event_id: Uuid,
+}
+
+/// Record the claims' natural keys as applied; returns the event ids whose claim was new. A
+/// key applied before, or claimed earlier in `claims`, keeps its first owner. Claims are
+/// inserted in key order, so two partitions claiming the same keys cannot deadlock.
+pub async fn claim_natural_keys(
+    tx: &mut PgConnection,
+    topic: &str,
+    partition: i32,
+    claims: &[NaturalKeyClaim],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut sorted: Vec<&NaturalKeyClaim> = claims.iter().collect();
+    sorted.sort_by(|a, b| (a.kind, &a.key, a.offset).cmp(&(b.kind, &b.key, b.offset)));
+    let kinds: Vec<&str> = sorted.iter().map(|c| c.kind).collect();
+    let keys: Vec<&str> = sorted.iter().map(|c| c.key.as_str()).collect();
+    let fingerprints: Vec<&[u8]> = sorted.iter().map(|c| c.fingerprint.as_slice()).collect();
+    let ids: Vec<Uuid> = sorted.iter().map(|c| c.event_id).collect();
+    let offsets: Vec<i64> = sorted.iter().map(|c| c.offset).collect();
+    sqlx::query_scalar(
+        r#"INSERT INTO orderflow_natural_keys (kind, key, fingerprint, event_id, topic, partition, "offset")
+           SELECT kind, key, fp, id, $1, $2, off
+           FROM UNNEST($3::text[], $4::text[], $5::bytea[], $6::uuid[], $7::bigint[])
+               WITH ORDINALITY AS t(kind, key, fp, id, off, n)
+           ORDER BY n
+           ON CONFLICT (kind, key) DO NOTHING
+           RETURNING event_id"#,
+    )
+    .bind(topic)
+    .bind(partition)
+    .bind(kinds)
+    .bind(keys)
+    .bind(fingerprints)
+    .bind(ids)
+    .bind(offsets)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// The first owner of each of `(kind, key)` that has one.
+pub async fn natural_key_owners(
+    tx: &mut PgConnection,
+    keys: &[(&str, &str)],
+) -> Result<HashMap<(String, String), NaturalKeyOwner>, sqlx::Error> {
+    let kinds: Vec<&str> = keys.iter().map(|(kind, _)| *kind).collect();
+    let names: Vec<&str> = keys.iter().map(|(_, key)| *key).collect();
+    let rows: Vec<(String, String, Vec<u8>, Uuid)> = sqlx::query_as(
+        "SELECT n.kind, n.key, n.fingerprint, n.event_id
+         FROM orderflow_natural_keys n
+         JOIN UNNEST($1::text[], $2::text[]) AS t(kind, key) ON n.kind = t.kind AND n.key = t.key",
+    )
+    .bind(kinds)
+    .bind(names)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, key, fingerprint, event_id)| ((kind, key), NaturalKeyOwner { fingerprint, event_id }))
+        .collect())
+}
+
+/// Forget ledger entries and natural keys older than `retention`, a chunk at a time.
+/// Returns rows deleted.
 pub async fn prune_ledger(pool: &PgPool, retention: std::time::Duration) -> Result<u64, sqlx::Error> {
     let seconds = retention.as_secs_f64();
     let mut total = 0;
-    loop {
-        let deleted = sqlx::query(
-            "DELETE FROM orderflow_applied_events WHERE event_id IN (
-                 SELECT event_id FROM orderflow_applied_events
-                 WHERE applied_at < now() - make_interval(secs => $1) LIMIT 10000)",
-        )
-        .bind(seconds)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        total += deleted;
-        if deleted < 10000 {
-            return Ok(total);
+    for statement in [
+        "DELETE FROM orderflow_applied_events WHERE event_id IN (
+             SELECT event_id FROM orderflow_applied_events
+             WHERE applied_at < now() - make_interval(secs => $1) LIMIT 10000)",
+        "DELETE FROM orderflow_natural_keys WHERE (kind, key) IN (
+             SELECT kind, key FROM orderflow_natural_keys
+             WHERE applied_at < now() - make_interval(secs => $1) LIMIT 10000)",
+    ] {
+        loop {
+            let deleted = sqlx::query(statement).bind(seconds).execute(pool).await?.rows_affected();
+            total += deleted;
+            if deleted < 10000 {
+                break;
+            }
         }
     }
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ pub fn isolated_args(prefix: &str, topics: &[String]) -> RuntimeArgs {
     args.dlq_topic = Some(format!("{}.dlq", unique_name(prefix)));
     args.batch_size = 50;
     args.batch_wait_ms = 5;
+    args.api_tokens = Some(crate::Secret(orderflow_testkit::API_TOKENS_ENV.1.to_owned()));
     args
 }
 
@@ -71,7 +72,15 @@ where
     let addr = listener.local_addr().expect("the listener's address");
     let stop = CancellationToken::new();
     let task = tokio::spawn(serve(listener, stop.clone().cancelled_owned()));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
+    // Every request of the harness carries the read API token `isolated_args` configures.
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", orderflow_testkit::API_TOKEN);
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("a valid header"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client");
     Running { pool, schema, addr, base_url: format!("http://{addr}"), client, stop, task: Some(task) }
 }
 

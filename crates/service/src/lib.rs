@@ -9,11 +9,15 @@
 //!   everywhere; each service says what "ready" means through [`ops::Readiness`].
 //! - [`DatabaseArgs`]: `--database-url` / `DATABASE_URL` and its one default,
 //!   [`DEFAULT_DATABASE_URL`].
+//! - [`auth`]: bearer tokens (`name:token` lists, constant-time checks) and [`auth::Secret`].
+//! - [`consistency`]: the consistency token the ingress answers with and read endpoints wait on.
 //!
 //! # Must not touch
 //! Kafka, events, Postgres connections and consumers: it sits below all of them, so that a
 //! producer or a tool can use it without depending on the consumer runtime.
 
+pub mod auth;
+pub mod consistency;
 pub mod ops;
 
 use std::sync::OnceLock;

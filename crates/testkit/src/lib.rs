@@ -79,6 +79,18 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{clean}-{}-{:x}-{n}", std::process::id(), nanos % 0xffff_ffff_ffff)
 }
 
+macro_rules! api_token {
+    () => {
+        "tests-read-api-token-0123456789"
+    };
+}
+
+/// The read API token every test's consumers accept (`API_TOKENS=tests:<it>`) and every test's
+/// client sends (`Authorization: Bearer <it>`).
+pub const API_TOKEN: &str = api_token!();
+/// `API_TOKENS` for a consumer binary a test starts.
+pub const API_TOKENS_ENV: (&str, &str) = ("API_TOKENS", concat!("tests:", api_token!()));
+
 /// Like [`unique_name`] but a valid unquoted SQL identifier (`[a-z0-9_]`, starts with a letter).
 pub fn unique_ident(prefix: &str) -> String {
     format!("t_{}", unique_name(prefix).replace('-', "_"))

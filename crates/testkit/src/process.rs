@@ -39,7 +39,9 @@ pub struct BinaryProcess {
 }
 
 impl BinaryProcess {
-    /// Start the workspace binary `name` with `args` and extra environment `envs`.
+    /// Start the workspace binary `name` with `args` and extra environment `envs`. A
+    /// consumer's read API accepts the tests' token ([`crate::API_TOKENS_ENV`]) unless `envs`
+    /// sets `API_TOKENS` itself; other binaries ignore it.
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Self> {
         let path = bin_path(name)?;
         Self::spawn_path(name, &path, args, envs)
@@ -52,6 +54,7 @@ impl BinaryProcess {
         let log = std::fs::File::create(&log_path)?;
         let mut command = Command::new(path);
         command.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        command.env(crate::API_TOKENS_ENV.0, crate::API_TOKENS_ENV.1);
         for (key, value) in envs {
             command.env(key, value);
         }

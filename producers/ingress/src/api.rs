@@ -1,25 +1,26 @@
 //! The two write endpoints, `POST /v1/orders` and `POST /v1/inventory/changes`.
 //!
 //! Each request runs: authenticate → content type → a permit (bounded in-flight requests) →
-//! read the body up to its limit → parse → validate every field → event ids → publish, all
-//! in flight at once → 202 with where the broker put each event. Nothing is published unless
-//! the whole request is valid.
+//! read the body up to its limit → parse → validate every field → event ids → the
+//! `Idempotency-Key` store ([`crate::idempotency`]) → publish, all in flight at once → 202 with
+//! where the broker put each event. Nothing is published unless the whole request is valid.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_events::{Event, InventoryChangesRequest, OrderRequest, TraceParent, idempotent_event_id};
 use orderflow_publisher::{Ack, PublishError};
+use orderflow_service::consistency::Token;
 use serde::Serialize;
 use tracing::{Instrument, field::Empty};
 use uuid::Uuid;
 
 use crate::error::{ApiError, parse_json};
+use crate::idempotency::{self, Claim};
 use crate::{AppState, observe};
 
 /// Longest `Idempotency-Key` accepted.
@@ -39,6 +40,22 @@ impl From<Ack> for Accepted {
     }
 }
 
+/// The 202 of `POST /v1/orders`: where its event landed, and the token a read can wait on
+/// (docs/read-your-writes.md).
+#[derive(Debug, Serialize)]
+struct OneAccepted {
+    #[serde(flatten)]
+    event: Accepted,
+    consistency_token: String,
+}
+
+/// The 202 of `POST /v1/inventory/changes`.
+#[derive(Debug, Serialize)]
+struct ManyAccepted {
+    events: Vec<Accepted>,
+    consistency_token: String,
+}
+
 /// What the caller of one request is: its client name and idempotency key.
 struct Caller {
     client: String,
@@ -56,21 +73,27 @@ impl Caller {
     }
 }
 
+/// A valid request's events and the shape of its 202 body.
+struct Prepared {
+    events: Vec<Event>,
+    /// `POST /v1/orders` answers with its one event; the changes route with `{"events": [...]}`.
+    single: bool,
+}
+
 pub async fn post_order(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(state, "/v1/orders", headers, body, |state, caller, bytes, traceparent| async move {
-        let request: OrderRequest = parse_json(&bytes)?;
+    handle(state, "/v1/orders", headers, body, |_state, caller, bytes| {
+        let request: OrderRequest = parse_json(bytes)?;
         let event_id = caller.event_id("orders", 0);
         let event = Event::OrderPlaced(request.into_event(event_id, chrono::Utc::now()).map_err(ApiError::Invalid)?);
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
-        let mut acks = publish(&state, "/v1/orders", vec![event], traceparent).await?;
-        Ok((StatusCode::ACCEPTED, Json(Accepted::from(acks.remove(0)))).into_response())
+        Ok(Prepared { events: vec![event], single: true })
     })
     .await
 }
 
 pub async fn post_inventory_changes(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(state, "/v1/inventory/changes", headers, body, |state, caller, bytes, traceparent| async move {
-        let request: InventoryChangesRequest = parse_json(&bytes)?;
+    handle(state, "/v1/inventory/changes", headers, body, |state, caller, bytes| {
+        let request: InventoryChangesRequest = parse_json(bytes)?;
         let count = request.changes.as_ref().map_or(0, Vec::len);
         if count > state.max_changes {
             return Err(ApiError::TooLarge(format!(
@@ -80,19 +103,15 @@ pub async fn post_inventory_changes(State(state): State<Arc<AppState>>, headers:
         }
         let events =
             request.into_events(|i| caller.event_id("inventory", i), chrono::Utc::now()).map_err(ApiError::Invalid)?;
-        let events: Vec<Event> = events.into_iter().map(Event::InventoryChanged).collect();
-        let acks = publish(&state, "/v1/inventory/changes", events, traceparent).await?;
-        let events: Vec<Accepted> = acks.into_iter().map(Accepted::from).collect();
-        Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "events": events }))).into_response())
+        Ok(Prepared { events: events.into_iter().map(Event::InventoryChanged).collect(), single: false })
     })
     .await
 }
 
 /// The steps every write request shares, inside one span that carries the trace id.
-async fn handle<F, Fut>(state: Arc<AppState>, route: &'static str, headers: HeaderMap, body: Body, work: F) -> Response
+async fn handle<F>(state: Arc<AppState>, route: &'static str, headers: HeaderMap, body: Body, prepare: F) -> Response
 where
-    F: FnOnce(Arc<AppState>, Caller, axum::body::Bytes, TraceParent) -> Fut,
-    Fut: Future<Output = Result<Response, ApiError>>,
+    F: FnOnce(&AppState, &Caller, &[u8]) -> Result<Prepared, ApiError>,
 {
     let started = Instant::now();
     let span = tracing::info_span!(
@@ -112,16 +131,34 @@ where
         let result = async {
             let caller = authenticate(&state, &headers)?;
             tracing::Span::current().record("client", caller.client.as_str());
-            check_content_type(&headers)?;
-            let _permit = state.acquire_permit().await?;
-            let bytes = read_body(&headers, body, state.max_body_bytes).await?;
-            work(state.clone(), caller, bytes, traceparent.clone()).await
+            let budget = state.rate_limits.check(&caller.client).map_err(|limited| {
+                observe::rate_limited(&caller.client);
+                ApiError::RateLimited(limited)
+            })?;
+            let answer = async {
+                check_content_type(&headers)?;
+                let _permit = state.acquire_permit().await?;
+                let bytes = read_body(&headers, body, state.max_body_bytes).await?;
+                let prepared = prepare(&state, &caller, &bytes)?;
+                publish_once(&state, route, &caller, &bytes, prepared, traceparent.clone()).await
+            }
+            .await;
+            Ok((budget, answer))
         }
         .await;
+        let (budget, result) = match result {
+            Ok((budget, answer)) => (budget, answer),
+            Err(error) => (Vec::new(), Err(error)),
+        };
         let mut response = result.unwrap_or_else(|error| {
             observe::request_failed(route, &error);
             error.into_response()
         });
+        for (name, value) in budget {
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
         if let Ok(value) = header::HeaderValue::from_str(traceparent.as_str()) {
             response.headers_mut().insert("traceparent", value);
         }
@@ -130,6 +167,65 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// Publish a valid request's events, unless its `Idempotency-Key` already succeeded (then the
+/// stored answer is replayed), is in flight (409) or came with another body (422); see
+/// [`crate::idempotency`].
+async fn publish_once(
+    state: &AppState,
+    route: &'static str,
+    caller: &Caller,
+    bytes: &[u8],
+    prepared: Prepared,
+    traceparent: TraceParent,
+) -> Result<Response, ApiError> {
+    let lease = match &caller.idempotency_key {
+        None => None,
+        Some(key) => {
+            // The body parsed into its request type already, so it is JSON.
+            let body: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+            match state.keys.claim(&caller.client, route, key, &idempotency::fingerprint(route, &body)).await {
+                Claim::Owned(lease) => Some(lease),
+                Claim::Bypassed => None,
+                Claim::Replay(answer) => return Ok(accepted(answer, true)),
+                Claim::InFlight => return Err(ApiError::KeyInFlight),
+                Claim::Reused => return Err(ApiError::KeyReused),
+            }
+        }
+    };
+    match publish(state, route, prepared.events, traceparent).await {
+        Ok(acks) => {
+            let token = Token::new(acks.iter().map(|a| (a.topic.as_str(), a.partition, a.offset))).encode();
+            let mut accepted_events: Vec<Accepted> = acks.into_iter().map(Accepted::from).collect();
+            let answer = if prepared.single {
+                serde_json::to_vec(&OneAccepted { event: accepted_events.remove(0), consistency_token: token })
+            } else {
+                serde_json::to_vec(&ManyAccepted { events: accepted_events, consistency_token: token })
+            }
+            .map_err(|e| ApiError::Internal(format!("could not write the answer: {e}")))?;
+            if let Some(lease) = &lease {
+                state.keys.complete(lease, &answer).await;
+            }
+            Ok(accepted(answer, false))
+        }
+        Err(error) => {
+            if let Some(lease) = &lease {
+                state.keys.release(lease).await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The 202 with its JSON body; `Idempotent-Replayed: true` when it is a stored answer.
+fn accepted(body: Vec<u8>, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+    }
+    response
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -174,23 +270,48 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Most bytes of an oversized body read and thrown away before the 413 is sent, and how long
+/// at most: a client that writes its whole body before reading the answer (Python's urllib,
+/// curl without `Expect`) then sees the 413 instead of a broken pipe. Past either bound the
+/// connection is closed.
+const DISCARD_AT_MOST: usize = 16 * 1024 * 1024;
+const DISCARD_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    use futures::StreamExt as _;
     let too_large = || ApiError::TooLarge(format!("request body is larger than {limit} bytes"));
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > limit as u64) {
+        discard(stream).await;
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // http-body-util's `LengthLimitError` ("length limit exceeded") somewhere in the chain.
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        let mut length_limit = false;
-        while let Some(s) = source {
-            length_limit |= s.to_string().contains("length limit exceeded");
-            source = s.source();
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            discard(stream).await;
+            return Err(too_large());
         }
-        if length_limit { too_large() } else { ApiError::BadRequest(format!("could not read the request body: {e}")) }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.into())
+}
+
+/// Read and drop the rest of a body, within [`DISCARD_AT_MOST`] and [`DISCARD_FOR_AT_MOST`].
+async fn discard(mut stream: axum::body::BodyDataStream) {
+    use futures::StreamExt as _;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DISCARD_FOR_AT_MOST, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DISCARD_AT_MOST {
+                break;
+            }
+        }
     })
+    .await;
 }
 
 /// Publish every event concurrently and wait for all acknowledgements, bounded by the

@@ -6,23 +6,8 @@ use std::time::Duration;
 
 use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_kafka::KafkaArgs;
-
-/// A value that must never reach a log line: `Debug` prints a placeholder.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
-}
+use orderflow_service::DatabaseArgs;
+pub use orderflow_service::auth::Secret;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "ingress", version, about = "Accept orders and stock changes over HTTP and publish them to Kafka")]
@@ -33,6 +18,23 @@ pub struct IngressConfig {
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
+
+    /// The database of the `Idempotency-Key` store, shared by every ingress instance.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Postgres schema of the `Idempotency-Key` store (created if missing).
+    #[arg(long, env = "INGRESS_IDEMPOTENCY_SCHEMA", default_value = "ingress")]
+    pub idempotency_schema: String,
+
+    /// How long an `Idempotency-Key` and its answer are kept (then pruned; the key may be
+    /// used for a new request).
+    #[arg(long, env = "INGRESS_IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
+    pub idempotency_ttl_hours: u64,
+
+    /// Connections to the key store's database, at most.
+    #[arg(long, env = "INGRESS_IDEMPOTENCY_DB_CONNECTIONS", default_value_t = 16)]
+    pub idempotency_db_connections: u32,
 
     /// Schema Registry URL; unset: Avro single-object encoding.
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
@@ -77,6 +79,11 @@ pub struct IngressConfig {
     #[arg(long, env = "INGRESS_PRODUCER_QUEUE", default_value_t = 100_000)]
     pub producer_queue: usize,
 
+    /// Per-client rate limits: `client=RATE/BURST,...` (requests per second, and how many may
+    /// come at once), `*` for every client without an entry; empty: no limits. Over it: 429.
+    #[arg(long = "rate-limit", env = "INGRESS_RATE_LIMITS", default_value = "", value_parser = parse_limits)]
+    pub rate_limits: crate::ratelimit::Limits,
+
     /// Requests processed at once; more wait (up to the publish timeout) and then get 503.
     #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
@@ -86,4 +93,12 @@ impl IngressConfig {
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms.max(1))
     }
+
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_secs(self.idempotency_ttl_hours.saturating_mul(3600))
+    }
+}
+
+fn parse_limits(spec: &str) -> Result<crate::ratelimit::Limits, String> {
+    crate::ratelimit::Limits::parse(spec).map_err(|e| format!("{e:#}"))
 }

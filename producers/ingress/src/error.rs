@@ -22,6 +22,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 422: well-formed JSON naming invalid fields.
     Invalid(Vec<FieldError>),
+    /// 409: a request with the same `Idempotency-Key` is still being processed.
+    KeyInFlight,
+    /// 422: the `Idempotency-Key` was used before with a different request body.
+    KeyReused,
+    /// 429: the client is over its rate limit.
+    RateLimited(crate::ratelimit::Limited),
     /// 503: the broker is unreachable, slow, or we are at capacity. Safe to retry.
     Unavailable(String),
     /// 500: something that should not happen (logged where it happened).
@@ -35,7 +41,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_) | ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::KeyInFlight => StatusCode::CONFLICT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -48,6 +56,9 @@ impl ApiError {
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
+            ApiError::KeyInFlight => "idempotency_key_in_flight",
+            ApiError::KeyReused => "idempotency_key_reused",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -62,6 +73,17 @@ impl ApiError {
             | ApiError::Internal(m) => m.clone(),
             ApiError::Unauthorized => "missing or unknown bearer token (Authorization: Bearer <token>)".to_owned(),
             ApiError::Invalid(fields) => format!("{} invalid field(s)", fields.len()),
+            ApiError::KeyInFlight => {
+                "a request with this Idempotency-Key is still being processed; retry after Retry-After seconds \
+                 with the same key"
+                    .to_owned()
+            }
+            ApiError::RateLimited(limited) => {
+                format!("this client is over its rate limit; retry after {} s", retry_after_secs(limited.retry_after))
+            }
+            ApiError::KeyReused => "this Idempotency-Key was already used with a different request body; a new \
+                                    request needs a new key"
+                .to_owned(),
         }
     }
 }
@@ -78,8 +100,26 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
+            ApiError::KeyInFlight => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            ApiError::RateLimited(limited) => {
+                let wait = retry_after_secs(limited.retry_after);
+                let headers = response.headers_mut();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                if let Ok(policy) = HeaderValue::from_str(&limited.policy) {
+                    headers.insert("ratelimit-policy", policy);
+                }
+                if let Ok(state) = HeaderValue::from_str(&format!("\"per-client\";r=0;t={wait}")) {
+                    headers.insert("ratelimit", state);
+                }
+            }
             ApiError::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooLarge(_) => {
+                // What is left of an oversized body is not read: do not reuse the connection.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -113,6 +153,11 @@ fn without_position(message: &str) -> String {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),
     }
+}
+
+/// Whole seconds to wait, at least 1 (`Retry-After` has no fractions).
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 #[cfg(test)]

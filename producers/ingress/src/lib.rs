@@ -7,27 +7,33 @@
 //! Any other answer means the client must retry; with the same `Idempotency-Key` the retry
 //! carries the same event ids (UUID v5 of client, route, key and index), so events that were
 //! published before a failure are published again under their old ids and consumers apply
-//! them once. Without the header every request gets fresh random ids.
+//! them once. Without the header every request gets fresh random ids (and consumers still
+//! apply an order once: by its order id, docs/events.md "Natural keys").
+//!
+//! A key that already succeeded is answered from the [`idempotency`] store in Postgres (the
+//! stored 202, nothing published again); the same key with another body is 422, and while
+//! its first request is in flight 409.
 //!
 //! # Load shedding
 //! At most `--max-in-flight` requests are processed at once; a request waits for a slot at
 //! most the publish timeout. The producer queue is bounded and every record has a delivery
 //! timeout, so a slow or absent broker turns into 503 + `Retry-After`, never an unbounded
-//! queue. The ingress keeps no state: run as many as needed.
+//! queue. The ingress's only state is the shared key store: run as many as needed.
 //!
 //! # Layout
 //! [`config`] (flags) → [`run`] builds the [`AppState`] and the router; [`api`] (the write
-//! endpoints), [`auth`] (bearer tokens), [`error`] (statuses and bodies), [`trace`]
-//! (traceparent), [`observe`] (logs + metrics).
+//! endpoints), `orderflow_service::auth` (bearer tokens), [`error`] (statuses and bodies), [`trace`]
+//! (traceparent), [`observe`] (logs + metrics), [`idempotency`] (the key store).
 //!
 //! # Must not touch
-//! Databases, consumers, schemas (validation lives in `orderflow-events`).
+//! Any database but its key store, consumers, schemas (validation lives in `orderflow-events`).
 
 pub mod api;
-pub mod auth;
 pub mod config;
 pub mod error;
+pub mod idempotency;
 pub mod observe;
+pub mod ratelimit;
 pub mod trace;
 
 use std::sync::Arc;
@@ -42,9 +48,10 @@ use orderflow_service::ops::{self, Cached, Probe, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use auth::Tokens;
 pub use config::IngressConfig;
 use error::ApiError;
+use idempotency::KeyStore;
+pub use orderflow_service::auth::Tokens;
 
 /// How long a readiness answer is reused before asking the broker again.
 const READY_CACHE: Duration = Duration::from_secs(3);
@@ -57,6 +64,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub max_changes: usize,
     pub publish_timeout: Duration,
+    /// The shared `Idempotency-Key` store.
+    pub keys: Arc<KeyStore>,
+    /// Per-client token buckets.
+    pub rate_limits: ratelimit::RateLimits,
     /// Bounds requests in progress (memory, producer queue).
     permits: Arc<Semaphore>,
 }
@@ -93,8 +104,20 @@ impl AppState {
         let publisher = Publisher::with_limits(&config.kafka, codec, "orderflow/ingress", limits)
             .context("creating the Kafka producer")?
             .with_topics(&config.orders_topic, &config.inventory_topic);
+        // A claim outlives the longest a request may take (a permit wait, then the publish);
+        // after it another instance may take over the key of a request whose instance died.
+        let lease = config.publish_timeout() * 2 + Duration::from_secs(5);
+        let keys = KeyStore::new(
+            &config.database.database_url,
+            &config.idempotency_schema,
+            config.idempotency_ttl(),
+            lease,
+            config.idempotency_db_connections.max(1),
+        )?;
         Ok(AppState {
             publisher,
+            keys,
+            rate_limits: ratelimit::RateLimits::new(config.rate_limits.clone()),
             tokens,
             max_body_bytes: config.max_body_bytes,
             max_changes: config.max_changes,
@@ -166,7 +189,19 @@ pub async fn run_with_listener(
         clients,
         "ingress listening"
     );
-    axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    match state.keys.ensure_table().await {
+        Ok(()) => tracing::info!(schema = %config.idempotency_schema, "Idempotency-Key store ready"),
+        Err(error) => tracing::warn!(
+            error = %format!("{error:#}"),
+            "the Idempotency-Key store is unavailable at start; serving without it until it answers"
+        ),
+    }
+    let stop_pruning = tokio_util::sync::CancellationToken::new();
+    let pruner = tokio::spawn(state.keys.clone().prune_until(stop_pruning.clone()));
+    let served = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await;
+    stop_pruning.cancel();
+    pruner.await.ok();
+    served.context("serving HTTP")?;
     state.publisher.flush(Duration::from_secs(10)).context("flushing the producer at shutdown")?;
     Ok(())
 }

@@ -16,10 +16,17 @@ pub fn request_done(route: &'static str, status: StatusCode, elapsed: Duration) 
 pub fn request_failed(route: &'static str, error: &ApiError) {
     match error {
         ApiError::Unavailable(message) => tracing::warn!(route, message, "shedding request"),
+        ApiError::RateLimited(limited) => {
+            tracing::info!(route, retry_after_ms = limited.retry_after.as_millis() as u64, "client over its rate limit")
+        }
         ApiError::Internal(message) => tracing::error!(route, message, "request failed"),
         ApiError::Invalid(fields) => tracing::info!(route, ?fields, "rejected invalid request"),
         other => tracing::info!(route, error = ?other, "rejected request"),
     }
+}
+
+pub fn rate_limited(client: &str) {
+    counter!("ingress_rate_limited_total", "client" => client.to_owned()).increment(1);
 }
 
 pub fn published(route: &'static str, events: usize, elapsed: Duration) {

@@ -9,9 +9,10 @@ use orderflow_events::{CeHeaders, Event};
 use orderflow_ingress::config::Secret;
 use orderflow_ingress::{AppState, IngressConfig};
 use orderflow_testkit::events::{high_watermark_sum, read_distinct};
-use orderflow_testkit::{fresh_topic, kafka_args, wait_until};
+use orderflow_testkit::{database_url, fresh_topic, kafka_args, unique_ident, unique_name, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "tok-checkout-0123456789";
@@ -21,6 +22,8 @@ struct TestIngress {
     url: String,
     orders_topic: String,
     inventory_topic: String,
+    /// The schema of its `Idempotency-Key` store.
+    keys_schema: String,
     http: reqwest::Client,
     _stop: oneshot::Sender<()>,
 }
@@ -40,6 +43,8 @@ fn base_config(brokers: &str, orders: &str, inventory: &str) -> IngressConfig {
     config.tokens = Some(Secret(format!("checkout:{TOKEN}")));
     config.tokens_file = None;
     config.schema_registry_url = None;
+    // Each test's keys in a store of its own.
+    config.idempotency_schema = unique_ident("ingress_keys");
     config
 }
 
@@ -49,6 +54,8 @@ async fn spawn_ingress(customize: impl FnOnce(&mut IngressConfig)) -> TestIngres
     let inventory_topic = fresh_topic("ingress-inventory", PARTITIONS).await;
     let mut config = base_config(&kafka_args().brokers, &orders_topic, &inventory_topic);
     customize(&mut config);
+    let (orders_topic, inventory_topic) = (config.orders_topic.clone(), config.inventory_topic.clone());
+    let keys_schema = config.idempotency_schema.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -61,7 +68,7 @@ async fn spawn_ingress(customize: impl FnOnce(&mut IngressConfig)) -> TestIngres
             panic!("ingress failed: {e:#}");
         }
     });
-    TestIngress { url, orders_topic, inventory_topic, http: reqwest::Client::new(), _stop: stop }
+    TestIngress { url, orders_topic, inventory_topic, keys_schema, http: reqwest::Client::new(), _stop: stop }
 }
 
 impl TestIngress {
@@ -151,36 +158,181 @@ async fn every_accepted_event_is_on_its_topic_with_its_id_headers_and_trace() {
 }
 
 #[tokio::test]
-async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_event_id() {
+async fn a_retried_request_with_the_same_idempotency_key_is_answered_from_the_store_and_published_once() {
     let ingress = spawn_ingress(|_| {}).await;
     let body = order_body("o-retry");
 
-    let first: Value = ingress.post_json("/v1/orders", &body, Some("key-1")).await;
-    let concurrent = futures::future::join_all((0..4).map(|_| ingress.post("/v1/orders", &body, Some("key-1")))).await;
-    let mut ids = vec![first["event_id"].as_str().unwrap().to_owned()];
-    for response in concurrent {
+    // The first request publishes; every retry with the same key, sequential or concurrent,
+    // gets the same 202 byte for byte and publishes nothing.
+    let first = ingress.post("/v1/orders", &body, Some("key-1")).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    let first = first.bytes().await.unwrap();
+    let retries = futures::future::join_all((0..4).map(|_| ingress.post("/v1/orders", &body, Some("key-1")))).await;
+    for response in retries {
         assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let value: Value = response.json().await.unwrap();
-        ids.push(value["event_id"].as_str().unwrap().to_owned());
+        assert_eq!(response.headers()["idempotent-replayed"], "true");
+        assert_eq!(response.bytes().await.unwrap(), first, "a replay is the stored answer, byte for byte");
     }
-    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    // The same body formatted differently is the same request.
+    let reformatted = ingress
+        .http
+        .post(format!("{}/v1/orders", ingress.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .header("Idempotency-Key", "key-1")
+        .body(serde_json::to_string_pretty(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reformatted.status(), StatusCode::ACCEPTED);
+    assert_eq!(reformatted.bytes().await.unwrap(), first);
 
     let other: Value = ingress.post_json("/v1/orders", &body, Some("key-2")).await;
-    assert_ne!(other["event_id"].as_str().unwrap(), ids[0]);
+    let first: Value = serde_json::from_slice(&first).unwrap();
+    assert_ne!(other["event_id"], first["event_id"]);
 
     // Batches: each change keeps its own id under one key.
     let batch = changes_body(&["x", "y"]);
     let a = ingress.post_json("/v1/inventory/changes", &batch, Some("b-1")).await;
     let b = ingress.post_json("/v1/inventory/changes", &batch, Some("b-1")).await;
     let ids = |v: &Value| v["events"].as_array().unwrap().iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>();
-    assert_eq!(ids(&a), ids(&b));
+    assert_eq!(a, b);
     assert_ne!(ids(&a)[0], ids(&a)[1]);
 
-    // Published up to six times, one event id.
+    // On the topics: key-1 once, key-2 once; the batch once.
     let on_topic = read_all(&ingress.orders_topic, 2).await;
-    assert!(high_watermark_sum(&ingress.orders_topic) >= 6);
+    assert_eq!(high_watermark_sum(&ingress.orders_topic), 2, "nothing published twice");
+    assert_eq!(high_watermark_sum(&ingress.inventory_topic), 2);
     let distinct: std::collections::HashSet<_> = on_topic.iter().map(|(e, _, _)| e.event_id()).collect();
     assert_eq!(distinct.len(), 2, "key-1 and key-2");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_with_another_body_is_refused_with_422_and_nothing_is_published() {
+    let ingress = spawn_ingress(|_| {}).await;
+    let first = ingress.post("/v1/orders", &order_body("o-1"), Some("k")).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+
+    let reused = ingress.post("/v1/orders", &order_body("o-2"), Some("k")).await;
+
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let said: Value = reused.json().await.unwrap();
+    assert_eq!(said["error"], "idempotency_key_reused", "{said}");
+    assert!(said["message"].as_str().unwrap().contains("different request body"), "{said}");
+    assert_eq!(high_watermark_sum(&ingress.orders_topic), 1);
+    // The key still answers its own request.
+    let again = ingress.post("/v1/orders", &order_body("o-1"), Some("k")).await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+}
+
+#[tokio::test]
+async fn a_key_in_flight_gets_409_and_a_key_whose_request_failed_is_processed_again() {
+    // Arrange: an orders topic that does not exist, so a publish waits its whole timeout.
+    let ingress = spawn_ingress(|c| c.orders_topic = unique_name("no-such-topic")).await;
+    let body = order_body("o-slow");
+    let slow = tokio::spawn({
+        let (http, url) = (ingress.http.clone(), ingress.url.clone());
+        let body = body.clone();
+        async move {
+            let request = http.post(format!("{url}/v1/orders")).bearer_auth(TOKEN).header("Idempotency-Key", "k-slow");
+            request.json(&body).send().await.unwrap()
+        }
+    });
+    let store = PgPool::connect(&database_url()).await.unwrap();
+    let claimed = format!("SELECT count(*) FROM {}.idempotency_keys WHERE key = 'k-slow'", ingress.keys_schema);
+    wait_until("the first request claimed its key", Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar(&claimed).fetch_one(&store).await.unwrap_or(0);
+        (n == 1).then_some(())
+    })
+    .await;
+
+    // Act: the same key while the first request is in flight.
+    let second = ingress.post("/v1/orders", &body, Some("k-slow")).await;
+
+    // Assert: 409 with Retry-After; the first ends with 503 and frees the key, so a retry is
+    // processed (and fails the same way) instead of meeting 409.
+    assert_eq!(second.status(), StatusCode::CONFLICT);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let said: Value = second.json().await.unwrap();
+    assert_eq!(said["error"], "idempotency_key_in_flight", "{said}");
+    assert_eq!(slow.await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    let n: i64 = sqlx::query_scalar(&claimed).fetch_one(&store).await.unwrap();
+    assert_eq!(n, 0, "a failed request releases its key");
+    let retry = ingress.post("/v1/orders", &body, Some("k-slow")).await;
+    assert_eq!(retry.status(), StatusCode::SERVICE_UNAVAILABLE, "processed again, not 409");
+}
+
+#[tokio::test]
+async fn two_ingress_instances_share_the_key_store() {
+    let first = spawn_ingress(|_| {}).await;
+    let (orders, inventory, schema) =
+        (first.orders_topic.clone(), first.inventory_topic.clone(), first.keys_schema.clone());
+    let second = spawn_ingress(move |c| {
+        c.orders_topic = orders;
+        c.inventory_topic = inventory;
+        c.idempotency_schema = schema;
+    })
+    .await;
+    let body = order_body("o-shared");
+
+    let a = first.post("/v1/orders", &body, Some("shared-1")).await;
+    let b = second.post("/v1/orders", &body, Some("shared-1")).await;
+
+    assert_eq!((a.status(), b.status()), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(b.headers()["idempotent-replayed"], "true");
+    assert_eq!(a.bytes().await.unwrap(), b.bytes().await.unwrap());
+    assert_eq!(high_watermark_sum(&first.orders_topic), 1);
+}
+
+#[tokio::test]
+async fn without_its_database_the_ingress_still_accepts_keyed_requests_and_says_so() {
+    let ingress = spawn_ingress(|c| c.database.database_url = "postgres://postgres@127.0.0.1:1/nowhere".into()).await;
+    let body = order_body("o-no-store");
+
+    let a = ingress.post("/v1/orders", &body, Some("k-no-store")).await;
+    let b = ingress.post("/v1/orders", &body, Some("k-no-store")).await;
+
+    // Both published (no replay without the store), under the same event id.
+    assert_eq!((a.status(), b.status()), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a["event_id"], b["event_id"]);
+    assert_eq!(high_watermark_sum(&ingress.orders_topic), 2);
+    let metrics = ingress.http.get(format!("{}/metrics", ingress.url)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("ingress_idempotency_bypassed_total{route=\"/v1/orders\"}")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn expired_keys_are_pruned_and_an_expired_key_starts_over() {
+    use orderflow_ingress::idempotency::KeyStore;
+    let ingress = spawn_ingress(|_| {}).await;
+    let body = order_body("o-old");
+    assert_eq!(ingress.post("/v1/orders", &body, Some("k-old")).await.status(), StatusCode::ACCEPTED);
+    let store = PgPool::connect(&database_url()).await.unwrap();
+    let table = format!("{}.idempotency_keys", ingress.keys_schema);
+    sqlx::query(&format!("UPDATE {table} SET expires_at = now() - interval '1 second'")).execute(&store).await.unwrap();
+
+    // An expired key is a new key: processed and published again.
+    let again = ingress.post("/v1/orders", &body, Some("k-old")).await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert!(!again.headers().contains_key("idempotent-replayed"));
+    assert_eq!(high_watermark_sum(&ingress.orders_topic), 2);
+
+    // Pruning deletes what expired and keeps the rest.
+    assert_eq!(ingress.post("/v1/orders", &order_body("o-new"), Some("k-new")).await.status(), StatusCode::ACCEPTED);
+    sqlx::query(&format!("UPDATE {table} SET expires_at = now() - interval '1 second' WHERE key = 'k-old'"))
+        .execute(&store)
+        .await
+        .unwrap();
+    let keys = KeyStore::new(&database_url(), &ingress.keys_schema, Duration::from_secs(60), Duration::from_secs(5), 1)
+        .unwrap();
+    assert_eq!(keys.prune().await.unwrap(), 1);
+    let left: Vec<String> = sqlx::query_scalar(&format!("SELECT key FROM {table}")).fetch_all(&store).await.unwrap();
+    assert_eq!(left, ["k-new"]);
 }
 
 #[tokio::test]
@@ -363,4 +515,92 @@ fn the_ingress_binary_refuses_to_start_without_tokens_and_says_why() {
     let status = ingress.wait(Duration::from_secs(30)).unwrap();
     assert!(!status.success());
     assert!(ingress.output().contains("no ingress tokens configured"), "{}", ingress.output());
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_limit_gets_429_with_retry_after_while_another_client_is_unaffected() {
+    let ingress = spawn_ingress(|c| {
+        c.tokens = Some(Secret(format!("checkout:{TOKEN},backfill:tok-backfill-0123456789")));
+        c.rate_limits = orderflow_ingress::ratelimit::Limits::parse("backfill=1/3,*=1000/1000").unwrap();
+    })
+    .await;
+    let post_as = |token: &'static str, i: usize| {
+        let request = ingress.http.post(format!("{}/v1/orders", ingress.url)).bearer_auth(token);
+        request.json(&order_body(&format!("o-{token}-{i}"))).send()
+    };
+
+    // backfill may send 3 at once, then 1 per second; checkout shares nothing with it.
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for i in 0..6 {
+        let response = post_as("tok-backfill-0123456789", i).await.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS && limited.is_none() {
+            limited = Some(response);
+        }
+    }
+    let checkout: Vec<u16> = futures::future::join_all((0..6).map(|i| post_as(TOKEN, i)))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+
+    assert_eq!(&statuses[..3], [202, 202, 202], "the burst passes: {statuses:?}");
+    assert!(statuses[3..].contains(&429), "then the limit: {statuses:?}");
+    assert_eq!(checkout, [202; 6], "another client is unaffected");
+    let limited = limited.unwrap();
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_eq!(limited.headers()["ratelimit-policy"], "\"per-client\";q=3;w=3");
+    assert_eq!(limited.headers()["ratelimit"], "\"per-client\";r=0;t=1");
+    let said: Value = limited.json().await.unwrap();
+    assert_eq!(said["error"], "rate_limited", "{said}");
+    // Accepted requests say how much budget is left; 429s published nothing.
+    let accepted = post_as(TOKEN, 99).await.unwrap();
+    assert!(accepted.headers()["ratelimit"].to_str().unwrap().starts_with("\"per-client\";r="));
+    let rejected = statuses.iter().filter(|s| **s == 429).count() as i64;
+    assert_eq!(high_watermark_sum(&ingress.orders_topic), 6 - rejected + 6 + 1);
+}
+
+/// Write a whole request (headers, then the body) before reading anything, as Python's urllib
+/// does, and return what the server answered.
+async fn send_whole_then_read(addr: &str, head: String, body: Vec<u8>) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_sends_a_4_mb_body_before_reading_gets_the_413_not_a_broken_pipe() {
+    let ingress = spawn_ingress(|_| {}).await;
+    let addr = ingress.url.trim_start_matches("http://").to_owned();
+    let body = vec![b'x'; 4 * 1024 * 1024];
+
+    // With a declared length over the limit, and chunked without one.
+    let declared = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = send_whole_then_read(&addr, declared, body.clone()).await.expect("the whole body is accepted");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(300)]);
+    assert!(answer.contains("larger than 262144 bytes"), "{answer}");
+
+    let mut chunked_body = Vec::new();
+    for chunk in body.chunks(64 * 1024) {
+        chunked_body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked_body.extend_from_slice(chunk);
+        chunked_body.extend_from_slice(b"\r\n");
+    }
+    chunked_body.extend_from_slice(b"0\r\n\r\n");
+    let chunked = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let answer = send_whole_then_read(&addr, chunked, chunked_body).await.expect("the whole body is accepted");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(300)]);
+    assert_eq!(high_watermark_sum(&ingress.orders_topic), 0);
 }

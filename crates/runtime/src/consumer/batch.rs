@@ -180,8 +180,10 @@ impl<H: Handler> Batcher<H> {
         Ok(next_offset)
     }
 
-    /// Record the envelopes in the ledger and hand the new ones to the handler.
-    /// Returns (applied, duplicates skipped).
+    /// Record the envelopes in the ledger, skip repeats (an event id applied before, or a
+    /// fact whose natural key was applied before with the same content), and hand the rest to
+    /// the handler. A fact that conflicts with the one applied under its natural key fails
+    /// permanently (dead-lettered once isolated). Returns (applied, duplicates skipped).
     async fn apply_new(
         &self,
         tx: &mut PgConnection,
@@ -200,22 +202,83 @@ impl<H: Handler> Batcher<H> {
             .map_err(|e| HandlerError::Transient(e.into()))?
             .into_iter()
             .collect();
-        if new.len() == envelopes.len() {
-            // The common case: nothing seen before, no copies needed.
-            self.call_handler(tx, envelopes, ctx).await?;
-            return Ok((envelopes.len(), 0));
-        }
         let mut taken = HashSet::new();
-        let fresh: Vec<Envelope> = envelopes
+        let fresh: Vec<&Envelope> = envelopes
             .iter()
             .filter(|e| new.contains(&e.event.event_id()) && taken.insert(e.event.event_id()))
-            .cloned()
             .collect();
+        let fresh = self.skip_repeated_facts(tx, topic, partition, fresh).await?;
         let duplicates = envelopes.len() - fresh.len();
-        if !fresh.is_empty() {
+        if duplicates == 0 {
+            // The common case: nothing seen before, no copies needed.
+            self.call_handler(tx, envelopes, ctx).await?;
+        } else if !fresh.is_empty() {
+            let fresh: Vec<Envelope> = fresh.into_iter().cloned().collect();
             self.call_handler(tx, &fresh, ctx).await?;
         }
-        Ok((fresh.len(), duplicates))
+        Ok((envelopes.len() - duplicates, duplicates))
+    }
+
+    /// Claim the natural keys of `fresh` (docs/events.md, "Natural keys"): an event whose key
+    /// another event claimed first is dropped when its content is the same (a repeat: the same
+    /// order placed twice), and fails permanently, naming the first event, when it differs.
+    async fn skip_repeated_facts<'e>(
+        &self,
+        tx: &mut PgConnection,
+        topic: &str,
+        partition: i32,
+        fresh: Vec<&'e Envelope>,
+    ) -> Result<Vec<&'e Envelope>, HandlerError> {
+        let claims: Vec<store::NaturalKeyClaim> = fresh
+            .iter()
+            .filter_map(|e| {
+                let key = e.event.natural_key()?;
+                Some(store::NaturalKeyClaim {
+                    kind: key.kind,
+                    key: key.key,
+                    fingerprint: key.fingerprint,
+                    event_id: e.event.event_id(),
+                    offset: e.offset,
+                })
+            })
+            .collect();
+        if claims.is_empty() {
+            return Ok(fresh);
+        }
+        let won: HashSet<Uuid> = store::claim_natural_keys(tx, topic, partition, &claims)
+            .await
+            .map_err(|e| HandlerError::Transient(e.into()))?
+            .into_iter()
+            .collect();
+        if won.len() == claims.len() {
+            return Ok(fresh);
+        }
+        let lost: Vec<&store::NaturalKeyClaim> = claims.iter().filter(|c| !won.contains(&c.event_id)).collect();
+        let keys: Vec<(&str, &str)> = lost.iter().map(|c| (c.kind, c.key.as_str())).collect();
+        let owners = store::natural_key_owners(tx, &keys).await.map_err(|e| HandlerError::Transient(e.into()))?;
+        let mut repeats = HashSet::new();
+        for claim in lost {
+            let owner = owners.get(&(claim.kind.to_owned(), claim.key.clone())).ok_or_else(|| {
+                HandlerError::Transient(anyhow::anyhow!(
+                    "natural key {} {} has no owner after a conflict",
+                    claim.kind,
+                    claim.key
+                ))
+            })?;
+            if owner.fingerprint != claim.fingerprint {
+                return Err(HandlerError::permanent(conflict(claim, owner.event_id)));
+            }
+            tracing::info!(
+                consumer = self.consumer,
+                kind = claim.kind,
+                key = claim.key,
+                event_id = %claim.event_id,
+                first_event_id = %owner.event_id,
+                "a repeat of a fact already applied; skipped as a duplicate"
+            );
+            repeats.insert(claim.event_id);
+        }
+        Ok(fresh.into_iter().filter(|e| !repeats.contains(&e.event.event_id())).collect())
     }
 
     /// The handler's `apply`, with a panic turned into a permanent failure: the batch is then
@@ -245,6 +308,22 @@ impl<H: Handler> Batcher<H> {
                 Err(HandlerError::permanent(format!("the handler panicked: {message}")))
             }
         }
+    }
+}
+
+/// Why an event that conflicts with the fact applied under its natural key is not applied.
+fn conflict(claim: &store::NaturalKeyClaim, first: Uuid) -> String {
+    match claim.kind {
+        orderflow_events::OrderPlaced::NATURAL_KEY_KIND => format!(
+            "order {} was already placed by event {first} with different content (customer, currency, lines, \
+             total, shipping address or channel); event {} conflicts with it and is not applied",
+            claim.key, claim.event_id
+        ),
+        kind => format!(
+            "{kind} {} was already applied from event {first} with different content; event {} conflicts with it \
+             and is not applied",
+            claim.key, claim.event_id
+        ),
     }
 }
 

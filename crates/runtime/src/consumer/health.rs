@@ -3,7 +3,8 @@
 //!
 //! # Owns
 //! [`Health`] and [`PartitionStatus`]: plain atomics written by the poll thread (statistics,
-//! assignment) and the workers (progress), read by `/readyz` and the lag gauges.
+//! assignment) and the workers (progress), read by `/readyz`, the lag gauges and the reads
+//! that wait on a consistency token (`crate::consistency`), which a commit wakes.
 //!
 //! # Must not touch
 //! Kafka, Postgres or the workers: it only holds numbers others write.
@@ -26,6 +27,10 @@ pub struct PartitionStatus {
     /// Low watermark last seen, -1 until known: where a partition with no stored offset starts,
     /// so its lag is known before its first commit.
     pub low_watermark: AtomicI64,
+    /// Kafka timestamp (ms) of the last record of the last committed batch; 0 until one.
+    pub last_applied_ms: AtomicI64,
+    /// Woken after every committed batch (reads waiting on a consistency token).
+    pub applied: tokio::sync::Notify,
 }
 
 impl PartitionStatus {
@@ -37,7 +42,20 @@ impl PartitionStatus {
             oldest_pending_ms: AtomicI64::new(0),
             high_watermark: AtomicI64::new(-1),
             low_watermark: AtomicI64::new(-1),
+            last_applied_ms: AtomicI64::new(0),
+            applied: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The batch ending just before `next_offset`, whose last record has Kafka timestamp
+    /// `last_ms`, is committed.
+    pub fn committed(&self, next_offset: i64, last_ms: Option<i64>) {
+        self.next_offset.store(next_offset, Ordering::SeqCst);
+        self.oldest_pending_ms.store(0, Ordering::Relaxed);
+        if let Some(ms) = last_ms {
+            self.last_applied_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+        self.applied.notify_waiters();
     }
 
     /// Lag in messages, `None` while the watermarks needed to tell are unknown.

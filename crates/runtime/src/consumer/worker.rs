@@ -136,8 +136,7 @@ async fn run<H: Handler, C: ConsumerContext + 'static>(
             orderflow_telemetry::record_trace_id(&span);
             match batcher.apply(tp, &batch).instrument(span).await {
                 Ok(next_offset) => {
-                    status.next_offset.store(next_offset, Ordering::SeqCst);
-                    status.oldest_pending_ms.store(0, Ordering::Relaxed);
+                    status.committed(next_offset, batch.last().and_then(|m| m.timestamp().to_millis()));
                     commits.lock().unwrap().push((tp.clone(), next_offset));
                     break;
                 }

@@ -271,3 +271,50 @@ async fn the_stored_offset_advances_to_one_past_the_last_record_and_records_belo
     assert_eq!(f.applied().await, counts(&[("o-100", 1), ("o-101", 1)]));
     assert_eq!(f.stored().await, Some(102));
 }
+
+#[tokio::test]
+async fn the_same_order_under_another_event_id_is_applied_once_and_counted_as_a_duplicate() {
+    // Arrange: o-1 placed twice with the same content under two event ids (a checkout retry
+    // without an Idempotency-Key): in one batch, then again in a later batch.
+    let f = fixture("batch_natural").await;
+    let (first, again, later) =
+        (order("o-1", &[("sku-a", 2)]), order("o-1", &[("sku-a", 2)]), order("o-1", &[("sku-a", 2)]));
+    assert_ne!(first.event_id(), again.event_id());
+
+    // Act
+    let one = f.apply(&[record(0, &first), record(1, &again), record(2, &order("o-2", &[("sku-b", 1)]))]).await;
+    let two = f.apply(&[record(3, &later)]).await;
+
+    // Assert: applied once, nothing dead-lettered, every event id in the ledger.
+    assert_eq!((one.unwrap(), two.unwrap()), (3, 4));
+    assert_eq!(f.applied().await, counts(&[("o-1", 1), ("o-2", 1)]));
+    assert!(f.dead.sent().is_empty(), "{:?}", f.dead.sent());
+    assert_eq!(f.in_ledger(&[&first, &again, &later]).await, [true, true, true]);
+}
+
+#[tokio::test]
+async fn an_order_id_placed_again_with_other_lines_is_dead_lettered_naming_the_first_event() {
+    // Arrange: o-1 with one line, then o-1 with another line (same batch and a later one).
+    let f = fixture("batch_conflict").await;
+    let first = order("o-1", &[("sku-a", 1)]);
+    let conflicting = order("o-1", &[("sku-a", 5)]);
+    let conflicting_later = order("o-1", &[("sku-z", 1)]);
+
+    // Act
+    let one = f.apply(&[record(0, &first), record(1, &conflicting), record(2, &order("o-2", &[("sku-b", 1)]))]).await;
+    let two = f.apply(&[record(3, &conflicting_later)]).await;
+
+    // Assert: the first version applied, each conflicting one dead-lettered for good with a
+    // message naming the order and the first event, and the partition moved on.
+    assert_eq!((one.unwrap(), two.unwrap()), (3, 4));
+    assert_eq!(f.applied().await, counts(&[("o-1", 1), ("o-2", 1)]));
+    let dead = f.dead.sent();
+    let offsets: Vec<(i64, ErrorClass)> = dead.iter().map(|(o, c, _)| (*o, *c)).collect();
+    assert_eq!(offsets, [(1, ErrorClass::Permanent), (3, ErrorClass::Permanent)]);
+    let said = &dead[0].2;
+    assert!(said.contains("order o-1 was already placed by event"), "{said}");
+    assert!(said.contains(&first.event_id().to_string()), "names the first event: {said}");
+    assert!(said.contains(&conflicting.event_id().to_string()), "names the conflicting event: {said}");
+    assert!(dead[1].2.contains(&first.event_id().to_string()), "{:?}", dead[1]);
+    assert_eq!(f.in_ledger(&[&first, &conflicting, &conflicting_later]).await, [true, false, false]);
+}

@@ -1,11 +1,33 @@
-//! Bearer tokens: parsing the configured list and checking a request's `Authorization`
-//! header in constant time. Token values are never logged or printed.
+//! Bearer tokens, for every API a client calls (the ingress's write API, each consumer's read
+//! API): parsing the configured list, checking a request's `Authorization` header in constant
+//! time, and the [`Secret`] a token list travels in. Token values are never logged or printed.
 
 use anyhow::{Context, bail};
 use axum::http::HeaderValue;
 use subtle::{Choice, ConstantTimeEq};
 
-/// One client allowed to call the ingress.
+/// Names plain tokens (`token-<12 hex>`); the value of `orderflow_events::EVENT_ID_NAMESPACE`,
+/// so the names, and the ingress's key scopes built on them, are what they always were.
+const PLAIN_TOKEN_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f72_6465_7266_6c6f_7700_0000_0000_0001);
+
+/// A value that must never reach a log line: `Debug` prints a placeholder.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// One client allowed to call an API.
 struct Client {
     /// Stable identity of the client: scopes its `Idempotency-Key`s and appears in logs.
     name: String,
@@ -36,9 +58,7 @@ impl Tokens {
             let (name, token) = match entry.split_once(':') {
                 Some((name, token)) => (name.trim().to_owned(), token.trim()),
                 None => {
-                    let id = uuid::Uuid::new_v5(&orderflow_events::EVENT_ID_NAMESPACE, entry.as_bytes())
-                        .simple()
-                        .to_string();
+                    let id = uuid::Uuid::new_v5(&PLAIN_TOKEN_NAMESPACE, entry.as_bytes()).simple().to_string();
                     (format!("token-{}", &id[..12]), entry)
                 }
             };
@@ -56,7 +76,7 @@ impl Tokens {
         Ok(Tokens { clients })
     }
 
-    /// Tokens from `INGRESS_TOKENS` and/or a tokens file, combined.
+    /// Tokens from a list (an environment variable) and/or a tokens file, combined.
     pub fn load(env_list: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
         let mut list = env_list.unwrap_or_default().to_owned();
         if let Some(path) = file {
@@ -128,6 +148,16 @@ mod tests {
         assert!(err.contains("twice") && !err.contains(":y"), "{err}");
         assert!(Tokens::parse("name:").is_err());
         assert!(Tokens::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn plain_tokens_keep_the_names_they_always_had() {
+        // The name scopes the ingress's Idempotency-Keys: it must not change between versions.
+        let tokens = Tokens::parse("plain-token-2").unwrap();
+        let name = tokens.authenticate(Some(&header("Bearer plain-token-2"))).unwrap().to_owned();
+        let expected = uuid::Uuid::new_v5(&PLAIN_TOKEN_NAMESPACE, b"plain-token-2").simple().to_string();
+        assert_eq!(name, format!("token-{}", &expected[..12]));
+        assert_eq!(PLAIN_TOKEN_NAMESPACE.to_string(), "6f726465-7266-6c6f-7700-000000000001");
     }
 
     #[test]
