@@ -7,11 +7,14 @@
 //!
 //! # Guarantee
 //! At least once per email, never during a replay (replayed emails are `suppressed` and
-//! never claimed). A crash between the SMTP server accepting a message and `sent` being
-//! recorded resends it after the claim's lease; the Message-ID (derived from the event id)
-//! is the same, so the receiving side can drop the duplicate.
+//! never claimed). Once the SMTP server has accepted a message, `sent` is recorded even if the
+//! database is away at that moment (restart, failover): the sender retries the update for up
+//! to the claim's lease, so a database outage sends no second email. A crash of the sender
+//! between the server accepting a message and `sent` being recorded (or an outage longer
+//! than the lease) resends it after the lease; the Message-ID (derived from the event id) is
+//! the same, so the receiving side can drop the duplicate.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -140,7 +143,7 @@ impl Sender {
                     attempts,
                     "confirmation email sent"
                 );
-                store::mark_sent(&self.pool, &email.order_id).await?;
+                record_sent(&self.pool, &email.order_id).await?;
             }
             Err(Failure::Outage(error)) => {
                 self.breaker.on_connection_failure(&error);
@@ -180,6 +183,29 @@ impl Sender {
             .message_id(Some(email.message_id.clone()))
             .multipart(MultiPart::alternative_plain_html(email.body_text.clone(), email.body_html.clone()))
             .context("Failed to build the email")
+    }
+}
+
+/// Record `sent` for a message the server accepted, retrying while the database cannot be
+/// reached. Giving up at once would leave the email `queued` with its claim's lease, and the
+/// next claim after the lease would send it a second time.
+async fn record_sent(pool: &PgPool, order_id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CLAIM_LEASE;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store::mark_sent(pool, order_id).await {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() + backoff < deadline => {
+                tracing::warn!(order_id, error = %error, "the email was sent but recording it failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("Failed to record that the email of {order_id} was sent; it will be sent again")
+                });
+            }
+        }
     }
 }
 

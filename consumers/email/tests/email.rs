@@ -25,15 +25,20 @@ fn free_port() -> u16 {
 
 impl SmtpSink {
     async fn start(port: u16) -> SmtpSink {
-        Self::launch(port, false).await
+        Self::launch(port, None).await
     }
 
     /// A server that answers every message with a permanent rejection (550).
     async fn rejecting(port: u16) -> SmtpSink {
-        Self::launch(port, true).await
+        Self::launch(port, Some("reject".to_owned())).await
     }
 
-    async fn launch(port: u16, reject: bool) -> SmtpSink {
+    /// A server that keeps each message at once but acknowledges it `seconds` later.
+    async fn slow(port: u16, seconds: u32) -> SmtpSink {
+        Self::launch(port, Some(format!("delay={seconds}"))).await
+    }
+
+    async fn launch(port: u16, option: Option<String>) -> SmtpSink {
         let python = std::env::var("ORDERFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
@@ -41,7 +46,7 @@ impl SmtpSink {
             .arg(&script)
             .arg(port.to_string())
             .arg(dir.path())
-            .args(reject.then_some("reject"))
+            .args(option)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
@@ -270,5 +275,47 @@ async fn many_orders_sent_concurrently_each_get_exactly_one_email() {
     let expected: std::collections::BTreeSet<String> =
         placed.iter().map(|e| format!("Message-ID: <{}@orderflow>", event_id(e))).collect();
     assert_eq!(ids.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_while_the_server_accepts_a_message_sends_no_second_email() {
+    // Arrange: the store in a Postgres of this test's own (it is crashed below), a mail
+    // server that acknowledges each message 3 s after receiving it.
+    let postgres = tokio::task::spawn_blocking(orderflow_testkit::postgres::PrivatePostgres::start)
+        .await
+        .unwrap()
+        .expect("a private Postgres starts");
+    let port = free_port();
+    let sink = SmtpSink::slow(port, 3).await;
+    let orders = fresh_topic("email-pg-orders", 1).await;
+    let mut args = isolated_args("email-pg", std::slice::from_ref(&orders));
+    args.database.database_url = postgres.url();
+    let consumer =
+        start(connect(args, SenderArgs::new(&format!("smtp://127.0.0.1:{port}")).unwrap()).await.unwrap()).await;
+    let placed = order("pg-1", &[("SKU-A", 1)]);
+    publish(&producer(), &orders, std::slice::from_ref(&placed)).await;
+
+    // Act: while the server holds the message, crash Postgres; keep it down past the
+    // acknowledgement and the pool's acquire timeout (5 s), so recording `sent` fails.
+    wait_until("the message at the SMTP server", Duration::from_secs(60), || {
+        let n = sink.messages().len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    tokio::task::block_in_place(|| postgres.stop_immediate()).unwrap();
+    let stopped = std::time::Instant::now();
+    wait_until("Postgres down for 10 s", Duration::from_secs(30), || {
+        let elapsed = stopped.elapsed();
+        async move { (elapsed >= Duration::from_secs(10)).then_some(()) }
+    })
+    .await;
+    tokio::task::block_in_place(|| postgres.start_server()).unwrap();
+
+    // Assert: `sent` is recorded as soon as the database is back (not left `queued` until the
+    // claim's 120 s lease ends and the email goes out again), and the server got one message.
+    let email = email_of(&consumer, "pg-1", |e| e["status"] == "sent").await;
+    assert_eq!(email["attempts"], 1, "{email}");
+    assert_eq!(sink.messages().len(), 1, "exactly one message");
     consumer.shutdown().await;
 }

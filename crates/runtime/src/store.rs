@@ -30,6 +30,18 @@ pub const NATURAL_KEYS_TABLE: &str = "orderflow_natural_keys";
 /// migration history sqlx keeps for the handler's migrations (run by the runtime at start).
 pub const RUNTIME_TABLES: [&str; 4] = [OFFSETS_TABLE, LEDGER_TABLE, NATURAL_KEYS_TABLE, "_sqlx_migrations"];
 
+/// How long Postgres lets a batch's transaction sit idle before it ends the session
+/// (`idle_in_transaction_session_timeout`). A batch's transaction is idle only between its
+/// statements, which is microseconds, or while a dead letter waits for the broker. A process
+/// frozen inside one (SIGSTOP, a paused VM, a stalled host) would otherwise keep its
+/// partition's offset row locked for as long as it is frozen, and the instance the group gives
+/// the partition to after the session timeout (10 s) would wait behind it forever. With this,
+/// the zombie's transaction is rolled back, the new owner proceeds, and the zombie's commit
+/// fails when it wakes (a transient error: its retry finds the offset moved and drops the
+/// stale batch). A transaction killed while a dead letter waited for a slow broker is retried
+/// like any transient failure.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
+
 /// Check that `schema` is a plain lowercase SQL identifier, so it can be spliced into DDL.
 pub fn validate_schema_name(schema: &str) -> anyhow::Result<()> {
     let ok = !schema.is_empty()
@@ -56,7 +68,9 @@ pub async fn connect(database_url: &str, schema: &str, max_connections: u32) -> 
         .with_context(|| format!("Failed to create schema {schema}"))?;
     admin.close().await;
     // application_name lets operators (and tests) tell the consumer's connections apart.
-    let options = options.options([("search_path", schema)]).application_name(schema);
+    let options = options
+        .options([("search_path", schema), ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT)])
+        .application_name(schema);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(5))

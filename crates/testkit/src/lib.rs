@@ -12,14 +12,25 @@
 //! - [`cluster::KafkaCluster`]: a private Apache Kafka cluster (three nodes, or one with a
 //!   SASL_SSL listener) for tests that kill brokers or need credentials.
 //! - [`events`]: realistic events and publishing them (or raw bytes) like the producers do.
+//! - [`postgres::PrivatePostgres`]: a PostgreSQL server of the test's own, to restart or crash.
+//! - [`smtp::SmtpSink`]: a real SMTP server that keeps what it receives.
+//! - [`pipeline::Pipeline`], [`workload`], [`checker`]: the faults harness: the ingress and
+//!   every consumer as processes with their shipped defaults, clients that post orders and
+//!   stock changes with idempotency keys and record what they were told, and a checker that
+//!   compares every read store with that history (lost, doubled, phantom).
 //! - [`init_test_logs`]: tracing output only when `TEST_LOG` is set.
 //!
 //! It never mocks the broker or the database: a test that cannot reach them fails with a
 //! message that says how to start the local stack.
 
+pub mod checker;
 pub mod cluster;
 pub mod events;
+pub mod pipeline;
+pub mod postgres;
 pub mod process;
+pub mod smtp;
+pub mod workload;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
