@@ -103,27 +103,13 @@ fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-/// Ports below Linux's ephemeral range (32768 on): no client socket of another test takes one
-/// between this check and the demo binding it.
-const DEMO_PORTS: std::ops::Range<u16> = 20_000..32_000;
-
 fn free_port() -> u16 {
-    free_port_block(1)
+    orderflow_testkit::ports::free_port().unwrap()
 }
 
 /// The first of `n` consecutive ports that are free right now, below the ephemeral range.
 fn free_port_block(n: u16) -> u16 {
-    let seed = std::process::id() as usize
-        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as usize;
-    let span = (DEMO_PORTS.end - DEMO_PORTS.start - n) as usize;
-    for attempt in 0..200 {
-        let base = DEMO_PORTS.start + ((seed.wrapping_add(attempt * 7919)) % span) as u16;
-        let listeners: Vec<_> = (base..base + n).map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-        if listeners.iter().all(Result::is_ok) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports on 127.0.0.1 in {DEMO_PORTS:?}");
+    orderflow_testkit::ports::free_block(&(0..n).collect::<Vec<_>>()).unwrap()
 }
 
 fn sh(line: &str) -> Output {

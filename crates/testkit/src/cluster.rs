@@ -4,7 +4,6 @@
 //! disturb the shared broker the rest of the suite uses. Stopped and deleted on drop.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -166,19 +165,9 @@ impl Drop for KafkaCluster {
     }
 }
 
-/// A base port `p` such that `p`, `p+1`, `p+2` of every node (`p + 10*(id-1)`) are free now.
+/// A base port `p` such that `p`, `p+1`, `p+2` of every node (`p + 10*(id-1)`) are free now,
+/// below the ephemeral range (a killed node must get its ports back: [`crate::ports`]).
 fn free_port_block(nodes: usize) -> anyhow::Result<u16> {
-    for _ in 0..200 {
-        let Ok(probe) = TcpListener::bind("127.0.0.1:0") else { continue };
-        let base = probe.local_addr()?.port();
-        drop(probe);
-        if base > 60000 {
-            continue;
-        }
-        let ports: Vec<u16> = (0..nodes as u16).flat_map(|n| (0..3).map(move |o| base + 10 * n + o)).collect();
-        if ports.iter().all(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
-            return Ok(base);
-        }
-    }
-    bail!("no block of free ports for a {nodes}-node cluster")
+    let offsets: Vec<u16> = (0..nodes as u16).flat_map(|n| (0..3).map(move |o| 10 * n + o)).collect();
+    crate::ports::free_block(&offsets)
 }

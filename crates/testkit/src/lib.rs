@@ -27,6 +27,7 @@ pub mod checker;
 pub mod cluster;
 pub mod events;
 pub mod pipeline;
+pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod smtp;

@@ -5,7 +5,6 @@
 //! `postgres` OS user when the test runs as root (PostgreSQL refuses to run as root).
 //! Stopped (immediately) and deleted on drop.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,7 +37,8 @@ impl PrivatePostgres {
         if let Some((uid, gid)) = owner {
             nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into())).context("chown the Postgres dir")?;
         }
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // Below the ephemeral range: a restart must get the same port back.
+        let port = crate::ports::free_port()?;
         let data = dir.path().join("data");
         let server = PrivatePostgres { bin, port, data, owner, dir };
         server
