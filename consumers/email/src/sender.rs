@@ -75,6 +75,12 @@ impl Sender {
 
     /// Deliver due emails until `stop` is cancelled (a send in flight finishes first).
     pub async fn run(self, stop: CancellationToken) {
+        // Exported from the start, so an alert on failures has a series before the first one
+        // (the recorder first: series registered before it exists go nowhere).
+        orderflow_service::prometheus();
+        for outcome in ["sent", "retry", "failed"] {
+            metrics::counter!("orderflow_email_deliveries_total", "outcome" => outcome).increment(0);
+        }
         tracing::info!(smtp = ?self.args.smtp_url, "email sender started");
         let poll = Duration::from_millis(self.args.email_poll_ms);
         while !stop.is_cancelled() {
@@ -144,6 +150,7 @@ impl Sender {
                     "confirmation email sent"
                 );
                 record_sent(&self.pool, &email.order_id).await?;
+                delivered("sent");
             }
             Err(Failure::Outage(error)) => {
                 self.breaker.on_connection_failure(&error);
@@ -168,6 +175,7 @@ impl Sender {
                     }
                 }
                 store::mark_attempt_failed(&self.pool, &email.order_id, &error, retry_in).await?;
+                delivered(if retry_in.is_some() { "retry" } else { "failed" });
             }
         }
         Ok(())
@@ -189,6 +197,11 @@ impl Sender {
 /// Record `sent` for a message the server accepted, retrying while the database cannot be
 /// reached. Giving up at once would leave the email `queued` with its claim's lease, and the
 /// next claim after the lease would send it a second time.
+/// Counts an attempt's outcome: `sent`, `retry` (rejected, will retry) or `failed` (for good).
+fn delivered(outcome: &'static str) {
+    metrics::counter!("orderflow_email_deliveries_total", "outcome" => outcome).increment(1);
+}
+
 async fn record_sent(pool: &PgPool, order_id: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + CLAIM_LEASE;
     let mut backoff = Duration::from_millis(100);

@@ -267,6 +267,7 @@ impl Runtime {
 
         let health = Arc::new(consumer::Health::default());
         let topics_read = settings.topics.clone();
+        observe::register(&name, &topics_read);
         tracing::info!(consumer = name, schema, replay = args.replay, "starting");
         let consuming = root.child_token();
         let mut poller = consumer::start(batcher, settings, health.clone(), config, consuming.clone())?;

@@ -31,6 +31,22 @@ pub fn batch_applied(
     tracing::debug!(consumer, topic, partition, applied, ?elapsed, "batch committed");
 }
 
+/// Export the series alerts watch for increases at 0 from the start (dead letters per class,
+/// retries, duplicates, events applied per topic), so `increase()` sees the first one.
+pub fn register(consumer: &str, topics: &[String]) {
+    // The recorder first: series registered before it exists go nowhere.
+    orderflow_service::prometheus();
+    for class in ["undecodable", "unknown_schema", "permanent"] {
+        counter!("orderflow_dead_lettered_total", "consumer" => consumer.to_owned(), "class" => class).increment(0);
+    }
+    counter!("orderflow_batch_retries_total", "consumer" => consumer.to_owned()).increment(0);
+    counter!("orderflow_duplicates_skipped_total", "consumer" => consumer.to_owned()).increment(0);
+    for topic in topics {
+        counter!("orderflow_events_applied_total", "consumer" => consumer.to_owned(), "topic" => topic.clone())
+            .increment(0);
+    }
+}
+
 pub fn dead_lettered(consumer: &str, topic: &str, partition: i32, offset: i64, class: &str, message: &str) {
     counter!("orderflow_dead_lettered_total", "consumer" => consumer.to_owned(), "class" => class.to_owned())
         .increment(1);

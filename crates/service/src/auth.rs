@@ -92,6 +92,11 @@ impl Tokens {
         self.clients.is_empty()
     }
 
+    /// The clients' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.clients.iter().map(|c| c.name.as_str())
+    }
+
     pub fn len(&self) -> usize {
         self.clients.len()
     }

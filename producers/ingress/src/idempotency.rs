@@ -337,11 +337,11 @@ impl KeyStore {
         }
     }
 
-    fn up(&self) {
+    pub(crate) fn up(&self) {
         gauge!("ingress_idempotency_store_available").set(1.0);
     }
 
-    async fn down(&self, why: &str) {
+    pub(crate) async fn down(&self, why: &str) {
         let mut down = self.down_until.lock().await;
         if down.is_none() {
             tracing::warn!(

@@ -181,6 +181,8 @@ pub async fn run_with_listener(
     orderflow_kafka::admin::check_credentials(&config.kafka, Duration::from_secs(10)).await?;
     let state = Arc::new(AppState::from_config(&config)?);
     let clients = state.tokens.as_ref().map_or(0, Tokens::len);
+    let names: Vec<&str> = state.tokens.as_ref().map_or_else(|| vec!["anonymous"], |t| t.names().collect());
+    observe::register(&names);
     tracing::info!(
         addr = %listener.local_addr()?,
         brokers = %config.kafka.brokers,
@@ -190,11 +192,11 @@ pub async fn run_with_listener(
         "ingress listening"
     );
     match state.keys.ensure_table().await {
-        Ok(()) => tracing::info!(schema = %config.idempotency_schema, "Idempotency-Key store ready"),
-        Err(error) => tracing::warn!(
-            error = %format!("{error:#}"),
-            "the Idempotency-Key store is unavailable at start; serving without it until it answers"
-        ),
+        Ok(()) => {
+            state.keys.up();
+            tracing::info!(schema = %config.idempotency_schema, "Idempotency-Key store ready");
+        }
+        Err(error) => state.keys.down(&format!("at start: {error:#}")).await,
     }
     let stop_pruning = tokio_util::sync::CancellationToken::new();
     let pruner = tokio::spawn(state.keys.clone().prune_until(stop_pruning.clone()));

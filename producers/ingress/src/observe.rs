@@ -25,6 +25,17 @@ pub fn request_failed(route: &'static str, error: &ApiError) {
     }
 }
 
+/// Export the series alerts watch for increases at 0 from the start.
+pub fn register(clients: &[&str]) {
+    for client in clients {
+        counter!("ingress_rate_limited_total", "client" => (*client).to_owned()).increment(0);
+    }
+    for route in ["/v1/orders", "/v1/inventory/changes"] {
+        counter!("ingress_idempotency_replays_total", "route" => route).increment(0);
+        counter!("ingress_idempotency_bypassed_total", "route" => route).increment(0);
+    }
+}
+
 pub fn rate_limited(client: &str) {
     counter!("ingress_rate_limited_total", "client" => client.to_owned()).increment(1);
 }

@@ -105,6 +105,10 @@ impl Relay {
             tokio::time::sleep(self.settings.poll_interval).await;
         }
         tracing::info!(table = self.outbox.table(), "active relay");
+        // Exported at 0 from the start, so an alert's increase() sees the first one.
+        orderflow_service::prometheus();
+        metrics::counter!("outbox_relay_published_total").increment(0);
+        metrics::counter!("outbox_relay_errors_total").increment(0);
         metrics::gauge!("outbox_relay_active").set(1.0);
         self.active.store(true, Ordering::Relaxed);
         let result = self.publish_while_active(&mut conn).await;
@@ -124,6 +128,7 @@ impl Relay {
             if outcome.published + outcome.unreadable >= self.settings.batch_size {
                 continue;
             }
+            self.report_oldest_pending(conn).await;
             if last_cleanup.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 self.delete_old(conn).await?;
                 last_cleanup = Some(Instant::now());
@@ -131,6 +136,20 @@ impl Relay {
             // Drained: sleep until a commit notifies us or the poll interval passes (a
             // notification can be missed while the listener reconnects).
             let _ = tokio::time::timeout(self.settings.poll_interval, listener.try_recv()).await;
+        }
+    }
+
+    /// `outbox_relay_oldest_pending_seconds`: how long the oldest row still to publish has
+    /// waited (0 when none); what an alert on a stuck relay watches.
+    async fn report_oldest_pending(&self, conn: &mut PgConnection) {
+        let table = self.outbox.table();
+        let sql = format!(
+            "SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM {table}
+             WHERE published_at IS NULL AND error IS NULL ORDER BY id LIMIT 1"
+        );
+        match sqlx::query_scalar::<_, f64>(&sql).fetch_optional(&mut *conn).await {
+            Ok(age) => metrics::gauge!("outbox_relay_oldest_pending_seconds").set(age.unwrap_or(0.0).max(0.0)),
+            Err(error) => tracing::warn!(error = %error, "could not read the age of the oldest pending outbox row"),
         }
     }
 
