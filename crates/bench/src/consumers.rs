@@ -251,7 +251,7 @@ struct SmtpSink {
 
 impl SmtpSink {
     async fn start() -> anyhow::Result<SmtpSink> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the SMTP sink")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("Failed to bind the SMTP sink")?;
         let addr = listener.local_addr()?;
         let delivered = Arc::new(AtomicU64::new(0));
         let counter = delivered.clone();

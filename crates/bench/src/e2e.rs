@@ -77,7 +77,7 @@ impl Reader {
             // The harness reads the store, not the read API; the API still needs its token.
             &[("DATABASE_URL", &env.database_url), ("API_TOKENS", &format!("bench:{}", uuid::Uuid::new_v4().simple()))],
         )?;
-        let pool = PgPool::connect(&env.database_url).await.context("connecting to Postgres")?;
+        let pool = PgPool::connect(&env.database_url).await.context("Failed to connect to Postgres")?;
         match Self::listen(&process, &pool, &schema).await {
             Ok((seen, listener)) => Ok(Reader { process, pool, schema, seen, listener }),
             Err(error) => {

@@ -120,14 +120,14 @@ impl Sibling {
     pub fn spawn(env: &Env, name: &'static str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Sibling> {
         let path = sibling_binary(name)?;
         let log = std::env::temp_dir().join(unique(&format!("orderflow-bench-{name}"))).with_extension("log");
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let file = std::fs::File::create(&log).with_context(|| format!("Failed to create {}", log.display()))?;
         let mut command = Command::new(&path);
         command.args(["--kafka-brokers", &env.kafka.brokers]);
         for option in &env.kafka.options {
             command.arg("--kafka-option").arg(format!("{}={}", option.key, option.value));
         }
         command.args(args).envs(envs.iter().copied()).stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
-        let child = command.spawn().with_context(|| format!("starting {}", path.display()))?;
+        let child = command.spawn().with_context(|| format!("Failed to start {}", path.display()))?;
         Ok(Sibling { name, child: KillOnDrop(child), log })
     }
 

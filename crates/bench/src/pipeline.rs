@@ -177,7 +177,7 @@ async fn run_bench_consumer(
 pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, n: usize) -> anyhow::Result<Measured> {
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let program = command.get_program().to_string_lossy().into_owned();
-    let child = command.spawn().with_context(|| format!("starting the consumer {program}"))?;
+    let child = command.spawn().with_context(|| format!("Failed to start the consumer {program}"))?;
     let mut child = KillOnDrop(child);
     let pool = connect_when_ready(env, schema, &mut child.0, &program).await?;
     let deadline = Instant::now() + Duration::from_secs(1800);

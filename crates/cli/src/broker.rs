@@ -85,7 +85,7 @@ async fn check(kafka: &KafkaArgs, topic: &str, records: u32, timeout: Duration) 
     let mut stream = consumer.stream();
     while seen.len() < records as usize {
         let message = match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(message)) => message.with_context(|| format!("reading {topic}"))?,
+            Ok(Some(message)) => message.with_context(|| format!("Failed to read {topic}"))?,
             Ok(None) => break,
             Err(_) => bail!(
                 "only {} of {records} records came back from {topic} within {timeout:?} (group {group})",

@@ -101,9 +101,9 @@ pub async fn publish_file(kafka: &KafkaArgs, args: &PublishArgs) -> anyhow::Resu
         .idempotency_key
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v5(&orderflow_events::EVENT_ID_NAMESPACE, text.as_bytes()).to_string());
-    let codec = Codec::from_config(args.schema_registry_url.as_deref()).context("configuring the codec")?;
+    let codec = Codec::from_config(args.schema_registry_url.as_deref()).context("Failed to configure the codec")?;
     let publisher = Publisher::new(kafka, codec, "orderflow/cli-publish")
-        .context("creating the Kafka producer")?
+        .context("Failed to create the Kafka producer")?
         .with_topics(&args.orders_topic, &args.inventory_topic);
 
     let mut summary = Summary::default();
@@ -148,12 +148,12 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
     let reader: Box<dyn Read> = if path == Path::new("-") {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)
+        Box::new(std::fs::File::open(path).with_context(|| format!("Failed to open {}", path.display()))?)
     };
     reader
         .take(MAX_FILE_BYTES + 1)
         .read_to_string(&mut text)
-        .with_context(|| format!("reading {} (must be UTF-8 text)", path.display()))?;
+        .with_context(|| format!("Failed to read {} (must be UTF-8 text)", path.display()))?;
     if text.len() as u64 > MAX_FILE_BYTES {
         bail!("{} is larger than {MAX_FILE_BYTES} bytes; split it", path.display());
     }

@@ -321,7 +321,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<(Report, Expected)>
     }
     if let Some(path) = &args.expect_file {
         std::fs::write(path, serde_json::to_vec_pretty(&expected)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+            .with_context(|| format!("Failed to write {}", path.display()))?;
     }
     Ok((report, expected))
 }
@@ -344,8 +344,10 @@ const ATTEMPTS: usize = 8;
 
 impl Client {
     fn new(args: &SimulateArgs) -> anyhow::Result<Client> {
-        let http =
-            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("building the HTTP client")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("Failed to build the HTTP client")?;
         Ok(Client {
             http,
             base: args.ingress_url.trim_end_matches('/').to_owned(),

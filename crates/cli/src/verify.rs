@@ -238,12 +238,13 @@ pub async fn save_baseline(args: &VerifyArgs, path: &Path) -> anyhow::Result<Ana
     let sales = checker.sales(from, to).await.map_err(|e| anyhow::anyhow!("recording the analytics baseline: {e}"))?;
     let baseline = AnalyticsBaseline { from, to, taken_at, sales };
     std::fs::write(path, serde_json::to_vec_pretty(&baseline)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .with_context(|| format!("Failed to write {}", path.display()))?;
     Ok(baseline)
 }
 
 fn read_expected(path: &Path) -> anyhow::Result<Expected> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading the expected totals {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("Failed to read the expected totals {}", path.display()))?;
     let expected: Expected = serde_json::from_slice(&bytes).with_context(|| {
         format!(
             "{} is not an expected-totals file of this version of `orderflow simulate --expect-file`",
@@ -257,7 +258,8 @@ fn read_expected(path: &Path) -> anyhow::Result<Expected> {
 }
 
 fn read_baseline(path: &Path) -> anyhow::Result<AnalyticsBaseline> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading the analytics baseline {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("Failed to read the analytics baseline {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| {
         format!("{} is not a file written by `orderflow verify --save-analytics-baseline`", path.display())
     })
@@ -386,8 +388,10 @@ impl Checker {
                 bail!("{flag} must be an http(s) base URL like http://127.0.0.1:8081 (got {url})");
             }
         }
-        let http =
-            reqwest::Client::builder().timeout(Duration::from_secs(10)).build().context("building the HTTP client")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("Failed to build the HTTP client")?;
         Ok(Checker {
             http,
             token: args.read_token.clone().filter(|t| !t.is_empty()),

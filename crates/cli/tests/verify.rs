@@ -493,7 +493,7 @@ async fn unreadable_inputs_are_clear_errors_with_exit_code_1() {
     let missing = run.dir_path.join("nope.json");
     let error = orderflow_cli::run(cli(missing.to_str().unwrap(), &url, &[])).await.unwrap_err();
     assert_eq!(orderflow_cli::exit_code(&error), 1);
-    assert!(format!("{error:#}").contains("reading the expected totals"), "{error:#}");
+    assert!(format!("{error:#}").contains("Failed to read the expected totals"), "{error:#}");
 
     let old = run.dir_path.join("old.json");
     std::fs::write(&old, r#"{"run_id": "x", "events": 1, "orders": 1}"#).unwrap();

@@ -20,7 +20,7 @@ use crate::consumer::Health;
 /// API without tokens otherwise.
 pub fn api_tokens(args: &RuntimeArgs) -> anyhow::Result<Option<Arc<Tokens>>> {
     let tokens = Tokens::load(args.api_tokens.as_ref().map(|s| s.0.as_str()), args.api_tokens_file.as_deref())
-        .context("loading the read API's tokens")?;
+        .context("Failed to load the read API's tokens")?;
     match (tokens.is_empty(), args.api_insecure_no_auth) {
         (false, _) => Ok(Some(Arc::new(tokens))),
         (true, true) => {

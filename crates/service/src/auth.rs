@@ -80,8 +80,8 @@ impl Tokens {
     pub fn load(env_list: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
         let mut list = env_list.unwrap_or_default().to_owned();
         if let Some(path) = file {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading tokens file {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("Failed to read tokens file {}", path.display()))?;
             list.push('\n');
             list.push_str(&text);
         }

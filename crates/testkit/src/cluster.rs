@@ -54,7 +54,7 @@ impl KafkaCluster {
             .env("ORDERFLOW_KAFKA_PORT", self.base_port.to_string())
             .env_remove("KAFKA_BROKERS")
             .output()
-            .context("running scripts/stack broker")?;
+            .context("Failed to run scripts/stack broker")?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
             bail!(
@@ -87,7 +87,7 @@ impl KafkaCluster {
     /// `scripts/stack` to `client.env`.
     pub fn client_env(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let path = self.cluster_dir().join("client.env");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("Failed to read {}", path.display()))?;
         Ok(text
             .lines()
             .filter_map(|line| line.strip_prefix("export "))
@@ -127,7 +127,8 @@ impl KafkaCluster {
     pub fn leader(&self, topic: &str, partition: i32) -> anyhow::Result<Option<i32>> {
         let consumer: BaseConsumer =
             self.kafka_args().client_config().set("log_level", "0").create().context("metadata client")?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).context("fetching metadata")?;
+        let metadata =
+            consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).context("Failed to fetch metadata")?;
         let leader = metadata
             .topics()
             .iter()
@@ -142,7 +143,8 @@ impl KafkaCluster {
     pub fn replicas(&self, topic: &str, partition: i32) -> anyhow::Result<Vec<i32>> {
         let consumer: BaseConsumer =
             self.kafka_args().client_config().set("log_level", "0").create().context("metadata client")?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).context("fetching metadata")?;
+        let metadata =
+            consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).context("Failed to fetch metadata")?;
         Ok(metadata
             .topics()
             .iter()

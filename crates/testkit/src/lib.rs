@@ -107,7 +107,7 @@ pub async fn fresh_topic(prefix: &str, partitions: usize) -> String {
         orderflow_kafka::admin::CLUSTER_DEFAULT_REPLICATION,
     )
     .await
-    .with_context(|| format!("creating test topic {topic}; {STACK_HINT}"))
+    .with_context(|| format!("Failed to create test topic {topic}; {STACK_HINT}"))
     .unwrap();
     topic
 }
@@ -128,7 +128,8 @@ pub struct TestSchema {
 pub async fn fresh_schema(prefix: &str) -> TestSchema {
     let name = unique_ident(prefix);
     let url = database_url();
-    let admin = PgPool::connect(&url).await.with_context(|| format!("connecting to {url}; {STACK_HINT}")).unwrap();
+    let admin =
+        PgPool::connect(&url).await.with_context(|| format!("Failed to connect to {url}; {STACK_HINT}")).unwrap();
     admin.execute(format!("CREATE SCHEMA {name}").as_str()).await.unwrap();
     admin.close().await;
     let options: PgConnectOptions = url.parse().unwrap();

@@ -97,7 +97,7 @@ impl Pipeline {
         for topic in [&orders_topic, &inventory_topic] {
             ensure_topic(&kafka, topic, partitions, CLUSTER_DEFAULT_REPLICATION)
                 .await
-                .with_context(|| format!("creating {topic}"))?;
+                .with_context(|| format!("Failed to create {topic}"))?;
         }
         let smtp = SmtpSink::start().await;
         let ingress_addr = free_addr();

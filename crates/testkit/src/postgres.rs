@@ -28,8 +28,9 @@ impl PrivatePostgres {
         let bin = pg_bin()?;
         let dir = tempfile::Builder::new().prefix("orderflow-pg-").tempdir().context("temp dir for Postgres")?;
         let owner = if nix::unistd::geteuid().is_root() {
-            let user = nix::unistd::User::from_name("postgres")?
-                .context("running as root, and there is no `postgres` user to run the server as")?;
+            let user = nix::unistd::User::from_name("postgres")?.context(
+                "Failed to find a user to run the server as: this runs as root and there is no `postgres` user",
+            )?;
             Some((user.uid.as_raw(), user.gid.as_raw()))
         } else {
             None
@@ -90,7 +91,7 @@ impl PrivatePostgres {
         if let Some((uid, gid)) = self.owner {
             command.uid(uid).gid(gid).env("HOME", self.dir.path());
         }
-        let output = command.output().with_context(|| format!("running {program}"))?;
+        let output = command.output().with_context(|| format!("Failed to run {program}"))?;
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {
             bail!("{program} {} failed ({}):\n{text}\n{}", args.join(" "), output.status, self.log());

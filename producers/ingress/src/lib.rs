@@ -77,7 +77,7 @@ impl AppState {
     /// `--insecure-no-auth` was given.
     pub fn from_config(config: &IngressConfig) -> anyhow::Result<AppState> {
         let tokens = Tokens::load(config.tokens.as_ref().map(|s| s.0.as_str()), config.tokens_file.as_deref())
-            .context("loading ingress tokens")?;
+            .context("Failed to load ingress tokens")?;
         let tokens = match (tokens.is_empty(), config.insecure_no_auth) {
             (false, _) => Some(tokens),
             (true, true) => {
@@ -95,14 +95,15 @@ impl AppState {
         {
             bail!("--max-body-bytes, --max-changes, --max-in-flight and --producer-queue must be at least 1");
         }
-        let codec = Codec::from_config(config.schema_registry_url.as_deref()).context("configuring the codec")?;
+        let codec =
+            Codec::from_config(config.schema_registry_url.as_deref()).context("Failed to configure the codec")?;
         let limits = Limits {
             message_timeout: config.publish_timeout(),
             max_queued_messages: config.producer_queue,
             ..Limits::default()
         };
         let publisher = Publisher::with_limits(&config.kafka, codec, "orderflow/ingress", limits)
-            .context("creating the Kafka producer")?
+            .context("Failed to create the Kafka producer")?
             .with_topics(&config.orders_topic, &config.inventory_topic);
         // A claim outlives the longest a request may take (a permit wait, then the publish);
         // after it another instance may take over the key of a request whose instance died.
@@ -166,7 +167,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Bind `config.listen` and serve until `shutdown` resolves.
 pub async fn run(config: IngressConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("Failed to bind {}", config.listen))?;
     run_with_listener(config, listener, shutdown).await
 }
 
@@ -203,7 +205,7 @@ pub async fn run_with_listener(
     let served = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await;
     stop_pruning.cancel();
     pruner.await.ok();
-    served.context("serving HTTP")?;
-    state.publisher.flush(Duration::from_secs(10)).context("flushing the producer at shutdown")?;
+    served.context("Failed to serve HTTP")?;
+    state.publisher.flush(Duration::from_secs(10)).context("Failed to flush the producer at shutdown")?;
     Ok(())
 }

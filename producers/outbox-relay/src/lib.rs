@@ -122,7 +122,8 @@ impl Probe for RelayProbe {
 
 /// Bind `config.listen`, then [`run_with_listener`].
 pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("Failed to bind {}", config.listen))?;
     run_with_listener(config, listener, shutdown).await
 }
 
@@ -142,10 +143,10 @@ pub async fn run_with_listener(
     let database_url = &config.database.database_url;
     outbox.migrate(database_url).await?;
     let options: PgConnectOptions = database_url.parse().context("DATABASE_URL is not a valid Postgres URL")?;
-    let codec = Codec::from_config(config.schema_registry_url.as_deref()).context("configuring the codec")?;
+    let codec = Codec::from_config(config.schema_registry_url.as_deref()).context("Failed to configure the codec")?;
     let limits = Limits { message_timeout: Duration::from_secs(30), ..Limits::default() };
     let publisher = Publisher::with_limits(&config.kafka, codec, "orderflow/outbox-relay", limits)
-        .context("creating the Kafka producer")?
+        .context("Failed to create the Kafka producer")?
         .with_topics(&config.orders_topic, &config.inventory_topic);
     let settings = RelaySettings {
         batch_size: config.batch_size,
@@ -170,7 +171,7 @@ pub async fn run_with_listener(
     });
     relay.run(shutdown).await;
     let _ = stop_http.send(());
-    http.await.context("HTTP task")?.context("serving HTTP")?;
-    publisher.flush(Duration::from_secs(10)).context("flushing the producer at shutdown")?;
+    http.await.context("HTTP task")?.context("Failed to serve HTTP")?;
+    publisher.flush(Duration::from_secs(10)).context("Failed to flush the producer at shutdown")?;
     Ok(())
 }

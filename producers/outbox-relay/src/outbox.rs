@@ -53,10 +53,10 @@ impl Outbox {
             .max_connections(1)
             .connect_with(options.options([("search_path", self.schema.as_str())]))
             .await
-            .context("connecting to Postgres to migrate the outbox")?;
+            .context("Failed to connect to Postgres to migrate the outbox")?;
         pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema).as_str())
             .await
-            .with_context(|| format!("creating schema {}", self.schema))?;
+            .with_context(|| format!("Failed to create schema {}", self.schema))?;
         MIGRATOR.run(&pool).await.with_context(|| format!("migrating the outbox in schema {}", self.schema))?;
         pool.close().await;
         Ok(())

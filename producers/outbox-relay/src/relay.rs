@@ -89,7 +89,7 @@ impl Relay {
 
     /// Connect, wait to become the active relay, and publish until an error.
     async fn serve(&self) -> anyhow::Result<()> {
-        let mut conn = PgConnection::connect_with(&self.options).await.context("connecting to Postgres")?;
+        let mut conn = PgConnection::connect_with(&self.options).await.context("Failed to connect to Postgres")?;
         let lock_key = advisory_key(self.outbox.table());
         let mut announced = false;
         loop {
@@ -120,7 +120,7 @@ impl Relay {
     async fn publish_while_active(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
         let mut listener = PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(self.options.clone()))
             .await
-            .context("connecting the LISTEN session")?;
+            .context("Failed to connect the LISTEN session")?;
         listener.listen(&self.outbox.channel()).await.context("LISTEN on the outbox channel")?;
         let mut last_cleanup: Option<Instant> = None;
         loop {
@@ -166,7 +166,7 @@ impl Relay {
         .bind(self.settings.batch_size as i64)
         .fetch_all(&mut *tx)
         .await
-        .context("claiming pending outbox rows")?;
+        .context("Failed to claim pending outbox rows")?;
         if rows.is_empty() {
             return Ok(BatchOutcome::default());
         }
@@ -194,7 +194,7 @@ impl Relay {
         let outcomes = self.publisher.publish_traced(events.iter().map(|(e, t)| (e, t.clone())).collect()).await;
         if let Some(error) = outcomes.into_iter().find_map(Result::err) {
             tx.rollback().await?;
-            return Err(anyhow::Error::new(error).context("publishing an outbox batch (it stays pending)"));
+            return Err(anyhow::Error::new(error).context("Failed to publish an outbox batch (it stays pending)"));
         }
         sqlx::query(&format!("UPDATE {table} SET published_at = now() WHERE id = ANY($1)"))
             .bind(&ids)
@@ -215,7 +215,7 @@ impl Relay {
         .bind(self.settings.retention.as_secs_f64())
         .execute(conn)
         .await
-        .context("deleting old published outbox rows")?
+        .context("Failed to delete old published outbox rows")?
         .rows_affected();
         if deleted > 0 {
             tracing::info!(deleted, "deleted published outbox rows past retention");
