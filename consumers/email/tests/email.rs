@@ -3,77 +3,18 @@
 //! with the right recipient, Message-ID and content; retries while the server is down; and
 //! nothing sent during a replay.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use orderflow_consumer_kit::testing::{TestConsumer, isolated_args, start};
 use orderflow_email::{SenderArgs, connect};
 use orderflow_events::{Event, PersonName};
 use orderflow_testkit::events::{order, producer, publish};
+use orderflow_testkit::smtp::SmtpSink;
 use orderflow_testkit::{fresh_topic, wait_until};
 use serde_json::Value;
 
-/// An aiosmtpd server writing what it receives to a directory; killed when dropped.
-struct SmtpSink {
-    _child: tokio::process::Child,
-    dir: tempfile::TempDir,
-}
-
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl SmtpSink {
-    async fn start(port: u16) -> SmtpSink {
-        Self::launch(port, None).await
-    }
-
-    /// A server that answers every message with a permanent rejection (550).
-    async fn rejecting(port: u16) -> SmtpSink {
-        Self::launch(port, Some("reject".to_owned())).await
-    }
-
-    /// A server that keeps each message at once but acknowledges it `seconds` later.
-    async fn slow(port: u16, seconds: u32) -> SmtpSink {
-        Self::launch(port, Some(format!("delay={seconds}"))).await
-    }
-
-    async fn launch(port: u16, option: Option<String>) -> SmtpSink {
-        let python = std::env::var("ORDERFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
-        let mut child = tokio::process::Command::new(&python)
-            .arg(&script)
-            .arg(port.to_string())
-            .arg(dir.path())
-            .args(option)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "starting {python} {}: {e} (set ORDERFLOW_PYTHON to a Python with tests/requirements.txt)",
-                    script.display()
-                )
-            });
-        wait_until("the SMTP sink to accept connections", Duration::from_secs(30), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the SMTP sink exited with {status}; is aiosmtpd installed for {python}? (pip install -r tests/requirements.txt)");
-            }
-            async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ()) }
-        })
-        .await;
-        SmtpSink { _child: child, dir }
-    }
-
-    fn messages(&self) -> Vec<String> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-            .collect();
-        files.sort();
-        files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
-    }
+    orderflow_testkit::ports::free_port().unwrap()
 }
 
 /// The email consumer on a fresh orders topic, delivering to 127.0.0.1:`smtp_port` with
@@ -136,7 +77,7 @@ fn event_id(event: &Event) -> uuid::Uuid {
 #[tokio::test]
 async fn an_order_gets_exactly_one_confirmation_with_its_recipient_message_id_and_content() {
     let port = free_port();
-    let sink = SmtpSink::start(port).await;
+    let sink = SmtpSink::on(port).await;
     let (consumer, orders) = start_email("email-one", port, false).await;
     let mut placed = order("o-1", &[("SKU-A", 2), ("SKU-B", 1)]);
     if let Event::OrderPlaced(o) = &mut placed {
@@ -192,7 +133,7 @@ async fn an_smtp_outage_opens_the_circuit_spends_no_attempt_and_every_email_goes
     for i in 0..20 {
         email_of(&consumer, &format!("out-{i}"), |e| e["status"] == "queued" && e["attempts"] == 0).await;
     }
-    let sink = SmtpSink::start(port).await;
+    let sink = SmtpSink::on(port).await;
 
     // Assert: every email delivered once the server is back (a probe closes the circuit).
     wait_until("20 messages at the SMTP server", Duration::from_secs(90), || {
@@ -218,7 +159,7 @@ async fn an_smtp_outage_opens_the_circuit_spends_no_attempt_and_every_email_goes
 #[tokio::test]
 async fn replay_records_emails_as_suppressed_and_sends_nothing() {
     let port = free_port();
-    let sink = SmtpSink::start(port).await;
+    let sink = SmtpSink::on(port).await;
     let (consumer, orders) = start_email("email-replay", port, true).await;
     publish(&producer(), &orders, &[order("o-1", &[("SKU-A", 1)]), order("o-2", &[("SKU-A", 1)])]).await;
 
@@ -250,7 +191,7 @@ async fn an_email_the_server_rejects_is_marked_failed_after_its_last_attempt() {
 #[tokio::test]
 async fn many_orders_sent_concurrently_each_get_exactly_one_email() {
     let port = free_port();
-    let sink = SmtpSink::start(port).await;
+    let sink = SmtpSink::on(port).await;
     let (consumer, orders) = start_email("email-many", port, false).await;
     let placed: Vec<Event> = (0..150).map(|i| order(&format!("m-{i}"), &[("SKU-A", 1)])).collect();
     // Every order twice (an upstream re-publish under the same event id): still one email each.

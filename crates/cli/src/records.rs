@@ -241,23 +241,33 @@ pub async fn read_all(consumer: &StreamConsumer, topic: &str, max_records: u64) 
     }
     let bar = progress(Some(total as u64), topic);
     assign(consumer, topic, &starts)?;
+    while let Some(message) = next_below_end(consumer, topic, &mut ends).await? {
+        out.push(message.detach());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// The next record of `topic` (assigned from `ends`' partitions) below its partition's end in
+/// `ends`; a partition leaves `ends` once its last record came. `None` once all are done.
+pub async fn next_below_end<'a>(
+    consumer: &'a StreamConsumer,
+    topic: &str,
+    ends: &mut BTreeMap<i32, i64>,
+) -> anyhow::Result<Option<rdkafka::message::BorrowedMessage<'a>>> {
     while !ends.is_empty() {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
             .with_context(|| format!("no record came from {topic} partitions {:?} within 30s", ends.keys()))?
             .with_context(|| format!("Failed to read {topic}"))?;
-        let partition = message.partition();
-        let Some(&end) = ends.get(&partition) else {
-            continue;
-        };
+        let Some(&end) = ends.get(&message.partition()) else { continue };
         if message.offset() + 1 >= end {
-            ends.remove(&partition);
+            ends.remove(&message.partition());
         }
         if message.offset() < end {
-            out.push(message.detach());
-            bar.inc(1);
+            return Ok(Some(message));
         }
     }
-    bar.finish_and_clear();
-    Ok(out)
+    Ok(None)
 }

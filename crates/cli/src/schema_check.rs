@@ -13,7 +13,6 @@
 //! fails on any group; `--json` for scripts.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::Context;
 use orderflow_events::{Codec, DecodeError, EventKind};
@@ -150,19 +149,8 @@ async fn scan(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
     records::assign(consumer, topic, starts)?;
-    while !ends.is_empty() {
-        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .with_context(|| format!("no record came from {topic} partitions {:?} within 30s", ends.keys()))?
-            .with_context(|| format!("Failed to read {topic}"))?;
+    while let Some(message) = records::next_below_end(consumer, topic, ends).await? {
         let partition = message.partition();
-        let Some(&end) = ends.get(&partition) else { continue };
-        if message.offset() + 1 >= end {
-            ends.remove(&partition);
-        }
-        if message.offset() >= end {
-            continue;
-        }
         bar.inc(1);
         let payload = message.payload().unwrap_or_default();
         let at = At {

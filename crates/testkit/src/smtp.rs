@@ -15,9 +15,28 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
-    /// Start the sink and wait until it accepts connections.
+    /// Start the sink on a free port (below the ephemeral range, so it can be started again
+    /// on it: [`crate::ports`]) and wait until it accepts connections.
     pub async fn start() -> SmtpSink {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::on(crate::ports::free_port().expect("a free port for the SMTP sink")).await
+    }
+
+    /// Start the sink on `port` (again, after a test stopped it to simulate an outage).
+    pub async fn on(port: u16) -> SmtpSink {
+        Self::launch(port, None).await
+    }
+
+    /// A server on `port` that answers every message with a permanent rejection (550).
+    pub async fn rejecting(port: u16) -> SmtpSink {
+        Self::launch(port, Some("reject".to_owned())).await
+    }
+
+    /// A server on `port` that keeps each message at once but acknowledges it `seconds` later.
+    pub async fn slow(port: u16, seconds: u32) -> SmtpSink {
+        Self::launch(port, Some(format!("delay={seconds}"))).await
+    }
+
+    async fn launch(port: u16, option: Option<String>) -> SmtpSink {
         let python = std::env::var("ORDERFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
         let dir = tempfile::tempdir().unwrap();
         let script = repo_root().join("consumers/email/tests/smtp_sink.py");
@@ -25,6 +44,7 @@ impl SmtpSink {
             .arg(&script)
             .arg(port.to_string())
             .arg(dir.path())
+            .args(option)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
@@ -35,12 +55,17 @@ impl SmtpSink {
             });
         wait_until("the SMTP sink to accept connections", Duration::from_secs(30), || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("the SMTP sink exited with {status}; is aiosmtpd installed for {python}?");
+                panic!("the SMTP sink exited with {status}; is aiosmtpd installed for {python}? (pip install -r tests/requirements.txt)");
             }
             async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ()) }
         })
         .await;
         SmtpSink { port, _child: child, dir }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `smtp://127.0.0.1:<port>`, the email consumer's `SMTP_URL`.
