@@ -604,3 +604,41 @@ async fn a_client_that_sends_a_4_mb_body_before_reading_gets_the_413_not_a_broke
     assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(300)]);
     assert_eq!(high_watermark_sum(&ingress.orders_topic), 0);
 }
+
+#[tokio::test]
+async fn a_key_whose_instance_died_mid_request_is_taken_over_once_its_lease_ends() {
+    // Arrange: a claim left by an instance that died before it published (its lease over),
+    // and one still within its lease.
+    let ingress = spawn_ingress(|_| {}).await;
+    let store = PgPool::connect(&database_url()).await.unwrap();
+    // The table exists once the ingress served a keyed request.
+    let first = ingress.post("/v1/orders", &order_body("o-warmup"), Some("k-warmup")).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let body = order_body("o-orphan");
+    let fingerprint = orderflow_ingress::idempotency::fingerprint("/v1/orders", &body);
+    for (key, lease) in [("k-dead", "-1 second"), ("k-alive", "60 seconds")] {
+        sqlx::query(&format!(
+            "INSERT INTO {}.idempotency_keys (client, route, key, fingerprint, owner, lease_until, expires_at)
+             VALUES ('checkout', '/v1/orders', $1, $2, gen_random_uuid(), now() + $3::interval, now() + interval '1 day')",
+            ingress.keys_schema
+        ))
+        .bind(key)
+        .bind(&fingerprint)
+        .bind(lease)
+        .execute(&store)
+        .await
+        .unwrap();
+    }
+
+    // Act
+    let dead = ingress.post("/v1/orders", &body, Some("k-dead")).await;
+    let alive = ingress.post("/v1/orders", &body, Some("k-alive")).await;
+
+    // Assert: the orphaned key is processed (and then replayed); the live one is in flight.
+    assert_eq!(dead.status(), StatusCode::ACCEPTED);
+    assert!(!dead.headers().contains_key("idempotent-replayed"));
+    assert_eq!(alive.status(), StatusCode::CONFLICT);
+    let again = ingress.post("/v1/orders", &body, Some("k-dead")).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(high_watermark_sum(&ingress.orders_topic), 2, "the warm-up and the orphan, once each");
+}
