@@ -145,6 +145,9 @@ pub fn active_members(client: &BaseConsumer, group: &str) -> anyhow::Result<Vec<
         .collect())
 }
 
+/// How long sessions of a consumer that just stopped may take to leave `pg_stat_activity`.
+const SESSION_EXIT_GRACE: Duration = Duration::from_secs(2);
+
 /// Signs that an instance of the consumer is running: members of its consumer group, and
 /// Postgres sessions of its read store (the runtime names its connections after the schema,
 /// `application_name`). The group is the primary signal; the sessions cover brokers that
@@ -163,13 +166,22 @@ pub async fn running_instances(
             Vec::new()
         }
     };
-    let sessions: Vec<(i32, Option<String>)> = sqlx::query_as(
-        "SELECT pid, client_addr::text FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(&consumer.schema)
-    .fetch_all(pool)
-    .await
-    .with_context(|| format!("Failed to list the Postgres sessions of consumer {}", consumer.name))?;
+    // A consumer stopped a moment ago still shows its sessions while their backends exit:
+    // only sessions still there after a short grace count.
+    let deadline = tokio::time::Instant::now() + SESSION_EXIT_GRACE;
+    let sessions: Vec<(i32, Option<String>)> = loop {
+        let sessions: Vec<(i32, Option<String>)> = sqlx::query_as(
+            "SELECT pid, client_addr::text FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&consumer.schema)
+        .fetch_all(pool)
+        .await
+        .with_context(|| format!("Failed to list the Postgres sessions of consumer {}", consumer.name))?;
+        if sessions.is_empty() || tokio::time::Instant::now() >= deadline {
+            break sessions;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     found.extend(sessions.into_iter().map(|(pid, addr)| {
         format!("postgres session pid {pid} from {}", addr.unwrap_or_else(|| "local socket".into()))
     }));
