@@ -21,7 +21,8 @@ KAFKA_SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # 512 MB per node is plenty for tests and the benchmarks; G1 with short pauses as upstream's
 # kafka-run-class.sh does.
 KAFKA_HEAP=${ORDERFLOW_KAFKA_HEAP:-512m}
-KAFKA_START_TIMEOUT=${ORDERFLOW_KAFKA_START_TIMEOUT:-90}
+KAFKA_START_TIMEOUT=${ORDERFLOW_KAFKA_START_TIMEOUT:-90}   # seconds without progress
+KAFKA_START_LIMIT=${ORDERFLOW_KAFKA_START_LIMIT:-900}       # seconds in all
 KAFKA_SCRAM_USER=orderflow
 
 java_major() {
@@ -235,18 +236,30 @@ stop it, or start the stack on another port with ORDERFLOW_KAFKA_PORT=<port> (an
     echo $! >"$node/kafka.pid"
 }
 
+# A node that restarts on a data directory with thousands of partitions spends minutes loading
+# their logs, writing a line per step. So the deadline counts from the node's last log line:
+# it fails after KAFKA_START_TIMEOUT seconds without progress (or KAFKA_START_LIMIT in all).
 kafka_wait_node() {                                                    # DIR NODE
     local dir=$1 id=$2 node=$1/node-$2 deadline=$((SECONDS + KAFKA_START_TIMEOUT))
-    while [ $SECONDS -lt $deadline ]; do
+    local limit=$((SECONDS + KAFKA_START_LIMIT)) size last=-1
+    while [ $SECONDS -lt $deadline ] && [ $SECONDS -lt $limit ]; do
         grep -q 'Kafka Server started' "$node/kafka.log" 2>/dev/null && return 0
         if ! kafka_node_pid "$dir" "$id" >/dev/null; then
             tail -n 30 "$node/kafka.log" >&2
             die "Apache Kafka node $id exited during start; log: $node/kafka.log"
         fi
+        size=$(stat -c %s "$node/kafka.log" 2>/dev/null || echo 0)
+        if [ "$size" != "$last" ]; then
+            last=$size
+            deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+        fi
         sleep 0.2
     done
     tail -n 30 "$node/kafka.log" >&2
-    die "Apache Kafka node $id did not start within ${KAFKA_START_TIMEOUT}s; log: $node/kafka.log"
+    if [ $SECONDS -ge $limit ]; then
+        die "Apache Kafka node $id did not start within ${KAFKA_START_LIMIT}s; log: $node/kafka.log"
+    fi
+    die "Apache Kafka node $id made no progress for ${KAFKA_START_TIMEOUT}s while starting; log: $node/kafka.log"
 }
 
 kafka_stop_node() {                                                    # DIR NODE [SIGNAL]

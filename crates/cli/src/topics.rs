@@ -1,9 +1,10 @@
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use clap::Subcommand;
 use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_kafka::KafkaArgs;
-use orderflow_kafka::admin::{CLUSTER_DEFAULT_REPLICATION, TopicOutcome, ensure_topic, wait_for_broker};
+use orderflow_kafka::admin::{CLUSTER_DEFAULT_REPLICATION, TopicOutcome, delete_topics, ensure_topic, wait_for_broker};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
@@ -26,6 +27,17 @@ pub enum TopicsCommand {
     ///
     /// Example: orderflow topics list
     List,
+    /// Delete topics and every record in them (no undo). Names the broker does not know are
+    /// reported and skipped; with `--stdin` the names are read one per line.
+    ///
+    /// Example: orderflow topics delete orders-replay-test
+    Delete {
+        /// Topic names.
+        names: Vec<String>,
+        /// Also read topic names from standard input, one per line.
+        #[arg(long)]
+        stdin: bool,
+    },
 }
 
 pub async fn run(kafka: &KafkaArgs, command: TopicsCommand) -> anyhow::Result<()> {
@@ -55,6 +67,29 @@ pub async fn run(kafka: &KafkaArgs, command: TopicsCommand) -> anyhow::Result<()
             for (name, partitions) in topics {
                 println!("{name}\t{partitions}");
             }
+            Ok(())
+        }
+        TopicsCommand::Delete { mut names, stdin } => {
+            if stdin {
+                for line in std::io::stdin().lines() {
+                    let line = line.context("Failed to read topic names from standard input")?;
+                    let name = line.trim();
+                    if !name.is_empty() {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+            if names.is_empty() {
+                bail!("no topics to delete: name them, or pass --stdin and write them to standard input");
+            }
+            if let Some(internal) = names.iter().find(|name| name.starts_with("__")) {
+                bail!("refusing to delete {internal}: topics starting with __ belong to the broker");
+            }
+            let unknown = delete_topics(kafka, &names).await?;
+            for name in &unknown {
+                println!("unknown {name} (not deleted: the broker has no such topic)");
+            }
+            println!("deleted {} topic(s)", names.len() - unknown.len());
             Ok(())
         }
     }

@@ -1,4 +1,4 @@
-//! Admin calls: wait until a broker answers Metadata, create topics idempotently.
+//! Admin calls: wait until a broker answers Metadata, create topics idempotently, delete topics.
 
 use std::time::{Duration, Instant};
 
@@ -169,4 +169,26 @@ pub async fn ensure_topic(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Delete `topics` and every record in them. Returns the names the broker did not know
+/// (already deleted), so a sweep can be re-run; any other refusal is an error naming the topic.
+pub async fn delete_topics(args: &KafkaArgs, topics: &[String]) -> anyhow::Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> =
+        args.client_config().create().context("Failed to create a Kafka admin client")?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    let mut unknown = Vec::new();
+    // One request per few hundred names keeps each request well below the broker's limits.
+    for chunk in topics.chunks(500) {
+        let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let results = admin.delete_topics(&names, &options).await.context("Failed to delete topics")?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => unknown.push(name),
+                Err((name, code)) => bail!("Failed to delete topic {name}: {code}"),
+            }
+        }
+    }
+    Ok(unknown)
 }
