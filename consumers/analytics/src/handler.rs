@@ -39,6 +39,8 @@ pub fn increments(batch: &[Envelope]) -> Result<Increments, HandlerError> {
                 let key = (change.occurred_at.date_naive(), change.reason.as_str().to_owned());
                 *inc.movements.entry(key).or_default() += Pair(1, change.delta.get());
             }
+            // The allocator's decisions (allocations.v1) are not counted here.
+            Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => {}
         }
     }
     Ok(inc)

@@ -32,6 +32,7 @@ impl Handler for Fulfillment {
         match event {
             Event::OrderPlaced(_) => true,
             Event::InventoryChanged(change) => shipment(change).is_some(),
+            Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => false,
         }
     }
 
@@ -58,6 +59,8 @@ impl Handler for Fulfillment {
                         *shipped.entry(key).or_default() += units;
                     }
                 }
+                // Filtered out by `wants`.
+                Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => {}
             }
         }
         store::insert_orders(tx, &orders, &lines).await?;

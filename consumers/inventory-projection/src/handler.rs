@@ -55,6 +55,8 @@ async fn apply_batch(tx: &mut PgConnection, batch: &[Envelope]) -> Result<(), Ha
                     *shipped.entry(key).or_default() += units;
                 }
             }
+            // Not read from allocations.v1 (yet): reserved stock is what orders ask for.
+            Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => {}
         }
     }
     store::add_on_hand(tx, &on_hand).await?;

@@ -343,11 +343,33 @@ fn kind_name(kind: EventKind) -> &'static str {
     kind.ce_type()
 }
 
-fn kind_of(event: &Event) -> EventKind {
-    match event {
-        Event::OrderPlaced(_) => EventKind::OrderPlaced,
-        Event::InventoryChanged(_) => EventKind::InventoryChanged,
+/// The allocator's decisions, a row per line; a backordered line has no warehouse, and its
+/// `quantity` is the quantity missing.
+const DECISION_COLUMNS: &[&str] = &[
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "event_id",
+    "order_id",
+    "caused_by",
+    "decided_at",
+    "line",
+    "sku",
+    "warehouse",
+    "quantity",
+];
+
+fn columns(kind: EventKind) -> &'static [&'static str] {
+    match kind {
+        EventKind::OrderPlaced => ORDER_COLUMNS,
+        EventKind::InventoryChanged => INVENTORY_COLUMNS,
+        EventKind::OrderAllocated | EventKind::OrderBackordered | EventKind::BackorderAllocated => DECISION_COLUMNS,
     }
+}
+
+fn kind_of(event: &Event) -> EventKind {
+    event.kind()
 }
 
 fn parse_kind(name: &str) -> anyhow::Result<EventKind> {
@@ -404,7 +426,7 @@ impl Sink {
                     return Ok(false);
                 }
                 if state.bytes == 0 && state.written == 0 {
-                    out.write_record(if kind == EventKind::OrderPlaced { ORDER_COLUMNS } else { INVENTORY_COLUMNS })?;
+                    out.write_record(columns(kind))?;
                 }
                 for row in csv_rows(message, &event) {
                     out.write_record(&row)?;
@@ -507,6 +529,21 @@ fn csv_rows(message: &OwnedMessage, event: &Event) -> Vec<Vec<String>> {
                 row.push(field(&[name]));
             }
             vec![row]
+        }
+        Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => {
+            let head = [field(&["event_id"]), field(&["order_id"]), field(&["caused_by"]), field(&["decided_at"])];
+            let lines = json["lines"].as_array().cloned().unwrap_or_default();
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, line)| {
+                    let mut row: Vec<String> = position.iter().chain(head.iter()).cloned().collect();
+                    let quantity =
+                        if line["quantity"].is_null() { &line["quantity_missing"] } else { &line["quantity"] };
+                    row.extend([i.to_string(), text(&line["sku"]), text(&line["warehouse"]), text(quantity)]);
+                    row
+                })
+                .collect()
         }
     }
 }

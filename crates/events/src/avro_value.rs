@@ -10,7 +10,10 @@ use crate::domain::{
     Quantity, Reason, Sku, StockDelta, WarehouseId, limits, micros_to_time,
 };
 use crate::error::DecodeError;
-use crate::event::{Address, Customer, Event, EventKind, InventoryChanged, OrderLine, OrderPlaced};
+use crate::event::{
+    Address, AllocatedLine, Allocation, Backorder, Customer, Event, EventKind, InventoryChanged, MissingLine,
+    OrderLine, OrderPlaced,
+};
 
 fn s(v: &str) -> Value {
     Value::String(v.to_owned())
@@ -80,7 +83,84 @@ pub fn to_value(event: &Event) -> Value {
             ("order_id", opt(e.order_id.as_ref().map(OrderId::as_str))),
             ("occurred_at", Value::TimestampMicros(e.occurred_at.timestamp_micros())),
         ]),
+        Event::OrderAllocated(e) | Event::BackorderAllocated(e) => decision(
+            e.event_id,
+            &e.order_id,
+            e.caused_by,
+            e.lines
+                .iter()
+                .map(|l| {
+                    record(vec![
+                        ("sku", s(l.sku.as_str())),
+                        ("warehouse", s(l.warehouse.as_str())),
+                        ("quantity", Value::Int(l.quantity.get() as i32)),
+                    ])
+                })
+                .collect(),
+            &e.decided_at,
+        ),
+        Event::OrderBackordered(e) => decision(
+            e.event_id,
+            &e.order_id,
+            e.caused_by,
+            e.lines
+                .iter()
+                .map(|l| {
+                    record(vec![
+                        ("sku", s(l.sku.as_str())),
+                        ("quantity_missing", Value::Int(l.quantity_missing.get() as i32)),
+                    ])
+                })
+                .collect(),
+            &e.decided_at,
+        ),
     }
+}
+
+fn decision(
+    event_id: uuid::Uuid,
+    order_id: &OrderId,
+    caused_by: uuid::Uuid,
+    lines: Vec<Value>,
+    decided_at: &chrono::DateTime<chrono::Utc>,
+) -> Value {
+    record(vec![
+        ("event_id", Value::Uuid(event_id)),
+        ("order_id", s(order_id.as_str())),
+        ("caused_by", Value::Uuid(caused_by)),
+        ("lines", Value::Array(lines)),
+        ("decided_at", Value::TimestampMicros(decided_at.timestamp_micros())),
+    ])
+}
+
+/// The `lines` array of a decision, each item a record read by `item`.
+fn decision_lines<T>(r: &Rec<'_>, item: impl Fn(&Rec<'_>) -> Result<T, DecodeError>) -> Result<Vec<T>, DecodeError> {
+    let Value::Array(items) = r.get("lines")? else {
+        return Err(DecodeError::malformed("lines: expected an array"));
+    };
+    if items.len() > limits::ORDER_LINES {
+        return Err(DecodeError::Invalid {
+            field: "lines".into(),
+            problem: format!("must have at most {} entries", limits::ORDER_LINES),
+        });
+    }
+    items.iter().enumerate().map(|(i, v)| item(&Rec::new(&format!("lines[{i}]"), v)?)).collect()
+}
+
+fn allocation(r: &Rec<'_>, event_id: uuid::Uuid) -> Result<Allocation, DecodeError> {
+    Ok(Allocation {
+        event_id,
+        order_id: r.parse("order_id", OrderId::parse)?,
+        caused_by: parse_uuid("caused_by", &r.str("caused_by")?)?,
+        lines: decision_lines(r, |l| {
+            Ok(AllocatedLine {
+                sku: l.parse("sku", Sku::parse)?,
+                warehouse: l.parse("warehouse", WarehouseId::parse)?,
+                quantity: field(&l.name("quantity"), Quantity::parse(l.long("quantity")?))?,
+            })
+        })?,
+        decided_at: field("decided_at", micros_to_time(r.long("decided_at")?))?,
+    })
 }
 
 /// Field access on a reader-shaped record.
@@ -210,6 +290,20 @@ pub fn from_value(kind: EventKind, v: &Value) -> Result<Event, DecodeError> {
                 occurred_at: field("occurred_at", micros_to_time(r.long("occurred_at")?))?,
             })
         }
+        EventKind::OrderAllocated => Event::OrderAllocated(allocation(&r, event_id)?),
+        EventKind::BackorderAllocated => Event::BackorderAllocated(allocation(&r, event_id)?),
+        EventKind::OrderBackordered => Event::OrderBackordered(Backorder {
+            event_id,
+            order_id: r.parse("order_id", OrderId::parse)?,
+            caused_by: parse_uuid("caused_by", &r.str("caused_by")?)?,
+            lines: decision_lines(&r, |l| {
+                Ok(MissingLine {
+                    sku: l.parse("sku", Sku::parse)?,
+                    quantity_missing: field(&l.name("quantity_missing"), Quantity::parse(l.long("quantity_missing")?))?,
+                })
+            })?,
+            decided_at: field("decided_at", micros_to_time(r.long("decided_at")?))?,
+        }),
     };
     event.validate().map_err(|(f, e)| DecodeError::Invalid { field: f, problem: e.0 })?;
     Ok(event)

@@ -15,7 +15,10 @@ use crate::domain::{
     PostalCode, Quantity, Reason, Sku, StockDelta, WarehouseId, limits, micros_to_time,
 };
 use crate::error::DecodeError;
-use crate::event::{Address, Customer, Event, InventoryChanged, OrderLine, OrderPlaced};
+use crate::event::{
+    Address, AllocatedLine, Allocation, Backorder, Customer, Event, InventoryChanged, MissingLine, OrderLine,
+    OrderPlaced,
+};
 
 pub(crate) fn write_long(buf: &mut Vec<u8>, n: i64) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
@@ -88,7 +91,39 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
             write_opt_str(buf, e.order_id.as_ref().map(OrderId::as_str));
             write_time(buf, &e.occurred_at);
         }
+        Event::OrderAllocated(e) | Event::BackorderAllocated(e) => {
+            write_uuid(buf, &e.event_id);
+            write_str(buf, e.order_id.as_str());
+            write_uuid(buf, &e.caused_by);
+            write_array(buf, &e.lines, |buf, l| {
+                write_str(buf, l.sku.as_str());
+                write_str(buf, l.warehouse.as_str());
+                write_long(buf, i64::from(l.quantity));
+            });
+            write_time(buf, &e.decided_at);
+        }
+        Event::OrderBackordered(e) => {
+            write_uuid(buf, &e.event_id);
+            write_str(buf, e.order_id.as_str());
+            write_uuid(buf, &e.caused_by);
+            write_array(buf, &e.lines, |buf, l| {
+                write_str(buf, l.sku.as_str());
+                write_long(buf, i64::from(l.quantity_missing));
+            });
+            write_time(buf, &e.decided_at);
+        }
     }
+}
+
+/// One block of `items` (none when empty), then the end of the array.
+fn write_array<T>(buf: &mut Vec<u8>, items: &[T], mut item: impl FnMut(&mut Vec<u8>, &T)) {
+    if !items.is_empty() {
+        write_long(buf, items.len() as i64);
+        for i in items {
+            item(buf, i);
+        }
+    }
+    write_long(buf, 0);
 }
 
 /// Maps a domain rejection to a decode error naming the field.
@@ -187,6 +222,9 @@ pub(crate) fn decode(kind: crate::EventKind, buf: &[u8]) -> Result<Event, Decode
     let event = match kind {
         crate::EventKind::OrderPlaced => Event::OrderPlaced(decode_order(&mut r)?),
         crate::EventKind::InventoryChanged => Event::InventoryChanged(decode_inventory(&mut r)?),
+        crate::EventKind::OrderAllocated => Event::OrderAllocated(decode_allocation(&mut r)?),
+        crate::EventKind::BackorderAllocated => Event::BackorderAllocated(decode_allocation(&mut r)?),
+        crate::EventKind::OrderBackordered => Event::OrderBackordered(decode_backorder(&mut r)?),
     };
     r.finish()?;
     event.validate().map_err(|(f, e)| DecodeError::Invalid { field: f, problem: e.0 })?;
@@ -252,6 +290,67 @@ fn decode_inventory(r: &mut Reader<'_>) -> Result<InventoryChanged, DecodeError>
     let order_id = r.opt_str("order_id")?.map(|s| field("order_id", OrderId::parse(s))).transpose()?;
     let occurred_at = r.time("occurred_at")?;
     Ok(InventoryChanged { event_id, sku, warehouse, delta, reason, order_id, occurred_at })
+}
+
+/// Reads an array's blocks, at most [`limits::ORDER_LINES`] items, with `item` per item.
+fn read_lines<'a, T>(
+    r: &mut Reader<'a>,
+    mut item: impl FnMut(&mut Reader<'a>, usize) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let mut lines = Vec::new();
+    loop {
+        let n = r.block("lines")?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        if lines.len() + n > limits::ORDER_LINES {
+            return Err(DecodeError::Invalid {
+                field: "lines".into(),
+                problem: format!("must have at most {} entries", limits::ORDER_LINES),
+            });
+        }
+        for _ in 0..n {
+            let i = lines.len();
+            lines.push(item(r, i)?);
+        }
+    }
+}
+
+fn line_field<T>(i: usize, name: &str, r: Result<T, Invalid>) -> Result<T, DecodeError> {
+    r.map_err(|e| DecodeError::Invalid { field: format!("lines[{i}].{name}"), problem: e.0 })
+}
+
+fn decode_allocation(r: &mut Reader<'_>) -> Result<Allocation, DecodeError> {
+    let event_id = parse_uuid("event_id", r.str("event_id")?)?;
+    let order_id = field("order_id", OrderId::parse(r.str("order_id")?))?;
+    let caused_by = parse_uuid("caused_by", r.str("caused_by")?)?;
+    let lines = read_lines(r, |r, i| {
+        Ok(AllocatedLine {
+            sku: line_field(i, "sku", Sku::parse(r.str("sku")?))?,
+            warehouse: line_field(i, "warehouse", WarehouseId::parse(r.str("warehouse")?))?,
+            quantity: line_field(i, "quantity", Quantity::parse(i64::from(r.int("quantity")?)))?,
+        })
+    })?;
+    let decided_at = r.time("decided_at")?;
+    Ok(Allocation { event_id, order_id, caused_by, lines, decided_at })
+}
+
+fn decode_backorder(r: &mut Reader<'_>) -> Result<Backorder, DecodeError> {
+    let event_id = parse_uuid("event_id", r.str("event_id")?)?;
+    let order_id = field("order_id", OrderId::parse(r.str("order_id")?))?;
+    let caused_by = parse_uuid("caused_by", r.str("caused_by")?)?;
+    let lines = read_lines(r, |r, i| {
+        Ok(MissingLine {
+            sku: line_field(i, "sku", Sku::parse(r.str("sku")?))?,
+            quantity_missing: line_field(
+                i,
+                "quantity_missing",
+                Quantity::parse(i64::from(r.int("quantity_missing")?)),
+            )?,
+        })
+    })?;
+    let decided_at = r.time("decided_at")?;
+    Ok(Backorder { event_id, order_id, caused_by, lines, decided_at })
 }
 
 #[cfg(test)]

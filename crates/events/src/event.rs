@@ -19,6 +19,14 @@ pub const INVENTORY_TOPIC: &str = "inventory.v1";
 pub const ORDER_PLACED_TYPE: &str = "orderflow.order.placed.v1";
 /// CloudEvents type of [`InventoryChanged`].
 pub const INVENTORY_CHANGED_TYPE: &str = "orderflow.inventory.changed.v1";
+/// Topic of the allocator's decisions, keyed by `order_id`.
+pub const ALLOCATIONS_TOPIC: &str = "allocations.v1";
+/// CloudEvents type of [`Event::OrderAllocated`].
+pub const ORDER_ALLOCATED_TYPE: &str = "orderflow.order.allocated.v1";
+/// CloudEvents type of [`Event::OrderBackordered`].
+pub const ORDER_BACKORDERED_TYPE: &str = "orderflow.order.backordered.v1";
+/// CloudEvents type of [`Event::BackorderAllocated`].
+pub const BACKORDER_ALLOCATED_TYPE: &str = "orderflow.backorder.allocated.v1";
 
 /// The buyer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +134,60 @@ impl InventoryChanged {
     }
 }
 
+/// `quantity` units of an order line's `sku`, taken from `warehouse`'s stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocatedLine {
+    pub sku: Sku,
+    pub warehouse: WarehouseId,
+    pub quantity: Quantity,
+}
+
+/// Units of an order line's `sku` that no warehouse had: the order waits for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissingLine {
+    pub sku: Sku,
+    pub quantity_missing: Quantity,
+}
+
+/// The allocator reserved stock for an order: [`Event::OrderAllocated`] when the order is
+/// first decided, [`Event::BackorderAllocated`] when stock that arrived later covers what it
+/// was missing. Invariant: 1..=500 lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allocation {
+    pub event_id: Uuid,
+    pub order_id: OrderId,
+    /// The event that led to the decision: the order, or the stock change that covered it.
+    pub caused_by: Uuid,
+    pub lines: Vec<AllocatedLine>,
+    pub decided_at: DateTime<Utc>,
+}
+
+/// The allocator could not cover part of an order: those units are backordered, queued by
+/// the order's placement time. Invariant: 1..=500 lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backorder {
+    pub event_id: Uuid,
+    pub order_id: OrderId,
+    /// The order event that was decided.
+    pub caused_by: Uuid,
+    pub lines: Vec<MissingLine>,
+    pub decided_at: DateTime<Utc>,
+}
+
+fn check_decision_lines(n: usize) -> Result<(), (String, Invalid)> {
+    if n == 0 {
+        return Err(("lines".into(), Invalid::new("must not be empty")));
+    }
+    if n > limits::ORDER_LINES {
+        return Err(("lines".into(), Invalid::new(format!("must have at most {} entries", limits::ORDER_LINES))));
+    }
+    Ok(())
+}
+
 /// Every event orderflow carries. JSON: internally tagged by `type` = the CloudEvents type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -134,6 +196,12 @@ pub enum Event {
     OrderPlaced(OrderPlaced),
     #[serde(rename = "orderflow.inventory.changed.v1")]
     InventoryChanged(InventoryChanged),
+    #[serde(rename = "orderflow.order.allocated.v1")]
+    OrderAllocated(Allocation),
+    #[serde(rename = "orderflow.order.backordered.v1")]
+    OrderBackordered(Backorder),
+    #[serde(rename = "orderflow.backorder.allocated.v1")]
+    BackorderAllocated(Allocation),
 }
 
 /// Which event, without its data.
@@ -141,21 +209,36 @@ pub enum Event {
 pub enum EventKind {
     OrderPlaced,
     InventoryChanged,
+    OrderAllocated,
+    OrderBackordered,
+    BackorderAllocated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 2] = [EventKind::OrderPlaced, EventKind::InventoryChanged];
+    pub const ALL: [EventKind; 5] = [
+        EventKind::OrderPlaced,
+        EventKind::InventoryChanged,
+        EventKind::OrderAllocated,
+        EventKind::OrderBackordered,
+        EventKind::BackorderAllocated,
+    ];
 
     pub fn ce_type(self) -> &'static str {
         match self {
             EventKind::OrderPlaced => ORDER_PLACED_TYPE,
             EventKind::InventoryChanged => INVENTORY_CHANGED_TYPE,
+            EventKind::OrderAllocated => ORDER_ALLOCATED_TYPE,
+            EventKind::OrderBackordered => ORDER_BACKORDERED_TYPE,
+            EventKind::BackorderAllocated => BACKORDER_ALLOCATED_TYPE,
         }
     }
     pub fn topic(self) -> &'static str {
         match self {
             EventKind::OrderPlaced => ORDERS_TOPIC,
             EventKind::InventoryChanged => INVENTORY_TOPIC,
+            EventKind::OrderAllocated | EventKind::OrderBackordered | EventKind::BackorderAllocated => {
+                ALLOCATIONS_TOPIC
+            }
         }
     }
     /// Avro full name of the record.
@@ -163,6 +246,9 @@ impl EventKind {
         match self {
             EventKind::OrderPlaced => "orderflow.events.OrderPlaced",
             EventKind::InventoryChanged => "orderflow.events.InventoryChanged",
+            EventKind::OrderAllocated => "orderflow.events.OrderAllocated",
+            EventKind::OrderBackordered => "orderflow.events.OrderBackordered",
+            EventKind::BackorderAllocated => "orderflow.events.BackorderAllocated",
         }
     }
     pub fn from_avro_name(name: &str) -> Option<EventKind> {
@@ -178,48 +264,61 @@ impl Event {
         match self {
             Event::OrderPlaced(_) => EventKind::OrderPlaced,
             Event::InventoryChanged(_) => EventKind::InventoryChanged,
+            Event::OrderAllocated(_) => EventKind::OrderAllocated,
+            Event::OrderBackordered(_) => EventKind::OrderBackordered,
+            Event::BackorderAllocated(_) => EventKind::BackorderAllocated,
         }
     }
     pub fn event_id(&self) -> Uuid {
         match self {
             Event::OrderPlaced(e) => e.event_id,
             Event::InventoryChanged(e) => e.event_id,
+            Event::OrderAllocated(e) | Event::BackorderAllocated(e) => e.event_id,
+            Event::OrderBackordered(e) => e.event_id,
         }
     }
     /// CloudEvents type, e.g. `orderflow.order.placed.v1`.
     pub fn ce_type(&self) -> &'static str {
         self.kind().ce_type()
     }
-    /// Kafka topic: `orders.v1` or `inventory.v1`.
+    /// Kafka topic: `orders.v1`, `inventory.v1` or `allocations.v1`.
     pub fn topic(&self) -> &'static str {
         self.kind().topic()
     }
-    /// Kafka key: the aggregate id (`order_id` or `sku`).
+    /// Kafka key: the aggregate id (`order_id`, or `sku` for stock changes).
     pub fn key(&self) -> &str {
         match self {
             Event::OrderPlaced(e) => e.order_id.as_str(),
             Event::InventoryChanged(e) => e.sku.as_str(),
+            Event::OrderAllocated(e) | Event::BackorderAllocated(e) => e.order_id.as_str(),
+            Event::OrderBackordered(e) => e.order_id.as_str(),
         }
     }
     pub fn order_id(&self) -> Option<&OrderId> {
         match self {
             Event::OrderPlaced(e) => Some(&e.order_id),
             Event::InventoryChanged(e) => e.order_id.as_ref(),
+            Event::OrderAllocated(e) | Event::BackorderAllocated(e) => Some(&e.order_id),
+            Event::OrderBackordered(e) => Some(&e.order_id),
         }
     }
-    /// When the fact happened (`placed_at` / `occurred_at`); also the `ce_time` header.
+    /// When the fact happened (`placed_at` / `occurred_at` / `decided_at`); also the `ce_time`
+    /// header.
     pub fn occurred_at(&self) -> DateTime<Utc> {
         match self {
             Event::OrderPlaced(e) => e.placed_at,
             Event::InventoryChanged(e) => e.occurred_at,
+            Event::OrderAllocated(e) | Event::BackorderAllocated(e) => e.decided_at,
+            Event::OrderBackordered(e) => e.decided_at,
         }
     }
     /// The fact's natural key, for events that describe a fact that happens once: an order is
-    /// placed once. A stock change has none: two equal changes are two movements.
+    /// placed once. A stock change has none: two equal changes are two movements. The
+    /// allocator's decisions carry deterministic event ids instead (docs/allocation.md).
     pub fn natural_key(&self) -> Option<NaturalKey> {
         match self {
             Event::OrderPlaced(e) => Some(e.natural_key()),
-            Event::InventoryChanged(_) => None,
+            _ => None,
         }
     }
     /// Cross-field invariants of the inner event.
@@ -227,6 +326,8 @@ impl Event {
         match self {
             Event::OrderPlaced(e) => e.validate(),
             Event::InventoryChanged(e) => e.validate(),
+            Event::OrderAllocated(e) | Event::BackorderAllocated(e) => check_decision_lines(e.lines.len()),
+            Event::OrderBackordered(e) => check_decision_lines(e.lines.len()),
         }
     }
 }
@@ -334,6 +435,26 @@ mod tests {
         let mut moved = first.clone();
         moved.shipping_address.city = City::parse("Elsewhere").unwrap();
         assert_ne!(first.natural_key().fingerprint, moved.natural_key().fingerprint);
+    }
+
+    #[test]
+    fn decisions_go_to_allocations_keyed_by_order_and_need_a_line() {
+        let allocated = Event::OrderAllocated(samples::order_allocated());
+        let backordered = Event::OrderBackordered(samples::order_backordered());
+        let later = Event::BackorderAllocated(samples::backorder_allocated());
+        for e in [&allocated, &backordered, &later] {
+            assert_eq!(e.topic(), ALLOCATIONS_TOPIC);
+            assert_eq!(e.key(), "ord-2026-000042");
+            assert_eq!(e.natural_key(), None);
+            assert!(e.validate().is_ok());
+        }
+        assert_eq!(later.ce_type(), "orderflow.backorder.allocated.v1");
+        let mut empty = samples::order_allocated();
+        empty.lines.clear();
+        assert_eq!(Event::OrderAllocated(empty).validate().unwrap_err().0, "lines");
+        let mut empty = samples::order_backordered();
+        empty.lines.clear();
+        assert_eq!(Event::OrderBackordered(empty).validate().unwrap_err().0, "lines");
     }
 
     #[test]

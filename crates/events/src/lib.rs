@@ -40,8 +40,10 @@ pub use domain::{
 };
 pub use error::{DecodeError, EncodeError, HeaderError, RegistryError};
 pub use event::{
-    Address, Customer, EVENT_ID_NAMESPACE, Event, EventKind, INVENTORY_CHANGED_TYPE, INVENTORY_TOPIC, InventoryChanged,
-    NaturalKey, ORDER_PLACED_TYPE, ORDERS_TOPIC, OrderLine, OrderPlaced, idempotent_event_id,
+    ALLOCATIONS_TOPIC, Address, AllocatedLine, Allocation, BACKORDER_ALLOCATED_TYPE, Backorder, Customer,
+    EVENT_ID_NAMESPACE, Event, EventKind, INVENTORY_CHANGED_TYPE, INVENTORY_TOPIC, InventoryChanged, MissingLine,
+    NaturalKey, ORDER_ALLOCATED_TYPE, ORDER_BACKORDERED_TYPE, ORDER_PLACED_TYPE, ORDERS_TOPIC, OrderLine, OrderPlaced,
+    idempotent_event_id,
 };
 pub use headers::{CeHeaders, TraceParent};
 pub use registry::RegistryClient;

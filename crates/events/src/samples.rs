@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::*;
-use crate::event::{Address, Customer, InventoryChanged, OrderLine, OrderPlaced};
+use crate::event::{
+    Address, AllocatedLine, Allocation, Backorder, Customer, InventoryChanged, MissingLine, OrderLine, OrderPlaced,
+};
 
 fn at(rfc3339: &str) -> DateTime<Utc> {
     crate::domain::parse_event_time(rfc3339).expect("sample time")
@@ -82,4 +84,50 @@ pub fn order_placed_minimal() -> OrderPlaced {
     o.shipping_address.country = CountryCode::parse("JP").expect("sample");
     o.channel = Channel::parse("app").expect("sample");
     o
+}
+
+/// [`order_placed`]'s first decision: its first line split over two warehouses, its second line
+/// from one; its third line is [`order_backordered`].
+pub fn order_allocated() -> Allocation {
+    let line = |sku: &str, warehouse: &str, quantity: i64| AllocatedLine {
+        sku: Sku::parse(sku).expect("sample"),
+        warehouse: WarehouseId::parse(warehouse).expect("sample"),
+        quantity: Quantity::parse(quantity).expect("sample"),
+    };
+    Allocation {
+        event_id: Uuid::from_u128(0x0193_5f2a_7c00_7000_8000_0000_0000_0005),
+        order_id: OrderId::parse("ord-2026-000042").expect("sample"),
+        caused_by: order_placed().event_id,
+        lines: vec![line("SKU-RED-M", "zrh-1", 1), line("SKU-RED-M", "ber-2", 1), line("SKU-BLUE-L", "zrh-1", 1)],
+        decided_at: at("2026-11-22T13:05:07.250000Z"),
+    }
+}
+
+/// [`order_placed`]'s third line, which no warehouse had.
+pub fn order_backordered() -> Backorder {
+    Backorder {
+        event_id: Uuid::from_u128(0x0193_5f2a_7c00_7000_8000_0000_0000_0006),
+        order_id: OrderId::parse("ord-2026-000042").expect("sample"),
+        caused_by: order_placed().event_id,
+        lines: vec![MissingLine {
+            sku: Sku::parse("SKU-SOCKS").expect("sample"),
+            quantity_missing: Quantity::parse(3).expect("sample"),
+        }],
+        decided_at: at("2026-11-22T13:05:07.250000Z"),
+    }
+}
+
+/// [`order_backordered`]'s line, covered by [`inventory_received`].
+pub fn backorder_allocated() -> Allocation {
+    Allocation {
+        event_id: Uuid::from_u128(0x0193_5f2a_7c00_7000_8000_0000_0000_0007),
+        order_id: OrderId::parse("ord-2026-000042").expect("sample"),
+        caused_by: inventory_received().event_id,
+        lines: vec![AllocatedLine {
+            sku: Sku::parse("SKU-SOCKS").expect("sample"),
+            warehouse: WarehouseId::parse("zrh-1").expect("sample"),
+            quantity: Quantity::parse(3).expect("sample"),
+        }],
+        decided_at: at("2026-11-23T09:00:00Z"),
+    }
 }

@@ -38,6 +38,19 @@ const SHIPPED: &[(EventKind, &str, u32, &str)] = &[
         1,
         include_str!("../../../schemas/inventory_changed.v1.avsc"),
     ),
+    (EventKind::OrderAllocated, "order_allocated.v1.avsc", 1, include_str!("../../../schemas/order_allocated.v1.avsc")),
+    (
+        EventKind::OrderBackordered,
+        "order_backordered.v1.avsc",
+        1,
+        include_str!("../../../schemas/order_backordered.v1.avsc"),
+    ),
+    (
+        EventKind::BackorderAllocated,
+        "backorder_allocated.v1.avsc",
+        1,
+        include_str!("../../../schemas/backorder_allocated.v1.avsc"),
+    ),
 ];
 
 /// Largest allocation apache-avro may make for one decoded value (bytes, strings, arrays).

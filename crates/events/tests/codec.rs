@@ -13,6 +13,9 @@ fn events() -> Vec<Event> {
         samples::order_placed_minimal().into(),
         samples::inventory_changed().into(),
         samples::inventory_received().into(),
+        Event::OrderAllocated(samples::order_allocated()),
+        Event::OrderBackordered(samples::order_backordered()),
+        Event::BackorderAllocated(samples::backorder_allocated()),
     ]
 }
 

@@ -5,8 +5,13 @@ use proptest::prelude::*;
 
 fn valid_encodings() -> Vec<Vec<u8>> {
     let codec = Codec::new();
-    let events: Vec<Event> =
-        vec![samples::order_placed().into(), samples::inventory_changed().into(), samples::inventory_received().into()];
+    let events: Vec<Event> = vec![
+        samples::order_placed().into(),
+        samples::inventory_changed().into(),
+        samples::inventory_received().into(),
+        Event::OrderAllocated(samples::order_allocated()),
+        Event::OrderBackordered(samples::order_backordered()),
+    ];
     events.iter().map(|e| codec.encode_single_object(e).unwrap()).collect()
 }
 

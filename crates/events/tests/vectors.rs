@@ -22,6 +22,9 @@ fn cases() -> Vec<(&'static str, Event)> {
         ("order_placed.v1.minimal", samples::order_placed_minimal().into()),
         ("inventory_changed.v1.shipped", samples::inventory_changed().into()),
         ("inventory_changed.v1.received", samples::inventory_received().into()),
+        ("order_allocated.v1.typical", Event::OrderAllocated(samples::order_allocated())),
+        ("order_backordered.v1.typical", Event::OrderBackordered(samples::order_backordered())),
+        ("backorder_allocated.v1.typical", Event::BackorderAllocated(samples::backorder_allocated())),
     ]
 }
 

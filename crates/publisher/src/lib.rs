@@ -118,6 +118,7 @@ pub struct Publisher {
     inner: Arc<Inner>,
     orders_topic: Arc<str>,
     inventory_topic: Arc<str>,
+    allocations_topic: Arc<str>,
 }
 
 struct Inner {
@@ -150,6 +151,7 @@ impl Publisher {
             inner: Arc::new(Inner { producer, codec, source: source.to_owned(), limits }),
             orders_topic: EventKind::OrderPlaced.topic().into(),
             inventory_topic: EventKind::InventoryChanged.topic().into(),
+            allocations_topic: EventKind::OrderAllocated.topic().into(),
         })
     }
 
@@ -159,11 +161,19 @@ impl Publisher {
         Publisher { orders_topic: orders.into(), inventory_topic: inventory.into(), ..self }
     }
 
+    /// Publish the allocator's decisions to this topic instead of `allocations.v1`.
+    pub fn with_allocations_topic(self, allocations: &str) -> Publisher {
+        Publisher { allocations_topic: allocations.into(), ..self }
+    }
+
     /// The topic events of `kind` go to.
     pub fn topic(&self, kind: EventKind) -> &str {
         match kind {
             EventKind::OrderPlaced => &self.orders_topic,
             EventKind::InventoryChanged => &self.inventory_topic,
+            EventKind::OrderAllocated | EventKind::OrderBackordered | EventKind::BackorderAllocated => {
+                &self.allocations_topic
+            }
         }
     }
 

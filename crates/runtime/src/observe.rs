@@ -94,6 +94,7 @@ pub fn event_spans(consumer: &str, envelopes: &[Envelope]) -> Vec<Span> {
                 Event::InventoryChanged(change) => {
                     (change.order_id.as_ref().map(|o| o.as_str()), Some(change.sku.as_str()))
                 }
+                decision => (decision.order_id().map(|o| o.as_str()), None),
             };
             let traceparent = envelope.traceparent.as_deref();
             // The trace this span joins is the record's (the exporter checks the header's shape).

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use orderflow_events::{Codec, INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_events::{ALLOCATIONS_TOPIC, Codec, INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_kafka::KafkaArgs;
 use orderflow_publisher::{Limits, Publisher};
 use orderflow_service::DatabaseArgs;
@@ -74,6 +74,10 @@ pub struct RelayConfig {
 
     #[arg(long, env = "OUTBOX_INVENTORY_TOPIC", default_value = INVENTORY_TOPIC)]
     pub inventory_topic: String,
+
+    /// Where the allocator's decisions go (its outbox is relayed like a checkout's).
+    #[arg(long, env = "OUTBOX_ALLOCATIONS_TOPIC", default_value = ALLOCATIONS_TOPIC)]
+    pub allocations_topic: String,
 
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8086")]
@@ -147,7 +151,8 @@ pub async fn run_with_listener(
     let limits = Limits { message_timeout: Duration::from_secs(30), ..Limits::default() };
     let publisher = Publisher::with_limits(&config.kafka, codec, "orderflow/outbox-relay", limits)
         .context("Failed to create the Kafka producer")?
-        .with_topics(&config.orders_topic, &config.inventory_topic);
+        .with_topics(&config.orders_topic, &config.inventory_topic)
+        .with_allocations_topic(&config.allocations_topic);
     let settings = RelaySettings {
         batch_size: config.batch_size,
         poll_interval: Duration::from_millis(config.poll_interval_ms.max(10)),

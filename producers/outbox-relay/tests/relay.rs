@@ -21,6 +21,7 @@ struct Fixture {
     pool: PgPool,
     orders_topic: String,
     inventory_topic: String,
+    allocations_topic: String,
 }
 
 async fn fixture() -> Fixture {
@@ -32,6 +33,7 @@ async fn fixture() -> Fixture {
         pool: PgPool::connect(&database_url()).await.unwrap(),
         orders_topic: fresh_topic("relay-orders", PARTITIONS).await,
         inventory_topic: fresh_topic("relay-inventory", PARTITIONS).await,
+        allocations_topic: fresh_topic("relay-allocations", PARTITIONS).await,
     }
 }
 
@@ -51,6 +53,8 @@ impl Fixture {
                 &self.orders_topic,
                 "--inventory-topic",
                 &self.inventory_topic,
+                "--allocations-topic",
+                &self.allocations_topic,
                 "--listen",
                 "127.0.0.1:0",
                 "--poll-interval-ms",
@@ -304,4 +308,34 @@ async fn readyz_answers_503_naming_the_broker_while_no_broker_answers() {
         (503, json!({"ready": false, "detail": "no broker answered a metadata request within 2 s"}))
     );
     relay.stop().await;
+}
+
+#[tokio::test]
+async fn allocation_decisions_go_to_the_allocations_topic_keyed_by_order_with_their_trace() {
+    use orderflow_events::{TraceParent, samples};
+    let f = fixture().await;
+    let decisions = [
+        Event::OrderAllocated(samples::order_allocated()),
+        Event::OrderBackordered(samples::order_backordered()),
+        Event::BackorderAllocated(samples::backorder_allocated()),
+    ];
+    let trace = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    let mut conn = PgConnection::connect(&database_url()).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    for decision in &decisions {
+        f.outbox.enqueue_traced(&mut tx, decision, Some(&trace)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let mut relay = f.spawn_relay(10);
+    let records = read_distinct(&f.allocations_topic, decisions.len(), Duration::from_secs(60)).await;
+    // One order: one partition, in the order the decisions were enqueued.
+    assert_eq!(records.iter().map(|r| &r.event).collect::<Vec<_>>(), decisions.iter().collect::<Vec<_>>());
+    assert!(records.iter().all(|r| r.partition == records[0].partition));
+    for record in &records {
+        let header = |key: &str| record.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        assert_eq!(header("ce_type").unwrap(), record.event.ce_type().as_bytes());
+        assert_eq!(header("traceparent").unwrap(), trace.as_str().as_bytes());
+    }
+    relay.terminate(Duration::from_secs(10)).unwrap();
 }
