@@ -57,8 +57,8 @@ impl Demo {
             bin_dir = path.parent().map(Path::to_path_buf);
         }
         let run_dir = std::env::temp_dir().join(unique_name("demo-run"));
-        // The demo puts each consumer at base + (its port - 8080).
-        let ports = consumers.iter().map(|c| c.port - 8080 + 1).max().unwrap();
+        // The demo puts each consumer at base + (its port - 8080), the allocator's relay at base + 9.
+        let ports = consumers.iter().map(|c| c.port - 8080 + 1).max().unwrap().max(RELAY_OFFSET + 1);
         let base = free_port_block(ports);
         let smtp = loop {
             let port = free_port();
@@ -98,6 +98,9 @@ impl Drop for Demo {
         std::fs::remove_dir_all(&self.run_dir).ok();
     }
 }
+
+/// Where the demo runs the relay of the allocator's outbox: base + 9 (8089 by default).
+const RELAY_OFFSET: u16 = 9;
 
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
@@ -146,7 +149,11 @@ fn the_demo_checks_every_read_store_against_its_sample_load_and_its_printed_comm
     // Every command the summary prints works as printed.
     let commands: Vec<&str> =
         out.lines().skip_while(|l| *l != "look at it:").skip(1).take_while(|l| !l.is_empty()).map(str::trim).collect();
-    assert_eq!(commands.len(), 8, "fulfillment, email, sales, inventory, order history, metrics, lag, verify:\n{out}");
+    assert_eq!(
+        commands.len(),
+        11,
+        "fulfillment, email, sales, inventory, order history, stock, allocation, allocations topic, metrics, lag, verify:\n{out}"
+    );
     for command in &commands {
         let ran = sh(command);
         let said = text(&ran);
@@ -179,7 +186,9 @@ fn the_demo_checks_every_read_store_against_its_sample_load_and_its_printed_comm
     assert!(stopped.status.success(), "{}", text(&stopped));
     // Nothing listens on the ports the demo served on. (Binding them is no test: a port of the
     // block may be any process's ephemeral client port by now.)
-    let served = std::iter::once(demo.port(0)).chain(demo.consumers.iter().map(|c| demo.port(c.port - 8080)));
+    let served = [demo.port(0), demo.port(RELAY_OFFSET)]
+        .into_iter()
+        .chain(demo.consumers.iter().map(|c| demo.port(c.port - 8080)));
     for port in served {
         let connected = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2));
         assert!(connected.is_err(), "something still listens on the demo's port {port} after stop-demo");

@@ -2,18 +2,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_events::{ALLOCATIONS_TOPIC, INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_kafka::KafkaArgs;
 use orderflow_kafka::admin::{CLUSTER_DEFAULT_REPLICATION, TopicOutcome, delete_topics, ensure_topic, wait_for_broker};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
     /// Create topics unless they exist (idempotent). Without names: the contract topics
-    /// `orders.v1` and `inventory.v1`.
+    /// `orders.v1`, `inventory.v1` and `allocations.v1`.
     ///
     /// Example: orderflow topics create --partitions 12
     Create {
-        /// Topic names (default: orders.v1 inventory.v1).
+        /// Topic names (default: orders.v1 inventory.v1 allocations.v1).
         names: Vec<String>,
         /// Partitions for topics that do not exist yet.
         #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..))]
@@ -43,8 +43,11 @@ pub enum TopicsCommand {
 pub async fn run(kafka: &KafkaArgs, command: TopicsCommand) -> anyhow::Result<()> {
     match command {
         TopicsCommand::Create { names, partitions, replication_factor } => {
-            let names =
-                if names.is_empty() { vec![ORDERS_TOPIC.to_owned(), INVENTORY_TOPIC.to_owned()] } else { names };
+            let names = if names.is_empty() {
+                [ORDERS_TOPIC, INVENTORY_TOPIC, ALLOCATIONS_TOPIC].map(str::to_owned).to_vec()
+            } else {
+                names
+            };
             for name in names {
                 match ensure_topic(
                     kafka,

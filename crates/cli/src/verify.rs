@@ -10,7 +10,10 @@
 //! - inventory-projection: on hand, reserved, available and on hand per warehouse of every sku
 //!   of the run (`GET /v1/inventory/{sku}`);
 //! - order-history: every accepted order is in its customer's history
-//!   (`GET /v1/customers/{customer_id}/orders`).
+//!   (`GET /v1/customers/{customer_id}/orders`);
+//! - allocator: on hand per sku as expected, no warehouse allocating more than it has, no
+//!   unit available while the sku has backorders (`GET /v1/stock/{sku}`), and every accepted
+//!   order decided (`GET /v1/allocations/{order_id}`).
 //!
 //! Each consumer is read at `http://127.0.0.1:<its port>` (`orderflow consumers`) unless a
 //! flag moves it. A registered consumer this command has no check for is reported as skipped.
@@ -313,9 +316,11 @@ enum Store {
     Analytics,
     Inventory,
     OrderHistory,
+    Allocator,
 }
 
-const STORES: [Store; 5] = [Store::Fulfillment, Store::Email, Store::Analytics, Store::Inventory, Store::OrderHistory];
+const STORES: [Store; 6] =
+    [Store::Fulfillment, Store::Email, Store::Analytics, Store::Inventory, Store::OrderHistory, Store::Allocator];
 
 impl Store {
     fn name(self) -> &'static str {
@@ -325,6 +330,7 @@ impl Store {
             Store::Analytics => "analytics",
             Store::Inventory => "inventory-projection",
             Store::OrderHistory => "order-history",
+            Store::Allocator => "allocator",
         }
     }
 }
@@ -377,6 +383,7 @@ struct Checker {
     analytics: Url,
     inventory: Url,
     order_history: Url,
+    allocator: Url,
     concurrency: usize,
 }
 
@@ -400,6 +407,7 @@ impl Checker {
             analytics: urls["analytics"].1.clone(),
             inventory: urls["inventory-projection"].1.clone(),
             order_history: urls["order-history"].1.clone(),
+            allocator: urls["allocator"].1.clone(),
             concurrency: usize::from(args.concurrency),
         })
     }
@@ -417,6 +425,7 @@ impl Checker {
             Store::Analytics => self.check_analytics(expected, window, baseline).await,
             Store::Inventory => self.check_inventory(expected).await,
             Store::OrderHistory => self.check_order_history(expected).await,
+            Store::Allocator => self.check_allocator(expected).await,
         };
         StoreReport { store: store.name(), checked, differences }
     }
@@ -670,6 +679,62 @@ impl Checker {
             differences,
         )
     }
+}
+
+impl Checker {
+    /// The allocator's stock agrees with the run's (on hand per sku), no warehouse holds
+    /// more for orders than it has, no unit sits free while an order waits for the sku, and
+    /// every accepted order was decided.
+    async fn check_allocator(&self, expected: &Expected) -> (String, Vec<String>) {
+        // One pass over skus and orders (tagged), so a store that cannot be read is one line.
+        let orders: Vec<&String> = expected.shipped_orders.iter().chain(&expected.pending_orders).collect();
+        let items: Vec<String> = expected
+            .skus
+            .keys()
+            .map(|sku| format!("sku\u{0}{sku}"))
+            .chain(orders.iter().map(|order| format!("order\u{0}{order}")))
+            .collect();
+        let differences = self
+            .each(&items, |item| async move {
+                let (kind, id) = item.split_once('\u{0}').unwrap_or_default();
+                let segment = if kind == "sku" { "stock" } else { "allocations" };
+                let (status, body) = self.get(Self::url(&self.allocator, &["v1", segment, id], &[])).await?;
+                Ok(match (kind, status) {
+                    ("sku", 200) => allocator_differences(id, expected.skus[id].on_hand, &body),
+                    (_, 200) => None,
+                    ("order", 404) => Some(format!("{id}: not decided")),
+                    _ => Some(format!("{id}: HTTP {status} {}", api_error(&body))),
+                })
+            })
+            .await;
+        (
+            format!(
+                "{} skus (on hand, allocated within it, no stock idle while orders wait) and {} orders decided",
+                expected.skus.len(),
+                orders.len()
+            ),
+            differences,
+        )
+    }
+}
+
+fn allocator_differences(sku: &str, on_hand: i64, body: &Value) -> Option<String> {
+    let mut wrong = Vec::new();
+    match body["on_hand"].as_i64() {
+        Some(got) if got == on_hand => {}
+        got => wrong.push(format!("on_hand {got:?} (expected {on_hand})")),
+    }
+    for warehouse in body["warehouses"].as_array().into_iter().flatten() {
+        let (held, there) = (warehouse["allocated"].as_i64().unwrap_or(0), warehouse["on_hand"].as_i64().unwrap_or(0));
+        if held > there.max(0) {
+            wrong.push(format!("{} allocates {held} units of {there} on hand", warehouse["warehouse"]));
+        }
+    }
+    let (available, waiting) = (body["available"].as_i64().unwrap_or(0), body["backordered"].as_i64().unwrap_or(0));
+    if available > 0 && waiting > 0 {
+        wrong.push(format!("{available} units available while {waiting} are backordered"));
+    }
+    (!wrong.is_empty()).then(|| format!("{sku}: {}", wrong.join(", ")))
 }
 
 /// The page `verify` reads a customer's history with (the API's largest).

@@ -1,4 +1,4 @@
-//! `orderflow verify` against stand-ins of the five read APIs (same paths, parameters, bodies
+//! `orderflow verify` against stand-ins of the six read APIs (same paths, parameters, bodies
 //! and range limits as the consumers'), so every difference can be staged exactly. The real
 //! consumers are verified end to end by the demo test (`tests/demo.rs`).
 
@@ -31,6 +31,10 @@ struct Stores {
     inventory: BTreeMap<String, Value>,
     /// customer id → its order ids, as the order history lists them
     histories: BTreeMap<String, Vec<String>>,
+    /// sku → the allocator's `/v1/stock/{sku}` body
+    stock: BTreeMap<String, Value>,
+    /// orders the allocator decided
+    decided: BTreeSet<String>,
     /// Every request needs `Authorization: Bearer <token>`.
     token: Option<String>,
     /// Query strings of /v1/sales requests.
@@ -162,7 +166,28 @@ async fn history(State(s): State<Shared>, headers: HeaderMap, Path(customer): Pa
     axum::Json(json!({"customer_id": customer, "orders": orders, "more": false})).into_response()
 }
 
-/// The five read APIs on one free port.
+async fn stock(State(s): State<Shared>, headers: HeaderMap, Path(sku): Path<String>) -> Response {
+    let s = s.lock().unwrap();
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let zero = json!({"sku": sku, "on_hand": 0, "allocated": 0, "available": 0, "backordered": 0, "warehouses": []});
+    axum::Json(s.stock.get(&sku).cloned().unwrap_or(zero)).into_response()
+}
+
+async fn allocation(State(s): State<Shared>, headers: HeaderMap, Path(order): Path<String>) -> Response {
+    let s = s.lock().unwrap();
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    if s.decided.contains(&order) {
+        axum::Json(json!({"order_id": order, "allocated": [], "backordered": []})).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, &format!("a decision on order {order} not found"))
+    }
+}
+
+/// The six read APIs on one free port.
 async fn serve(stores: Stores) -> (String, Shared) {
     let shared = Arc::new(Mutex::new(stores));
     let app = axum::Router::new()
@@ -172,6 +197,8 @@ async fn serve(stores: Stores) -> (String, Shared) {
         .route("/v1/units", get(units))
         .route("/v1/inventory/{sku}", get(inventory))
         .route("/v1/customers/{customer_id}/orders", get(history))
+        .route("/v1/stock/{sku}", get(stock))
+        .route("/v1/allocations/{order_id}", get(allocation))
         .with_state(shared.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -231,6 +258,7 @@ fn matching(expected: &Expected) -> Stores {
     for (customer, orders) in &expected.customers {
         stores.histories.insert(customer.clone(), orders.iter().cloned().collect());
     }
+    stores.decided = expected.shipped_orders.iter().chain(&expected.pending_orders).cloned().collect();
     for (sku, totals) in &expected.skus {
         stores.units.insert(sku.clone(), totals.units_ordered);
         let warehouses: Vec<Value> =
@@ -239,6 +267,21 @@ fn matching(expected: &Expected) -> Stores {
             sku.clone(),
             json!({"sku": sku, "warehouses": warehouses, "on_hand": totals.on_hand,
                    "reserved": totals.reserved, "available": totals.available}),
+        );
+        let held = totals.reserved.min(totals.on_hand);
+        let bins: Vec<Value> = totals
+            .warehouses
+            .iter()
+            .enumerate()
+            .map(|(i, (w, n))| {
+                let allocated = if i == 0 { held } else { 0 };
+                json!({"warehouse": w, "on_hand": n, "allocated": allocated, "available": n - allocated})
+            })
+            .collect();
+        stores.stock.insert(
+            sku.clone(),
+            json!({"sku": sku, "on_hand": totals.on_hand, "allocated": held, "available": totals.on_hand - held,
+                   "backordered": totals.reserved - held, "warehouses": bins}),
         );
     }
     stores
@@ -267,7 +310,8 @@ fn cli(expect_file: &str, url: &str, extra: &[&str]) -> Cli {
         }
     }
     let history = format!("order-history={url}");
-    argv.extend(["--consumer-url", &history]);
+    let allocator = format!("allocator={url}");
+    argv.extend(["--consumer-url", &history, "--consumer-url", &allocator]);
     argv.extend(extra);
     Cli::parse_from(argv)
 }
@@ -291,7 +335,7 @@ async fn a_matching_pipeline_verifies_and_every_store_says_ok() {
 
     assert_eq!(
         reports.iter().map(|r| r.store).collect::<Vec<_>>(),
-        ["fulfillment", "email", "analytics", "inventory-projection", "order-history"]
+        ["fulfillment", "email", "analytics", "inventory-projection", "order-history", "allocator"]
     );
     for report in &reports {
         assert!(report.ok(), "{report:?}");
@@ -300,6 +344,10 @@ async fn a_matching_pipeline_verifies_and_every_store_says_ok() {
     assert_eq!(reports["fulfillment"].checked, "4 orders (2 shipped, 2 pending)");
     assert_eq!(reports["email"].checked, "4 orders, one email each, sent");
     assert_eq!(reports["order-history"].checked, "4 orders of 2 customers, each in its customer's history");
+    assert_eq!(
+        reports["allocator"].checked,
+        "2 skus (on hand, allocated within it, no stock idle while orders wait) and 4 orders decided"
+    );
     assert!(
         reports["analytics"].checked.starts_with("4 orders, revenue EUR 12345 minor units in ["),
         "{:?}",
@@ -328,6 +376,11 @@ async fn each_store_reports_its_differences_and_the_command_exits_3() {
     stores.inventory.get_mut("simtest-SKU-000").unwrap()["on_hand"] = json!(41);
     stores.inventory.remove("simtest-SKU-001");
     stores.histories.get_mut("simtest-cust-1").unwrap().retain(|id| id != "simtest-ord-00003");
+    let oversold = stores.stock.get_mut("simtest-SKU-000").unwrap();
+    oversold["warehouses"][1]["allocated"] = json!(11);
+    oversold["available"] = json!(2);
+    oversold["backordered"] = json!(1);
+    stores.decided.remove("simtest-ord-00002");
     let (url, _stores) = serve(stores).await;
     let run = write_expected(&expected);
 
@@ -358,12 +411,21 @@ async fn each_store_reports_its_differences_and_the_command_exits_3() {
         ["simtest-SKU-000: on_hand 41 (expected 40)", "simtest-SKU-001: no inventory (404), expected on_hand 0"]
     );
     assert_eq!(reports["order-history"].differences, ["simtest-cust-1: missing simtest-ord-00003"]);
+    assert_eq!(
+        reports["allocator"].differences,
+        [
+            "simtest-SKU-000: \"wh-1\" allocates 11 units of 10 on hand, 2 units available while 1 are backordered",
+            "simtest-ord-00002: not decided"
+        ]
+    );
 
     let error = orderflow_cli::run(cli(&run.expect_file, &url, &[])).await.unwrap_err();
     assert_eq!(orderflow_cli::exit_code(&error), 3);
     assert!(
-        error.to_string().starts_with("5 of 5 read store(s) do not match")
-            && error.to_string().ends_with("fulfillment, email, analytics, inventory-projection, order-history"),
+        error.to_string().starts_with("6 of 6 read store(s) do not match")
+            && error
+                .to_string()
+                .ends_with("fulfillment, email, analytics, inventory-projection, order-history, allocator"),
         "{error}"
     );
 }

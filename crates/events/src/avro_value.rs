@@ -138,10 +138,10 @@ fn decision_lines<T>(r: &Rec<'_>, item: impl Fn(&Rec<'_>) -> Result<T, DecodeErr
     let Value::Array(items) = r.get("lines")? else {
         return Err(DecodeError::malformed("lines: expected an array"));
     };
-    if items.len() > limits::ORDER_LINES {
+    if items.len() > limits::DECISION_LINES {
         return Err(DecodeError::Invalid {
             field: "lines".into(),
-            problem: format!("must have at most {} entries", limits::ORDER_LINES),
+            problem: format!("must have at most {} entries", limits::DECISION_LINES),
         });
     }
     items.iter().enumerate().map(|(i, v)| item(&Rec::new(&format!("lines[{i}]"), v)?)).collect()

@@ -292,7 +292,7 @@ fn decode_inventory(r: &mut Reader<'_>) -> Result<InventoryChanged, DecodeError>
     Ok(InventoryChanged { event_id, sku, warehouse, delta, reason, order_id, occurred_at })
 }
 
-/// Reads an array's blocks, at most [`limits::ORDER_LINES`] items, with `item` per item.
+/// Reads an array's blocks, at most [`limits::DECISION_LINES`] items, with `item` per item.
 fn read_lines<'a, T>(
     r: &mut Reader<'a>,
     mut item: impl FnMut(&mut Reader<'a>, usize) -> Result<T, DecodeError>,
@@ -303,10 +303,10 @@ fn read_lines<'a, T>(
         if n == 0 {
             return Ok(lines);
         }
-        if lines.len() + n > limits::ORDER_LINES {
+        if lines.len() + n > limits::DECISION_LINES {
             return Err(DecodeError::Invalid {
                 field: "lines".into(),
-                problem: format!("must have at most {} entries", limits::ORDER_LINES),
+                problem: format!("must have at most {} entries", limits::DECISION_LINES),
             });
         }
         for _ in 0..n {

@@ -33,6 +33,9 @@ pub mod limits {
     pub const CHANNEL_LEN: usize = 32;
     /// Lines of one order.
     pub const ORDER_LINES: usize = 500;
+    /// Lines of one allocation decision: an order line's units may come from several
+    /// warehouses, one decision line each.
+    pub const DECISION_LINES: usize = 5_000;
     /// Changes in one `POST /v1/inventory/changes`.
     pub const BATCH_CHANGES: usize = 1000;
     pub const QUANTITY_MAX: u32 = 100_000;

@@ -166,7 +166,7 @@ pub struct Allocation {
 }
 
 /// The allocator could not cover part of an order: those units are backordered, queued by
-/// the order's placement time. Invariant: 1..=500 lines.
+/// the order's placement time. Invariant: 1..=5000 lines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backorder {
@@ -182,8 +182,8 @@ fn check_decision_lines(n: usize) -> Result<(), (String, Invalid)> {
     if n == 0 {
         return Err(("lines".into(), Invalid::new("must not be empty")));
     }
-    if n > limits::ORDER_LINES {
-        return Err(("lines".into(), Invalid::new(format!("must have at most {} entries", limits::ORDER_LINES))));
+    if n > limits::DECISION_LINES {
+        return Err(("lines".into(), Invalid::new(format!("must have at most {} entries", limits::DECISION_LINES))));
     }
     Ok(())
 }

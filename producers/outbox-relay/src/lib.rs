@@ -11,15 +11,17 @@
 //! relay's commit publishes it again with the same event id, which consumers skip.
 //!
 //! # Layout
-//! [`outbox`] (the table, its migration and `enqueue`, for checkout services) ;
+//! [`outbox`] (re-export of `orderflow-outbox`: the table, its migration and `enqueue`, for checkout services) ;
 //! [`relay`] (claim → publish → mark) ; [`RelayConfig`] + [`run`] (the binary, with the
 //! shared `/healthz`, `/readyz` and `/metrics`).
 //!
 //! # Must not touch
 //! The checkout service's own tables, consumers, HTTP ingress.
 
-pub mod outbox;
 pub mod relay;
+
+/// The outbox table and enqueueing live in `orderflow-outbox`; re-exported for checkout services.
+pub use orderflow_outbox as outbox;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

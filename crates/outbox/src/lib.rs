@@ -1,5 +1,12 @@
-//! The library a checkout service uses: create the outbox table, and enqueue events inside
-//! its own transaction. The event is published if and only if that transaction commits.
+//! The transactional outbox: the library a checkout service (or the allocator) uses to create
+//! the outbox table and enqueue events inside its own transaction. `outbox-relay` publishes
+//! an event if and only if that transaction commits (docs/producing.md).
+//!
+//! # Owns
+//! The table `<schema>.orderflow_outbox` (`migrations/`), its NOTIFY trigger, and enqueueing.
+//!
+//! # Must not touch
+//! Kafka (publishing is the relay's).
 
 use anyhow::{Context, bail};
 use orderflow_events::{Event, TraceParent};

@@ -1,0 +1,5 @@
+use orderflow_allocator::{AllocatorArgs, CONSUMER, connect};
+
+fn main() -> anyhow::Result<()> {
+    orderflow_consumer_kit::main(&CONSUMER, |runtime, args: AllocatorArgs| connect(runtime, args))
+}

@@ -1,0 +1,299 @@
+//! The allocator's queries. Every statement binds its data; table names are constants.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::decide::Bin;
+
+/// First key of the allocator's advisory locks (`pg_advisory_xact_lock(int, int)`), so its
+/// per-sku locks never meet another user's: "allo" in ASCII.
+const LOCK_CLASS: i32 = 0x616c_6c6f;
+
+/// Take every sku's lock for the rest of the transaction, in one global order (the sku's
+/// hash, then the sku), so two batches that need overlapping skus never deadlock. Holding a
+/// sku's lock is what every write of that sku's rows below relies on.
+pub async fn lock_skus(tx: &mut PgConnection, skus: &BTreeSet<String>) -> Result<(), sqlx::Error> {
+    if skus.is_empty() {
+        return Ok(());
+    }
+    let skus: Vec<&str> = skus.iter().map(String::as_str).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($1, k)
+         FROM (SELECT DISTINCT hashtext(s) AS k FROM unnest($2::text[]) AS s ORDER BY 1) AS keys",
+    )
+    .bind(LOCK_CLASS)
+    .bind(&skus)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Every warehouse's stock of `skus`.
+pub async fn stock(tx: &mut PgConnection, skus: &BTreeSet<String>) -> Result<HashMap<String, Vec<Bin>>, sqlx::Error> {
+    let skus: Vec<&str> = skus.iter().map(String::as_str).collect();
+    let rows =
+        sqlx::query("SELECT sku, warehouse, on_hand, allocated FROM stock WHERE sku = ANY($1) ORDER BY sku, warehouse")
+            .bind(&skus)
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut stock: HashMap<String, Vec<Bin>> = HashMap::new();
+    for row in rows {
+        stock.entry(row.get("sku")).or_default().push(Bin {
+            warehouse: row.get("warehouse"),
+            on_hand: row.get("on_hand"),
+            allocated: row.get("allocated"),
+        });
+    }
+    Ok(stock)
+}
+
+/// Write back the stock of `skus` as it is in `stock`.
+pub async fn save_stock(
+    tx: &mut PgConnection,
+    stock: &HashMap<String, Vec<Bin>>,
+    skus: &BTreeSet<String>,
+) -> Result<(), sqlx::Error> {
+    let (mut sku, mut warehouse, mut on_hand, mut allocated) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for s in skus {
+        for bin in stock.get(s).into_iter().flatten() {
+            sku.push(s.as_str());
+            warehouse.push(bin.warehouse.as_str());
+            on_hand.push(bin.on_hand);
+            allocated.push(bin.allocated);
+        }
+    }
+    if sku.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO stock (sku, warehouse, on_hand, allocated)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+         ON CONFLICT (sku, warehouse) DO UPDATE SET on_hand = EXCLUDED.on_hand, allocated = EXCLUDED.allocated",
+    )
+    .bind(&sku)
+    .bind(&warehouse)
+    .bind(&on_hand)
+    .bind(&allocated)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Which of `order_ids` were decided before.
+pub async fn decided(tx: &mut PgConnection, order_ids: &[&str]) -> Result<HashSet<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT order_id FROM decided_orders WHERE order_id = ANY($1)")
+        .bind(order_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map(|ids| ids.into_iter().collect())
+}
+
+/// An order decided in this batch.
+pub struct DecidedOrder {
+    pub order_id: String,
+    pub order_event_id: Uuid,
+    pub placed_at: DateTime<Utc>,
+    pub decided_at: DateTime<Utc>,
+}
+
+pub async fn insert_decided(tx: &mut PgConnection, orders: &[DecidedOrder]) -> Result<(), sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO decided_orders (order_id, order_event_id, placed_at, decided_at)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::timestamptz[])",
+    )
+    .bind(orders.iter().map(|o| o.order_id.as_str()).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.order_event_id).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.placed_at).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.decided_at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// One allocated part: `quantity` of `sku` from `warehouse` for `order_id`, by `event_id`.
+pub struct AllocationRow {
+    pub order_id: String,
+    pub sku: String,
+    pub warehouse: String,
+    pub quantity: i64,
+    pub event_id: Uuid,
+    pub decided_at: DateTime<Utc>,
+}
+
+pub async fn insert_allocations(tx: &mut PgConnection, rows: &[AllocationRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO allocations (order_id, sku, warehouse, quantity, event_id, decided_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], $6::timestamptz[])",
+    )
+    .bind(rows.iter().map(|r| r.order_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.warehouse.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.quantity).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.decided_at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Skus among `skus` with lines waiting for stock.
+pub async fn queued_skus(tx: &mut PgConnection, skus: &BTreeSet<String>) -> Result<HashSet<String>, sqlx::Error> {
+    let skus: Vec<&str> = skus.iter().map(String::as_str).collect();
+    sqlx::query_scalar("SELECT DISTINCT sku FROM backorders WHERE sku = ANY($1)")
+        .bind(&skus)
+        .fetch_all(&mut *tx)
+        .await
+        .map(|s| s.into_iter().collect())
+}
+
+/// A line waiting for stock.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub order_id: String,
+    pub sku: String,
+    pub quantity_missing: i64,
+    pub placed_at: DateTime<Utc>,
+    pub traceparent: Option<String>,
+}
+
+/// `sku`'s queue, first placed first (ties by order id).
+pub async fn queue(tx: &mut PgConnection, sku: &str) -> Result<Vec<Waiting>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT order_id, quantity_missing, placed_at, traceparent FROM backorders
+         WHERE sku = $1 ORDER BY placed_at, order_id",
+    )
+    .bind(sku)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Waiting {
+            order_id: row.get("order_id"),
+            sku: sku.to_owned(),
+            quantity_missing: row.get("quantity_missing"),
+            placed_at: row.get("placed_at"),
+            traceparent: row.get("traceparent"),
+        })
+        .collect())
+}
+
+/// Add new waiting lines, and set (or with `None` remove) the missing quantity of lines that
+/// stock covered in part (in full).
+pub async fn save_backorders(
+    tx: &mut PgConnection,
+    new: &[Waiting],
+    covered: &BTreeMap<(String, String), Option<i64>>,
+) -> Result<(), sqlx::Error> {
+    if !new.is_empty() {
+        sqlx::query(
+            "INSERT INTO backorders (order_id, sku, quantity_missing, placed_at, traceparent)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[])",
+        )
+        .bind(new.iter().map(|w| w.order_id.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|w| w.sku.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|w| w.quantity_missing).collect::<Vec<_>>())
+        .bind(new.iter().map(|w| w.placed_at).collect::<Vec<_>>())
+        .bind(new.iter().map(|w| w.traceparent.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (gone, left): (Vec<_>, Vec<_>) = covered.iter().partition(|(_, missing)| missing.is_none());
+    if !gone.is_empty() {
+        sqlx::query(
+            "DELETE FROM backorders b USING UNNEST($1::text[], $2::text[]) AS g(order_id, sku)
+             WHERE b.order_id = g.order_id AND b.sku = g.sku",
+        )
+        .bind(gone.iter().map(|((o, _), _)| o.as_str()).collect::<Vec<_>>())
+        .bind(gone.iter().map(|((_, s), _)| s.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !left.is_empty() {
+        sqlx::query(
+            "UPDATE backorders b SET quantity_missing = l.missing
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS l(order_id, sku, missing)
+             WHERE b.order_id = l.order_id AND b.sku = l.sku",
+        )
+        .bind(left.iter().map(|((o, _), _)| o.as_str()).collect::<Vec<_>>())
+        .bind(left.iter().map(|((_, s), _)| s.as_str()).collect::<Vec<_>>())
+        .bind(left.iter().map(|(_, m)| m.unwrap_or_default()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// One sku's stock as the read API shows it.
+pub async fn sku_stock(pool: &PgPool, sku: &str) -> Result<serde_json::Value, sqlx::Error> {
+    let rows = sqlx::query("SELECT warehouse, on_hand, allocated FROM stock WHERE sku = $1 ORDER BY warehouse")
+        .bind(sku)
+        .fetch_all(pool)
+        .await?;
+    let backordered: i64 =
+        sqlx::query_scalar("SELECT COALESCE(SUM(quantity_missing), 0)::bigint FROM backorders WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(pool)
+            .await?;
+    let (mut on_hand, mut allocated, mut available) = (0i64, 0i64, 0i64);
+    let warehouses: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            let bin =
+                Bin { warehouse: row.get("warehouse"), on_hand: row.get("on_hand"), allocated: row.get("allocated") };
+            on_hand += bin.on_hand;
+            allocated += bin.allocated;
+            available += bin.free();
+            serde_json::json!({
+                "warehouse": bin.warehouse, "on_hand": bin.on_hand, "allocated": bin.allocated, "available": bin.free(),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "sku": sku, "on_hand": on_hand, "allocated": allocated, "available": available,
+        "backordered": backordered, "warehouses": warehouses,
+    }))
+}
+
+/// One order's decision as the read API shows it; `None` when it was not decided.
+pub async fn order_decision(pool: &PgPool, order_id: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let Some(order) = sqlx::query("SELECT placed_at, decided_at FROM decided_orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let allocated = sqlx::query(
+        "SELECT sku, warehouse, SUM(quantity)::bigint AS quantity FROM allocations WHERE order_id = $1
+         GROUP BY sku, warehouse ORDER BY sku, warehouse",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await?;
+    let waiting = sqlx::query("SELECT sku, quantity_missing FROM backorders WHERE order_id = $1 ORDER BY sku")
+        .bind(order_id)
+        .fetch_all(pool)
+        .await?;
+    let placed_at: DateTime<Utc> = order.get("placed_at");
+    let decided_at: DateTime<Utc> = order.get("decided_at");
+    Ok(Some(serde_json::json!({
+        "order_id": order_id,
+        "placed_at": placed_at,
+        "decided_at": decided_at,
+        "allocated": allocated.iter().map(|r| serde_json::json!({
+            "sku": r.get::<String, _>("sku"), "warehouse": r.get::<String, _>("warehouse"), "quantity": r.get::<i64, _>("quantity"),
+        })).collect::<Vec<_>>(),
+        "backordered": waiting.iter().map(|r| serde_json::json!({
+            "sku": r.get::<String, _>("sku"), "quantity_missing": r.get::<i64, _>("quantity_missing"),
+        })).collect::<Vec<_>>(),
+    })))
+}
