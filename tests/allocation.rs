@@ -16,7 +16,7 @@ use orderflow_events::Event;
 use orderflow_testkit::events::{high_watermark_sum, order_request, read_distinct};
 use orderflow_testkit::pipeline::{ConsumerSpec, Pipeline, TOKEN};
 use orderflow_testkit::process::BinaryProcess;
-use orderflow_testkit::{API_TOKEN, database_url, fresh_topic, kafka_args, unique_name, wait_until};
+use orderflow_testkit::{API_TOKEN, database_url, kafka_args, unique_name, wait_until};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 
@@ -50,13 +50,18 @@ async fn scalar(pool: &PgPool, sql: &str, sku: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flash_sale_allocates_exactly_the_stock_once_through_two_crashes_and_serves_the_restock_first_come() {
     orderflow_testkit::init_test_logs();
-    let spec = orderflow_registry::get("allocator").unwrap();
-    let specs = [ConsumerSpec { name: spec.name.into(), binary: spec.binary.into(), topics: spec.topic_list() }];
+    // The allocator, and the inventory projection that follows its decisions.
+    let specs: Vec<ConsumerSpec> = ["allocator", "inventory-projection"]
+        .map(|name| {
+            let spec = orderflow_registry::get(name).unwrap();
+            ConsumerSpec { name: spec.name.into(), binary: spec.binary.into(), topics: spec.topic_list() }
+        })
+        .into();
     let mut pipeline = Pipeline::start(&kafka_args().brokers, &database_url(), &specs, 6).await.unwrap();
     let schema = pipeline.consumer("allocator").schema.clone();
     let api = format!("http://{}", pipeline.consumer("allocator").addr);
     // The relay of the allocator's outbox (made when the allocator started), as shipped.
-    let allocations = fresh_topic("flash-allocations", 3).await;
+    let allocations = pipeline.allocations_topic.clone();
     let relay_addr = format!("127.0.0.1:{}", orderflow_testkit::ports::free_port().unwrap());
     let outbox_schema = format!("{schema}_outbox");
     let mut relay = BinaryProcess::spawn(
@@ -251,6 +256,17 @@ async fn a_flash_sale_allocates_exactly_the_stock_once_through_two_crashes_and_s
     assert_eq!(get(format!("/v1/allocations/{sku}-never"), Some(API_TOKEN)).await.0, 404);
     assert_eq!(get("/v1/allocations/bad%20id".into(), Some(API_TOKEN)).await.0, 400);
     assert_eq!(get(format!("/v1/allocations/{waiting}"), None).await.0, 401, "customer data needs a token");
+
+    // Downstream follows the facts: the inventory projection's allocated and backordered units
+    // are what allocations.v1 says.
+    let projection = format!("http://{}/v1/inventory/{sku}", pipeline.consumer("inventory-projection").addr);
+    let followed = wait_until("the projection to follow the decisions", Duration::from_secs(120), || async {
+        let body: Value = http.get(&projection).bearer_auth(API_TOKEN).send().await.ok()?.json().await.ok()?;
+        (body["allocated"] == 140).then_some(body)
+    })
+    .await;
+    assert_eq!(followed["backordered"].as_i64(), Some((ORDERS as i64) - 140), "{followed}");
+    assert_eq!((followed["on_hand"].as_i64(), followed["unallocated"].as_i64()), (Some(140), Some(0)), "{followed}");
 
     let dlq = pipeline.consumer("allocator").dlq_topic.clone();
     if orderflow_kafka::admin::topic_partitions(&kafka_args(), &dlq).await.unwrap().is_some() {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use orderflow_consumer_kit::{Amounts, ordered_quantities, shipment};
+use orderflow_consumer_kit::{Amounts, Decided, ordered_quantities, shipment};
 use orderflow_events::Event;
 use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
 use sqlx::PgConnection;
@@ -32,7 +32,7 @@ impl Handler for Fulfillment {
         match event {
             Event::OrderPlaced(_) => true,
             Event::InventoryChanged(change) => shipment(change).is_some(),
-            Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => false,
+            Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => true,
         }
     }
 
@@ -44,6 +44,7 @@ impl Handler for Fulfillment {
         let mut orders = BTreeMap::new();
         let mut lines = Amounts::new();
         let mut shipped = Amounts::new();
+        let mut decided = Decided::default();
         for envelope in batch {
             match &envelope.event {
                 Event::OrderPlaced(order) => {
@@ -59,12 +60,14 @@ impl Handler for Fulfillment {
                         *shipped.entry(key).or_default() += units;
                     }
                 }
-                // Filtered out by `wants`.
-                Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => {}
+                decision @ (Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_)) => {
+                    decided.add(decision);
+                }
             }
         }
         store::insert_orders(tx, &orders, &lines).await?;
         store::add_shipped(tx, &shipped).await?;
+        decided.upsert(tx, "allocation_lines").await?;
         Ok(())
     }
 }

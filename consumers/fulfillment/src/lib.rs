@@ -1,7 +1,8 @@
 //! The `fulfillment` consumer: one fulfillment per order with its lines, and its status
 //! (`pending`, `partially_shipped`, `shipped`) as shipments cover the lines.
 //!
-//! Reads `orders.v1` and `inventory.v1` (only `shipped` changes that name an order) through
+//! Reads `orders.v1`, `inventory.v1` (only `shipped` changes that name an order) and
+//! `allocations.v1` (what the allocator decided per line) through
 //! `orderflow-runtime` (effectively once) into the Postgres schema `fulfillment`, and serves
 //! `GET /v1/fulfillments/{order_id}` (port 8081).
 //!
@@ -21,7 +22,7 @@ pub mod store;
 
 use handler::{Fulfillment, NAME};
 use orderflow_consumer_kit::{Consumer, Spec, bare};
-use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_events::{ALLOCATIONS_TOPIC, INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_runtime::RuntimeArgs;
 
 /// The consumer as the registry (`crates/registry`) and its binary know it.
@@ -29,8 +30,8 @@ pub const CONSUMER: Spec = Spec {
     name: NAME,
     binary: "fulfillment",
     port: 8081,
-    topics: &[ORDERS_TOPIC, INVENTORY_TOPIC],
-    about: "One fulfillment per order and its shipment status, from orders.v1 and inventory.v1",
+    topics: &[ORDERS_TOPIC, INVENTORY_TOPIC, ALLOCATIONS_TOPIC],
+    about: "One fulfillment per order, its shipment status and what was allocated or backordered per line, from orders.v1, inventory.v1 and allocations.v1",
     rebuild: bare::<Fulfillment>,
 };
 

@@ -41,6 +41,10 @@ pub struct Line {
     pub sku: String,
     pub quantity: i64,
     pub shipped: i64,
+    /// Units the allocator reserved for this line (allocations.v1), at decision and later.
+    pub allocated: i64,
+    /// Units of this line still waiting for stock.
+    pub backordered: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,8 +89,10 @@ pub async fn fulfillment(pool: &PgPool, order_id: &str) -> Result<Option<Fulfill
         return Ok(None);
     };
     let lines: Vec<Line> = sqlx::query_as(
-        "SELECT l.sku, l.quantity, COALESCE(s.shipped, 0) AS shipped
+        "SELECT l.sku, l.quantity, COALESCE(s.shipped, 0) AS shipped,
+                COALESCE(a.allocated, 0) AS allocated, greatest(COALESCE(a.backordered - a.refilled, 0), 0) AS backordered
          FROM fulfillment_lines l LEFT JOIN shipments s USING (order_id, sku)
+              LEFT JOIN allocation_lines a USING (order_id, sku)
          WHERE l.order_id = $1 ORDER BY l.sku",
     )
     .bind(order_id)
@@ -100,7 +106,7 @@ mod tests {
     use super::*;
 
     fn line(quantity: i64, shipped: i64) -> Line {
-        Line { sku: "S".into(), quantity, shipped }
+        Line { sku: "S".into(), quantity, shipped, allocated: 0, backordered: 0 }
     }
 
     #[test]

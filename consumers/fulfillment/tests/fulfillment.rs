@@ -1,5 +1,6 @@
 //! The fulfillment consumer against the real broker and Postgres: status as shipments cover
-//! the lines, shipments applied before their order, and the read API's errors.
+//! the lines, shipments and allocation decisions applied before their order, and the read
+//! API's errors.
 
 use orderflow_consumer_kit::testing::{TestConsumer, fresh_topics, isolated_args, start};
 use orderflow_fulfillment::connect;
@@ -29,8 +30,8 @@ async fn wait_for_fulfillment(consumer: &TestConsumer, order_id: &str, expected:
 
 fn fulfillment(status: &str, a_shipped: i64, b_shipped: i64) -> Value {
     json!({"order_id": "o-1", "status": status, "lines": [
-        {"sku": "SKU-A", "quantity": 2, "shipped": a_shipped},
-        {"sku": "SKU-B", "quantity": 1, "shipped": b_shipped},
+        {"sku": "SKU-A", "quantity": 2, "shipped": a_shipped, "allocated": 0, "backordered": 0},
+        {"sku": "SKU-B", "quantity": 1, "shipped": b_shipped, "allocated": 0, "backordered": 0},
     ]})
 }
 
@@ -101,5 +102,56 @@ async fn unknown_orders_answer_404_and_malformed_ids_400_with_json() {
     assert!(body["error"].as_str().unwrap().contains("o-never"), "{body}");
     let (status, body) = consumer.get(&format!("/v1/fulfillments/{}", "x".repeat(300))).await;
     assert_eq!((status, body["field"].as_str()), (400, Some("order_id")), "{body}");
+    consumer.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_line_shows_what_the_allocator_decided_whichever_topic_came_first() {
+    use orderflow_events::{
+        AllocatedLine, Allocation, Backorder, Event, MissingLine, OrderId, Quantity, Sku, WarehouseId,
+    };
+    let (orders, inventory) = fresh_topics("ful-decided").await;
+    let allocations = orderflow_testkit::fresh_topic("ful-decided-allocations", 1).await;
+    let args = isolated_args("ful-decided", &[orders.clone(), inventory, allocations.clone()]);
+    let consumer = start(connect(args).await.expect("store connects")).await;
+    let producer = producer();
+    let order_id = OrderId::parse("o-1").unwrap();
+    let allocated = |sku: &str, units: i64| AllocatedLine {
+        sku: Sku::parse(sku).unwrap(),
+        warehouse: WarehouseId::parse("w1").unwrap(),
+        quantity: Quantity::parse(units).unwrap(),
+    };
+    let decision = |lines| Allocation {
+        event_id: uuid::Uuid::new_v4(),
+        order_id: order_id.clone(),
+        caused_by: uuid::Uuid::new_v4(),
+        lines,
+        decided_at: chrono::Utc::now(),
+    };
+    // The decisions come first: SKU-A 1 of 2 allocated, 1 backordered, then covered later.
+    let decided = [
+        Event::OrderAllocated(decision(vec![allocated("SKU-A", 1), allocated("SKU-B", 1)])),
+        Event::OrderBackordered(Backorder {
+            event_id: uuid::Uuid::new_v4(),
+            order_id: order_id.clone(),
+            caused_by: uuid::Uuid::new_v4(),
+            lines: vec![MissingLine {
+                sku: Sku::parse("SKU-A").unwrap(),
+                quantity_missing: Quantity::parse(1).unwrap(),
+            }],
+            decided_at: chrono::Utc::now(),
+        }),
+    ];
+    publish(&producer, &allocations, &decided).await;
+    publish(&producer, &orders, &[order("o-1", &[("SKU-A", 2), ("SKU-B", 1)])]).await;
+    let line = |sku: &str, quantity: i64, allocated: i64, backordered: i64| json!({"sku": sku, "quantity": quantity, "shipped": 0, "allocated": allocated, "backordered": backordered});
+    let waiting =
+        json!({"order_id": "o-1", "status": "pending", "lines": [line("SKU-A", 2, 1, 1), line("SKU-B", 1, 1, 0)]});
+    wait_for_fulfillment(&consumer, "o-1", waiting).await;
+
+    publish(&producer, &allocations, &[Event::BackorderAllocated(decision(vec![allocated("SKU-A", 1)]))]).await;
+    let covered =
+        json!({"order_id": "o-1", "status": "pending", "lines": [line("SKU-A", 2, 2, 0), line("SKU-B", 1, 1, 0)]});
+    wait_for_fulfillment(&consumer, "o-1", covered).await;
     consumer.shutdown().await;
 }

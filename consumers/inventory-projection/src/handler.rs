@@ -1,8 +1,9 @@
 //! What an event does to the inventory store: every stock change adds to on hand; an order
 //! sets its ordered quantities; a `shipped` change of an order adds to that order's shipped
-//! quantity (which releases its reservation).
+//! quantity (which releases its reservation); the allocator's decisions add to the order's
+//! allocated, backordered and refilled units.
 
-use orderflow_consumer_kit::{ordered_quantities, shipment};
+use orderflow_consumer_kit::{Decided, ordered_quantities, shipment};
 use orderflow_events::Event;
 use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
 use sqlx::PgConnection;
@@ -39,6 +40,7 @@ async fn apply_batch(tx: &mut PgConnection, batch: &[Envelope]) -> Result<(), Ha
     let mut on_hand = Amounts::new();
     let mut ordered = Amounts::new();
     let mut shipped = Amounts::new();
+    let mut decided = Decided::default();
     for envelope in batch {
         match &envelope.event {
             Event::OrderPlaced(order) => {
@@ -55,10 +57,12 @@ async fn apply_batch(tx: &mut PgConnection, batch: &[Envelope]) -> Result<(), Ha
                     *shipped.entry(key).or_default() += units;
                 }
             }
-            // Not read from allocations.v1 (yet): reserved stock is what orders ask for.
-            Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => {}
+            decision @ (Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_)) => {
+                decided.add(decision);
+            }
         }
     }
+    decided.upsert(tx, "order_skus").await?;
     store::add_on_hand(tx, &on_hand).await?;
     store::set_ordered(tx, &ordered).await?;
     store::add_shipped(tx, &shipped).await?;

@@ -1,7 +1,8 @@
 //! The `inventory-projection` consumer: per sku and warehouse the stock on hand, per sku the
-//! units reserved by orders not yet shipped, and what is available.
+//! units reserved by orders not yet shipped, what is available, and what the allocator decided
+//! (units allocated, backordered, unallocated).
 //!
-//! Reads `orders.v1` and `inventory.v1` through `orderflow-runtime` (effectively once) into
+//! Reads `orders.v1`, `inventory.v1` and `allocations.v1` through `orderflow-runtime` (effectively once) into
 //! the Postgres schema `inventory_projection`, and serves `GET /v1/inventory/{sku}` (port 8084).
 //!
 //! # Layout
@@ -20,7 +21,7 @@ pub mod store;
 
 use handler::{InventoryProjection, NAME};
 use orderflow_consumer_kit::{Consumer, Spec, bare};
-use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_events::{ALLOCATIONS_TOPIC, INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_runtime::RuntimeArgs;
 
 /// The consumer as the registry (`crates/registry`) and its binary know it.
@@ -28,8 +29,8 @@ pub const CONSUMER: Spec = Spec {
     name: NAME,
     binary: "inventory-projection",
     port: 8084,
-    topics: &[ORDERS_TOPIC, INVENTORY_TOPIC],
-    about: "Stock on hand, reserved and available per sku, from orders.v1 and inventory.v1",
+    topics: &[ORDERS_TOPIC, INVENTORY_TOPIC, ALLOCATIONS_TOPIC],
+    about: "Stock on hand, reserved, available and allocated per sku, from orders.v1, inventory.v1 and allocations.v1",
     rebuild: bare::<InventoryProjection>,
 };
 

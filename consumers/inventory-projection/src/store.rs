@@ -38,6 +38,12 @@ pub struct SkuInventory {
     pub on_hand: i64,
     pub reserved: i64,
     pub available: i64,
+    /// Units the allocator holds for orders, not yet shipped (allocations.v1).
+    pub allocated: i64,
+    /// Units orders wait for: backordered and not yet covered by stock that arrived.
+    pub backordered: i64,
+    /// On hand not held for any order: never negative while the allocator runs.
+    pub unallocated: i64,
 }
 
 /// One sku's stock, or `None` when no event ever mentioned it.
@@ -47,8 +53,12 @@ pub async fn sku_inventory(pool: &PgPool, sku: &str) -> Result<Option<SkuInvento
             .bind(sku)
             .fetch_all(pool)
             .await?;
-    let (reserved, orders): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(sum(greatest(ordered - shipped, 0)), 0)::bigint, count(*) FROM order_skus WHERE sku = $1",
+    let (reserved, allocated, backordered, orders): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(greatest(ordered - shipped, 0)), 0)::bigint,
+                COALESCE(sum(greatest(allocated - shipped, 0)), 0)::bigint,
+                COALESCE(sum(greatest(backordered - refilled, 0)), 0)::bigint,
+                count(*)
+         FROM order_skus WHERE sku = $1",
     )
     .bind(sku)
     .fetch_one(pool)
@@ -57,5 +67,14 @@ pub async fn sku_inventory(pool: &PgPool, sku: &str) -> Result<Option<SkuInvento
         return Ok(None);
     }
     let on_hand = warehouses.iter().map(|w| w.on_hand).sum();
-    Ok(Some(SkuInventory { sku: sku.to_owned(), warehouses, on_hand, reserved, available: on_hand - reserved }))
+    Ok(Some(SkuInventory {
+        sku: sku.to_owned(),
+        warehouses,
+        on_hand,
+        reserved,
+        available: on_hand - reserved,
+        allocated,
+        backordered,
+        unallocated: (on_hand - allocated).max(0),
+    }))
 }

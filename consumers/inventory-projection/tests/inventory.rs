@@ -26,7 +26,8 @@ fn in_warehouse(mut event: Event, warehouse: &str) -> Event {
 /// SKU-A as the API shows it with `w1`, `w2` on hand and `reserved`.
 fn sku_a(w1: i64, w2: i64, reserved: i64) -> serde_json::Value {
     json!({"sku": "SKU-A", "warehouses": [{"warehouse": "w1", "on_hand": w1}, {"warehouse": "w2", "on_hand": w2}],
-           "on_hand": w1 + w2, "reserved": reserved, "available": w1 + w2 - reserved})
+           "on_hand": w1 + w2, "reserved": reserved, "available": w1 + w2 - reserved,
+           "allocated": 0, "backordered": 0, "unallocated": w1 + w2})
 }
 
 /// Publish 10 units of SKU-A received in w1 and 5 in w2.
@@ -91,7 +92,8 @@ async fn orders_and_shipments_applied_concurrently_from_both_topics_lose_no_upda
 
     // Per sku: 20 orders × 3 ordered, 20 × 2 shipped → on hand 60, reserved 20.
     for sku in skus {
-        let expected = json!({"sku": sku, "warehouses": [{"warehouse": "w1", "on_hand": 60}], "on_hand": 60, "reserved": 20, "available": 40});
+        let expected = json!({"sku": sku, "warehouses": [{"warehouse": "w1", "on_hand": 60}], "on_hand": 60, "reserved": 20,
+                              "available": 40, "allocated": 0, "backordered": 0, "unallocated": 60});
         consumer.wait_for_json(&format!("/v1/inventory/{sku}"), &expected).await;
     }
     consumer.shutdown().await;

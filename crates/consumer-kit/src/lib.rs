@@ -6,7 +6,7 @@
 //! - [`Consumer`]: connect a handler's store, build its read API, then consume and serve;
 //! - [`ApiError`]: the JSON error bodies of the read APIs (400 with the parameter and the
 //!   problem, 404 for unknown ids, 500 without internals);
-//! - [`shipment`], [`ordered_quantities`], [`Amounts`]: the facts several projections key on;
+//! - [`shipment`], [`ordered_quantities`], [`Decided`], [`Amounts`]: the facts several projections key on;
 //! - [`testing`] (feature `testing`): run a consumer in-process against the real broker and
 //!   Postgres with a fresh schema, group and port, and read its HTTP API.
 //!
@@ -199,6 +199,57 @@ pub fn shipment(change: &InventoryChanged) -> Option<((String, String), i64)> {
             Some(((order_id.as_str().to_owned(), change.sku.as_str().to_owned()), -change.delta.get()))
         }
         _ => None,
+    }
+}
+
+/// The allocator's decisions (`allocations.v1`) as units per (order id, sku), the sums a
+/// projection that follows them keeps (order-insensitive, like every other amount here):
+/// `allocated` from `OrderAllocated` and `BackorderAllocated`, `backordered` from
+/// `OrderBackordered`, `refilled` (backordered units stock covered later) from
+/// `BackorderAllocated`. Still waiting = backordered − refilled.
+#[derive(Debug, Default)]
+pub struct Decided {
+    pub allocated: Amounts,
+    pub backordered: Amounts,
+    pub refilled: Amounts,
+}
+
+impl Decided {
+    /// Add `event`'s units if it is a decision.
+    pub fn add(&mut self, event: &orderflow_events::Event) {
+        use orderflow_events::Event;
+        let key = |order: &orderflow_events::OrderId, sku: &orderflow_events::Sku| {
+            (order.as_str().to_owned(), sku.as_str().to_owned())
+        };
+        match event {
+            Event::OrderAllocated(d) | Event::BackorderAllocated(d) => {
+                let later = matches!(event, Event::BackorderAllocated(_));
+                for line in &d.lines {
+                    *self.allocated.entry(key(&d.order_id, &line.sku)).or_default() += i64::from(line.quantity);
+                    if later {
+                        *self.refilled.entry(key(&d.order_id, &line.sku)).or_default() += i64::from(line.quantity);
+                    }
+                }
+            }
+            Event::OrderBackordered(d) => {
+                for line in &d.lines {
+                    *self.backordered.entry(key(&d.order_id, &line.sku)).or_default() +=
+                        i64::from(line.quantity_missing);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Add the sums to `table (order_id, sku, allocated, backordered, refilled)` (the caller's
+    /// constant).
+    pub async fn upsert(&self, tx: &mut sqlx::PgConnection, table: &'static str) -> Result<(), sqlx::Error> {
+        for (column, units) in
+            [("allocated", &self.allocated), ("backordered", &self.backordered), ("refilled", &self.refilled)]
+        {
+            upsert_amounts(tx, table, ["order_id", "sku", column], Merge::Add, units).await?;
+        }
+        Ok(())
     }
 }
 

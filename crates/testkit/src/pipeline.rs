@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use anyhow::Context;
-use orderflow_events::{INVENTORY_TOPIC, ORDERS_TOPIC};
+use orderflow_events::{ALLOCATIONS_TOPIC, INVENTORY_TOPIC, ORDERS_TOPIC};
 use orderflow_kafka::KafkaArgs;
 use orderflow_kafka::admin::{CLUSTER_DEFAULT_REPLICATION, ensure_topic};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -76,6 +76,8 @@ pub struct Pipeline {
     pub database_url: String,
     pub orders_topic: String,
     pub inventory_topic: String,
+    /// This run's `allocations.v1` (empty unless the test runs a relay for the allocator).
+    pub allocations_topic: String,
     pub ingress_url: String,
     pub ingress: BinaryProcess,
     pub consumers: Vec<RunningConsumer>,
@@ -94,7 +96,8 @@ impl Pipeline {
         let kafka = KafkaArgs::with_brokers(brokers);
         let orders_topic = unique_name("faults-orders");
         let inventory_topic = unique_name("faults-inventory");
-        for topic in [&orders_topic, &inventory_topic] {
+        let allocations_topic = unique_name("faults-allocations");
+        for topic in [&orders_topic, &inventory_topic, &allocations_topic] {
             ensure_topic(&kafka, topic, partitions, CLUSTER_DEFAULT_REPLICATION)
                 .await
                 .with_context(|| format!("Failed to create {topic}"))?;
@@ -121,6 +124,7 @@ impl Pipeline {
                 .map(|t| match t.as_str() {
                     ORDERS_TOPIC => orders_topic.clone(),
                     INVENTORY_TOPIC => inventory_topic.clone(),
+                    ALLOCATIONS_TOPIC => allocations_topic.clone(),
                     other => other.to_owned(),
                 })
                 .collect();
@@ -157,6 +161,7 @@ impl Pipeline {
             database_url: database_url.to_owned(),
             orders_topic,
             inventory_topic,
+            allocations_topic,
             ingress_url: format!("http://{ingress_addr}"),
             ingress,
             consumers: running,
@@ -215,7 +220,7 @@ impl Pipeline {
     /// Sum of the high watermarks of each of this run's topics.
     pub async fn high_watermarks(&self) -> BTreeMap<String, i64> {
         let kafka = self.kafka.clone();
-        let topics = [self.orders_topic.clone(), self.inventory_topic.clone()];
+        let topics = [self.orders_topic.clone(), self.inventory_topic.clone(), self.allocations_topic.clone()];
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer =
                 kafka.consumer_config(&unique_name("faults-watermarks")).create().expect("consumer");
