@@ -1,6 +1,8 @@
 //! What an event does to the email store: an OrderPlaced queues its confirmation in the
-//! outbox (in the batch transaction); during a replay it is recorded as `suppressed` and
-//! never sent. Sending is the [`crate::sender`]'s job, outside the transaction.
+//! outbox (in the batch transaction); an OrderBackordered (allocations.v1) queues one backorder
+//! notice to the order's address, or keeps it pending until the order is applied. During a
+//! replay both are recorded as `suppressed` and never sent. Sending is the
+//! [`crate::sender`]'s job, outside the transaction.
 
 use std::collections::BTreeMap;
 
@@ -28,7 +30,7 @@ impl Handler for Email {
     }
 
     fn wants(&self, event: &Event) -> bool {
-        matches!(event, Event::OrderPlaced(_))
+        matches!(event, Event::OrderPlaced(_) | Event::OrderBackordered(_))
     }
 
     fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
@@ -37,15 +39,50 @@ impl Handler for Email {
 
     async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], ctx: &BatchContext) -> Result<(), HandlerError> {
         let mut emails = BTreeMap::new();
+        let mut notices = Vec::new();
         for envelope in batch {
-            if let Event::OrderPlaced(order) = &envelope.event {
-                // The first OrderPlaced of an order is the one confirmed.
-                emails
-                    .entry(order.order_id.as_str().to_owned())
-                    .or_insert_with(|| (order.event_id, template::render(order)));
+            match &envelope.event {
+                Event::OrderPlaced(order) => {
+                    // The first OrderPlaced of an order is the one confirmed.
+                    emails
+                        .entry(order.order_id.as_str().to_owned())
+                        .or_insert_with(|| (order.event_id, template::render(order)));
+                }
+                Event::OrderBackordered(backorder) => {
+                    let lines: Vec<(String, i64)> = backorder
+                        .lines
+                        .iter()
+                        .map(|l| (l.sku.as_str().to_owned(), i64::from(l.quantity_missing)))
+                        .collect();
+                    let lines = serde_json::to_value(lines).map_err(|e| HandlerError::Permanent(e.into()))?;
+                    notices.push((backorder.order_id.as_str().to_owned(), backorder.event_id, lines));
+                }
+                _ => {}
             }
         }
-        store::queue(tx, &emails, ctx.replay).await?;
+        store::queue(tx, "confirmation", &emails, ctx.replay).await?;
+        // Notices of orders confirmed now that arrived before them, and this batch's notices.
+        let confirmed: Vec<&str> = emails.keys().map(String::as_str).collect();
+        notices.extend(store::take_pending(tx, &confirmed).await?);
+        if notices.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = notices.iter().map(|(order, _, _)| order.as_str()).collect();
+        let addresses = store::addresses(tx, &ids).await?;
+        let (mut ready, mut pending) = (BTreeMap::new(), Vec::new());
+        for (order_id, event_id, lines) in notices {
+            match addresses.get(&order_id) {
+                Some(to) => {
+                    let lines: Vec<(String, i64)> =
+                        serde_json::from_value(lines).map_err(|e| HandlerError::Permanent(e.into()))?;
+                    let rendered = template::render_backorder(&order_id, to, &lines, event_id);
+                    ready.entry(order_id).or_insert((event_id, rendered));
+                }
+                None => pending.push((order_id, event_id, lines)),
+            }
+        }
+        store::queue(tx, "backorder", &ready, ctx.replay).await?;
+        store::keep_pending(tx, &pending).await?;
         Ok(())
     }
 }

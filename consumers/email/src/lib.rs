@@ -1,7 +1,8 @@
 //! The `email` consumer: one order-confirmation email per order, rendered from the
-//! OrderPlaced (plain text + HTML), delivered over SMTP with retries.
+//! OrderPlaced (plain text + HTML), and one backorder notice per order the allocator could not
+//! cover in full (OrderBackordered), delivered over SMTP with retries.
 //!
-//! Reads `orders.v1` through `orderflow-runtime` (effectively once) into the Postgres schema
+//! Reads `orders.v1` and `allocations.v1` through `orderflow-runtime` (effectively once) into the Postgres schema
 //! `email`, and serves `GET /v1/emails?order_id=` (port 8082).
 //!
 //! # Layout
@@ -10,8 +11,8 @@
 //! delivers the outbox), [`api`] (reads).
 //!
 //! # Effects outside Postgres
-//! The handler never talks SMTP: it writes an outbox row (`order_id` unique, so one email per
-//! order whatever the duplicates), or a `suppressed` row during a replay. The sender claims
+//! The handler never talks SMTP: it writes an outbox row (`(order_id, kind)` unique, so one
+//! email of each kind per order whatever the duplicates), or a `suppressed` row during a replay. The sender claims
 //! due rows with `FOR UPDATE SKIP LOCKED` and sends at least once, with a Message-ID derived
 //! from the event id.
 //!
@@ -28,7 +29,7 @@ pub mod template;
 pub use config::SenderArgs;
 use handler::{Email, NAME};
 use orderflow_consumer_kit::{Consumer, Spec, bare};
-use orderflow_events::ORDERS_TOPIC;
+use orderflow_events::{ALLOCATIONS_TOPIC, ORDERS_TOPIC};
 use orderflow_runtime::RuntimeArgs;
 
 /// The consumer as the registry (`crates/registry`) and its binary know it. A replay runs the
@@ -37,8 +38,8 @@ pub const CONSUMER: Spec = Spec {
     name: NAME,
     binary: "email",
     port: 8082,
-    topics: &[ORDERS_TOPIC],
-    about: "One order-confirmation email per order, from orders.v1, sent over SMTP",
+    topics: &[ORDERS_TOPIC, ALLOCATIONS_TOPIC],
+    about: "One order-confirmation email per order from orders.v1, and one backorder notice per backordered order from allocations.v1, sent over SMTP",
     rebuild: bare::<Email>,
 };
 

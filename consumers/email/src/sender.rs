@@ -128,7 +128,7 @@ impl Sender {
                 outcome = Err(error);
             }
         }
-        let unstarted: Vec<&str> = waiting.map(|e| e.order_id.as_str()).collect();
+        let unstarted: Vec<&str> = waiting.map(|e| e.message_id.as_str()).collect();
         store::release(&self.pool, &unstarted).await.context("Failed to release unsent emails")?;
         outcome
     }
@@ -149,13 +149,13 @@ impl Sender {
                     attempts,
                     "confirmation email sent"
                 );
-                record_sent(&self.pool, &email.order_id).await?;
+                record_sent(&self.pool, &email.order_id, &email.message_id).await?;
                 delivered("sent");
             }
             Err(Failure::Outage(error)) => {
                 self.breaker.on_connection_failure(&error);
                 tracing::debug!(order_id = email.order_id, error, "SMTP server unavailable; the email waits");
-                store::defer(&self.pool, &email.order_id, &error, Duration::ZERO).await?;
+                store::defer(&self.pool, &email.message_id, &error, Duration::ZERO).await?;
             }
             Err(Failure::Rejected { error, retryable }) => {
                 // The server answered: it is up, whatever it thought of this message.
@@ -174,7 +174,7 @@ impl Sender {
                         tracing::error!(order_id = email.order_id, attempts, error, "sending email failed for good")
                     }
                 }
-                store::mark_attempt_failed(&self.pool, &email.order_id, &error, retry_in).await?;
+                store::mark_attempt_failed(&self.pool, &email.message_id, &error, retry_in).await?;
                 delivered(if retry_in.is_some() { "retry" } else { "failed" });
             }
         }
@@ -202,11 +202,11 @@ fn delivered(outcome: &'static str) {
     metrics::counter!("orderflow_email_deliveries_total", "outcome" => outcome).increment(1);
 }
 
-async fn record_sent(pool: &PgPool, order_id: &str) -> anyhow::Result<()> {
+async fn record_sent(pool: &PgPool, order_id: &str, message_id: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + CLAIM_LEASE;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store::mark_sent(pool, order_id).await {
+        match store::mark_sent(pool, message_id).await {
             Ok(()) => return Ok(()),
             Err(error) if Instant::now() + backoff < deadline => {
                 tracing::warn!(order_id, error = %error, "the email was sent but recording it failed; retrying");
@@ -215,7 +215,9 @@ async fn record_sent(pool: &PgPool, order_id: &str) -> anyhow::Result<()> {
             }
             Err(error) => {
                 return Err(error).with_context(|| {
-                    format!("Failed to record that the email of {order_id} was sent; it will be sent again")
+                    format!(
+                        "Failed to record that the email {message_id} of {order_id} was sent; it will be sent again"
+                    )
                 });
             }
         }

@@ -1,5 +1,6 @@
-//! The email outbox's queries: queue confirmations in the batch transaction, claim due ones
-//! for the sender (`FOR UPDATE SKIP LOCKED`, then a lease), record what a send did, read.
+//! The email outbox's queries: queue confirmations and backorder notices in the batch
+//! transaction, claim due ones for the sender (`FOR UPDATE SKIP LOCKED`, then a lease), record
+//! what a send did (by Message-ID), read.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,10 +15,12 @@ use crate::template::Rendered;
 /// Most characters of an SMTP error kept in `last_error`.
 const MAX_ERROR_LEN: usize = 1000;
 
-/// Queue (or, in a replay, record as `suppressed`) the confirmations of a batch, keyed by
-/// order id. An order that already has an email keeps it: one confirmation per order.
+/// Queue (or, in a replay, record as `suppressed`) emails of `kind` (`confirmation` or
+/// `backorder`), keyed by order id. An order that already has an email of that kind keeps it:
+/// one of each kind per order.
 pub async fn queue(
     tx: &mut PgConnection,
+    kind: &str,
     emails: &BTreeMap<String, (Uuid, Rendered)>,
     replay: bool,
 ) -> Result<(), sqlx::Error> {
@@ -28,10 +31,10 @@ pub async fn queue(
     let event_ids: Vec<Uuid> = emails.values().map(|(id, _)| *id).collect();
     let column = |f: fn(&Rendered) -> &str| emails.values().map(|(_, r)| f(r)).collect::<Vec<&str>>();
     sqlx::query(
-        "INSERT INTO emails (order_id, event_id, to_address, subject, body_text, body_html, message_id, status)
-         SELECT o, e, t, s, bt, bh, m, $8
+        "INSERT INTO emails (order_id, event_id, to_address, subject, body_text, body_html, message_id, status, kind)
+         SELECT o, e, t, s, bt, bh, m, $8, $9
          FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) AS u(o, e, t, s, bt, bh, m)
-         ON CONFLICT (order_id) DO NOTHING",
+         ON CONFLICT DO NOTHING",
     )
     .bind(&order_ids)
     .bind(&event_ids)
@@ -41,15 +44,59 @@ pub async fn queue(
     .bind(column(|r| &r.html))
     .bind(column(|r| &r.message_id))
     .bind(if replay { "suppressed" } else { "queued" })
+    .bind(kind)
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// The confirmation address of each of `order_ids` that has one (its order was applied).
+pub async fn addresses(tx: &mut PgConnection, order_ids: &[&str]) -> Result<BTreeMap<String, String>, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT order_id, to_address FROM emails WHERE kind = 'confirmation' AND order_id = ANY($1)")
+            .bind(order_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Keep notices whose order is not applied yet: (order id, event id, lines).
+pub async fn keep_pending(
+    tx: &mut PgConnection,
+    notices: &[(String, Uuid, serde_json::Value)],
+) -> Result<(), sqlx::Error> {
+    if notices.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO pending_notices (order_id, event_id, lines)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::jsonb[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(notices.iter().map(|(o, _, _)| o.as_str()).collect::<Vec<_>>())
+    .bind(notices.iter().map(|(_, e, _)| *e).collect::<Vec<_>>())
+    .bind(notices.iter().map(|(_, _, l)| l.clone()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Take the pending notices of `order_ids` (they are rendered now that the orders are here).
+pub async fn take_pending(
+    tx: &mut PgConnection,
+    order_ids: &[&str],
+) -> Result<Vec<(String, Uuid, serde_json::Value)>, sqlx::Error> {
+    sqlx::query_as("DELETE FROM pending_notices WHERE order_id = ANY($1) RETURNING order_id, event_id, lines")
+        .bind(order_ids)
+        .fetch_all(&mut *tx)
+        .await
 }
 
 /// An email the sender claimed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
     pub order_id: String,
+    /// `confirmation` or `backorder`.
+    pub kind: String,
     pub to_address: String,
     pub subject: String,
     pub body_text: String,
@@ -65,10 +112,10 @@ pub struct Claimed {
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE emails SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
-         WHERE order_id IN (
-             SELECT order_id FROM emails WHERE status = 'queued' AND next_attempt_at <= now()
-             ORDER BY next_attempt_at, order_id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING order_id, to_address, subject, body_text, body_html, message_id, attempts",
+         WHERE message_id IN (
+             SELECT message_id FROM emails WHERE status = 'queued' AND next_attempt_at <= now()
+             ORDER BY next_attempt_at, order_id, kind LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING order_id, kind, to_address, subject, body_text, body_html, message_id, attempts",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
@@ -76,9 +123,9 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
     .await
 }
 
-pub async fn mark_sent(pool: &PgPool, order_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE emails SET status = 'sent', sent_at = now(), last_error = NULL WHERE order_id = $1 AND status = 'queued'")
-        .bind(order_id)
+pub async fn mark_sent(pool: &PgPool, message_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE emails SET status = 'sent', sent_at = now(), last_error = NULL WHERE message_id = $1 AND status = 'queued'")
+        .bind(message_id)
         .execute(pool)
         .await?;
     Ok(())
@@ -87,7 +134,7 @@ pub async fn mark_sent(pool: &PgPool, order_id: &str) -> Result<(), sqlx::Error>
 /// Record a failed attempt: retry after `retry_in`, or give up (`failed`) when `None`.
 pub async fn mark_attempt_failed(
     pool: &PgPool,
-    order_id: &str,
+    message_id: &str,
     error: &str,
     retry_in: Option<Duration>,
 ) -> Result<(), sqlx::Error> {
@@ -96,9 +143,9 @@ pub async fn mark_attempt_failed(
         "UPDATE emails SET last_error = $2,
              status = CASE WHEN $3::float8 IS NULL THEN 'failed' ELSE status END,
              next_attempt_at = CASE WHEN $3::float8 IS NULL THEN next_attempt_at ELSE now() + make_interval(secs => $3::float8) END
-         WHERE order_id = $1 AND status = 'queued'",
+         WHERE message_id = $1 AND status = 'queued'",
     )
-    .bind(order_id)
+    .bind(message_id)
     .bind(error)
     .bind(retry_in.map(|d| d.as_secs_f64()))
     .execute(pool)
@@ -108,14 +155,14 @@ pub async fn mark_attempt_failed(
 
 /// The server could not take the message now (outage): give the claim's attempt back and
 /// make the email due again after `delay`. Only messages the server rejects use up attempts.
-pub async fn defer(pool: &PgPool, order_id: &str, error: &str, delay: Duration) -> Result<(), sqlx::Error> {
+pub async fn defer(pool: &PgPool, message_id: &str, error: &str, delay: Duration) -> Result<(), sqlx::Error> {
     let error: String = error.chars().take(MAX_ERROR_LEN).collect();
     sqlx::query(
         "UPDATE emails SET attempts = greatest(attempts - 1, 0), last_error = $2,
              next_attempt_at = now() + make_interval(secs => $3)
-         WHERE order_id = $1 AND status = 'queued'",
+         WHERE message_id = $1 AND status = 'queued'",
     )
-    .bind(order_id)
+    .bind(message_id)
     .bind(error)
     .bind(delay.as_secs_f64())
     .execute(pool)
@@ -125,15 +172,15 @@ pub async fn defer(pool: &PgPool, order_id: &str, error: &str, delay: Duration) 
 
 /// Claimed emails the sender did not start (the circuit opened mid-round): due again now,
 /// their attempts given back.
-pub async fn release(pool: &PgPool, order_ids: &[&str]) -> Result<(), sqlx::Error> {
-    if order_ids.is_empty() {
+pub async fn release(pool: &PgPool, message_ids: &[&str]) -> Result<(), sqlx::Error> {
+    if message_ids.is_empty() {
         return Ok(());
     }
     sqlx::query(
         "UPDATE emails SET attempts = greatest(attempts - 1, 0), next_attempt_at = now()
-         WHERE order_id = ANY($1) AND status = 'queued'",
+         WHERE message_id = ANY($1) AND status = 'queued'",
     )
-    .bind(order_ids)
+    .bind(message_ids)
     .execute(pool)
     .await?;
     Ok(())
@@ -143,6 +190,8 @@ pub async fn release(pool: &PgPool, order_ids: &[&str]) -> Result<(), sqlx::Erro
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct EmailView {
     pub order_id: String,
+    /// `confirmation` or `backorder`.
+    pub kind: String,
     #[sqlx(rename = "to_address")]
     pub to: String,
     pub subject: String,
@@ -156,8 +205,8 @@ pub struct EmailView {
 
 pub async fn emails_for_order(pool: &PgPool, order_id: &str) -> Result<Vec<EmailView>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT order_id, to_address, subject, status, attempts, message_id, last_error, next_attempt_at, sent_at
-         FROM emails WHERE order_id = $1",
+        "SELECT order_id, kind, to_address, subject, status, attempts, message_id, last_error, next_attempt_at, sent_at
+         FROM emails WHERE order_id = $1 ORDER BY kind DESC",
     )
     .bind(order_id)
     .fetch_all(pool)

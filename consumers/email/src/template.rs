@@ -1,5 +1,6 @@
-//! The order-confirmation email, rendered from an OrderPlaced: a subject, a plain-text body
-//! and an HTML body (every value from the event is HTML-escaped).
+//! The emails, rendered from the events: the order confirmation from an OrderPlaced, and the
+//! backorder notice from an OrderBackordered; each a subject, a plain-text body and an HTML
+//! body (every value from an event is HTML-escaped).
 
 use orderflow_events::{Currency, OrderPlaced};
 use uuid::Uuid;
@@ -93,6 +94,26 @@ pub fn render(order: &OrderPlaced) -> Rendered {
         html,
         message_id: message_id(order.event_id),
     }
+}
+
+/// Render the backorder notice of `order_id` to `to`: which skus wait for how many units.
+/// `lines` are `(sku, units missing)`; `event_id` is the OrderBackordered's (its Message-ID).
+pub fn render_backorder(order_id: &str, to: &str, lines: &[(String, i64)], event_id: Uuid) -> Rendered {
+    let subject = format!("Part of your order {order_id} is backordered");
+    let mut text = format!("Hello,\n\nsome items of your order {order_id} are not in stock yet:\n\n");
+    let mut rows = String::new();
+    for (sku, missing) in lines {
+        text.push_str(&format!("  {missing} x {sku}\n"));
+        rows.push_str(&format!("<tr><td>{}</td><td>{missing}</td></tr>", escape(sku)));
+    }
+    text.push_str("\nThey are reserved for you, first ordered first served, and ship as soon as they arrive.\n");
+    let html = format!(
+        "<!DOCTYPE html><html><body><p>Hello,</p><p>some items of your order <strong>{}</strong> are not in stock yet:</p>\
+         <table><tr><th>SKU</th><th>Waiting</th></tr>{rows}</table>\
+         <p>They are reserved for you, first ordered first served, and ship as soon as they arrive.</p></body></html>",
+        escape(order_id)
+    );
+    Rendered { to: to.to_owned(), subject, text, html, message_id: message_id(event_id) }
 }
 
 #[cfg(test)]

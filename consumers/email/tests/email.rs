@@ -260,3 +260,88 @@ async fn a_database_outage_while_the_server_accepts_a_message_sends_no_second_em
     assert_eq!(sink.messages().len(), 1, "exactly one message");
     consumer.shutdown().await;
 }
+
+/// The allocator's decision that `order_id` waits for `lines` ((sku, units missing)).
+fn backordered(order_id: &str, lines: &[(&str, i64)]) -> Event {
+    use orderflow_events::{Backorder, MissingLine, OrderId, Quantity, Sku};
+    Event::OrderBackordered(Backorder {
+        event_id: uuid::Uuid::new_v4(),
+        order_id: OrderId::parse(order_id).unwrap(),
+        caused_by: uuid::Uuid::new_v4(),
+        lines: lines
+            .iter()
+            .map(|(sku, n)| MissingLine {
+                sku: Sku::parse(*sku).unwrap(),
+                quantity_missing: Quantity::parse(*n).unwrap(),
+            })
+            .collect(),
+        decided_at: chrono::Utc::now(),
+    })
+}
+
+/// The email consumer on fresh orders and allocations topics, with quick retries.
+async fn start_email_with_allocations(prefix: &str, smtp_port: u16, replay: bool) -> (TestConsumer, String, String) {
+    let orders = fresh_topic(&format!("{prefix}-orders"), 3).await;
+    let allocations = fresh_topic(&format!("{prefix}-allocations"), 3).await;
+    let mut args = isolated_args(prefix, &[orders.clone(), allocations.clone()]);
+    args.replay = replay;
+    let mut sender = SenderArgs::new(&format!("smtp://127.0.0.1:{smtp_port}")).unwrap();
+    sender.email_retry_base_ms = 100;
+    sender.email_poll_ms = 20;
+    let consumer = start(connect(args, sender).await.expect("store connects")).await;
+    (consumer, orders, allocations)
+}
+
+/// Wait until `order_id` has `n` emails, all with `status`; returns them, confirmation first.
+async fn emails_of(consumer: &TestConsumer, order_id: &str, n: usize, status: &str) -> Vec<Value> {
+    consumer
+        .wait_for(
+            &format!("{n} {status} emails of {order_id}"),
+            &format!("/v1/emails?order_id={order_id}"),
+            |_, body| {
+                let emails = body["emails"].as_array()?;
+                (emails.len() == n && emails.iter().all(|e| e["status"] == status)).then(|| emails.clone())
+            },
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_backordered_order_gets_one_notice_whether_the_decision_comes_before_or_after_the_order() {
+    let port = free_port();
+    let sink = SmtpSink::on(port).await;
+    let (consumer, orders, allocations) = start_email_with_allocations("email-notice", port, false).await;
+    let producer = producer();
+    // o-early's decision is applied before its order; o-late's after, and decided twice.
+    let early = backordered("o-early", &[("SKU-A", 2)]);
+    publish(&producer, &allocations, std::slice::from_ref(&early)).await;
+    publish(&producer, &orders, &[order("o-early", &[("SKU-A", 2)]), order("o-late", &[("SKU-A", 1), ("SKU-B", 1)])])
+        .await;
+    let late = backordered("o-late", &[("SKU-B", 1)]);
+    publish(&producer, &allocations, &[late.clone(), backordered("o-late", &[("SKU-B", 1)])]).await;
+
+    for (order_id, decision) in [("o-early", &early), ("o-late", &late)] {
+        let emails = emails_of(&consumer, order_id, 2, "sent").await;
+        assert_eq!((emails[0]["kind"].as_str(), emails[1]["kind"].as_str()), (Some("confirmation"), Some("backorder")));
+        assert_eq!(emails[1]["to"], "ada@example.com");
+        assert_eq!(emails[1]["message_id"], format!("<{}@orderflow>", decision.event_id()));
+    }
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 4, "two confirmations, two notices: {messages:#?}");
+    let notice = messages.iter().find(|m| m.contains("Subject: Part of your order o-early is backordered")).unwrap();
+    assert!(notice.contains("2 x SKU-A"), "{notice}");
+    consumer.shutdown().await;
+}
+
+#[tokio::test]
+async fn replay_records_backorder_notices_as_suppressed_and_sends_nothing() {
+    let port = free_port();
+    let sink = SmtpSink::on(port).await;
+    let (consumer, orders, allocations) = start_email_with_allocations("email-notice-replay", port, true).await;
+    let producer = producer();
+    publish(&producer, &orders, &[order("o-1", &[("SKU-A", 1)])]).await;
+    publish(&producer, &allocations, &[backordered("o-1", &[("SKU-A", 1)])]).await;
+    emails_of(&consumer, "o-1", 2, "suppressed").await;
+    consumer.shutdown().await;
+    assert_eq!(sink.messages(), Vec::<String>::new());
+}

@@ -68,8 +68,12 @@ mod tests {
     fn each_consumer_is_one_tab_separated_line_with_its_contract_port() {
         let listing = lines(CONSUMERS);
         assert_eq!(listing.lines().count(), CONSUMERS.len());
-        assert!(listing.contains("fulfillment\tfulfillment\t8081\torders.v1,inventory.v1\n"), "{listing}");
-        assert!(listing.contains("email\temail\t8082\torders.v1\n"), "{listing}");
+        assert!(
+            listing.contains("fulfillment\tfulfillment\t8081\torders.v1,inventory.v1,allocations.v1\n"),
+            "{listing}"
+        );
+        assert!(listing.contains("email\temail\t8082\torders.v1,allocations.v1\n"), "{listing}");
+        assert!(listing.contains("allocator\tallocator\t8088\torders.v1,inventory.v1\n"), "{listing}");
         for line in listing.lines() {
             let fields: Vec<&str> = line.split('\t').collect();
             assert_eq!(fields.len(), 4, "{line}");

@@ -1,7 +1,8 @@
 //! `orderflow replay` of the real consumers, looked up in the registry as the command does: a
 //! rebuild from the topics into a shadow schema equals the store the live consumer built.
 //! (Email is left out on purpose: a replay records its confirmations as `suppressed` instead
-//! of `queued`, so the stores differ by design.)
+//! of `queued`, so the stores differ by design. The allocator refuses to replay: tested in
+//! `consumers/allocator/tests/decisions.rs` and below.)
 
 use std::time::Duration;
 
@@ -67,15 +68,56 @@ async fn replay_of_every_consumer_but_email_equals_its_live_store() {
     for i in (0..30).step_by(2) {
         changes.push(stock_change(&format!("sku-{}", i % 4), -2, "shipped", Some(&format!("r-{i}"))));
     }
+    // The allocator's decisions on a third topic: allocated, backordered, covered later.
+    let allocations_topic = fresh_topic("replay-allocations", 3).await;
+    let decisions: Vec<Event> = (0..15).flat_map(|i| decisions_of(&orders[i], i)).collect();
     publish(&producer, &orders_topic, &orders).await;
     publish(&producer, &inventory_topic, &changes).await;
-    let topics = [orders_topic, inventory_topic];
-    let records = (orders.len() + changes.len()) as i64;
+    publish(&producer, &allocations_topic, &decisions).await;
+    let topics = [orders_topic, inventory_topic, allocations_topic];
+    let records = (orders.len() + changes.len() + decisions.len()) as i64;
 
     // Act + Assert, per consumer.
-    for name in orderflow_registry::names().into_iter().filter(|name| *name != "email") {
+    for name in orderflow_registry::names().into_iter().filter(|name| !["email", "allocator"].contains(name)) {
         live_store_equals_its_replay(name, &topics, records).await;
     }
+    let spec = orderflow_registry::get("allocator").unwrap();
+    let refused = (spec.rebuild)(isolated_args("replay-allocator", &topics)).await.map(|_| ()).unwrap_err();
+    assert!(refused.to_string().contains("the allocator does not replay"), "{refused}");
+}
+
+/// What the allocator could have decided on `order` (the `i`-th): the first ten allocated, the
+/// next five backordered, and every third of those covered later.
+fn decisions_of(order: &Event, i: usize) -> Vec<Event> {
+    use orderflow_events::{AllocatedLine, Allocation, Backorder, MissingLine, WarehouseId};
+    let Event::OrderPlaced(o) = order else { unreachable!() };
+    let line = &o.lines[0];
+    let allocation = |lines| Allocation {
+        event_id: uuid::Uuid::new_v4(),
+        order_id: o.order_id.clone(),
+        caused_by: o.event_id,
+        lines,
+        decided_at: o.placed_at,
+    };
+    let allocated = vec![AllocatedLine {
+        sku: line.sku.clone(),
+        warehouse: WarehouseId::parse("w1").unwrap(),
+        quantity: line.quantity,
+    }];
+    if i < 10 {
+        return vec![Event::OrderAllocated(allocation(allocated))];
+    }
+    let mut decided = vec![Event::OrderBackordered(Backorder {
+        event_id: uuid::Uuid::new_v4(),
+        order_id: o.order_id.clone(),
+        caused_by: o.event_id,
+        lines: vec![MissingLine { sku: line.sku.clone(), quantity_missing: line.quantity }],
+        decided_at: o.placed_at,
+    })];
+    if i.is_multiple_of(3) {
+        decided.push(Event::BackorderAllocated(allocation(allocated)));
+    }
+    decided
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -342,7 +342,7 @@ async fn a_matching_pipeline_verifies_and_every_store_says_ok() {
     }
     let reports = by_store(&reports);
     assert_eq!(reports["fulfillment"].checked, "4 orders (2 shipped, 2 pending)");
-    assert_eq!(reports["email"].checked, "4 orders, one email each, sent");
+    assert_eq!(reports["email"].checked, "4 orders, one confirmation each, sent");
     assert_eq!(reports["order-history"].checked, "4 orders of 2 customers, each in its customer's history");
     assert_eq!(
         reports["allocator"].checked,
@@ -448,7 +448,7 @@ async fn a_report_shows_the_first_differences_only() {
     let shown = orderflow_cli::verify::format_report(&email, 3);
     assert_eq!(
         shown,
-        "email                DIFFERS  20 difference(s); checked 20 orders, one email each, sent\n    simtest-ord-00000: no email\n    simtest-ord-00001: no email\n    simtest-ord-00002: no email\n    ... and 17 more\n"
+        "email                DIFFERS  20 difference(s); checked 20 orders, one confirmation each, sent\n    simtest-ord-00000: no email\n    simtest-ord-00001: no email\n    simtest-ord-00002: no email\n    ... and 17 more\n"
     );
 }
 
