@@ -78,7 +78,12 @@ async fn an_order_posted_twice_without_a_key_is_one_order_everywhere_and_a_confl
     let ns = unique_ident("idem");
     let orders = fresh_topic("idem-orders", 3).await;
     let inventory = fresh_topic("idem-inventory", 1).await;
-    let ours = |topic: &str| if topic == "inventory.v1" { inventory.clone() } else { orders.clone() };
+    let allocations = fresh_topic("idem-allocations", 1).await;
+    let ours = |topic: &str| match topic {
+        "inventory.v1" => inventory.clone(),
+        "allocations.v1" => allocations.clone(),
+        _ => orders.clone(),
+    };
     let http = reqwest::Client::new();
     let tokens = format!("checkout:{TOKEN}");
     let key_schema = format!("{ns}_ingress");

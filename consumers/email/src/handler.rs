@@ -60,6 +60,12 @@ impl Handler for Email {
                 _ => {}
             }
         }
+        // An order and its decision arrive on different topics, so two batches may handle them
+        // at once: each would miss the other's uncommitted row and the notice would wait
+        // forever. Both take the order's lock first (in one global order: no deadlock).
+        let mut orders: Vec<&str> = emails.keys().map(String::as_str).collect();
+        orders.extend(notices.iter().map(|(order, _, _)| order.as_str()));
+        store::lock_orders(tx, &orders).await?;
         store::queue(tx, "confirmation", &emails, ctx.replay).await?;
         // Notices of orders confirmed now that arrived before them, and this batch's notices.
         let confirmed: Vec<&str> = emails.keys().map(String::as_str).collect();

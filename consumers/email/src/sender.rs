@@ -145,9 +145,10 @@ impl Sender {
                 self.breaker.on_success();
                 tracing::info!(
                     order_id = email.order_id,
+                    kind = email.kind,
                     message_id = email.message_id,
                     attempts,
-                    "confirmation email sent"
+                    "email sent"
                 );
                 record_sent(&self.pool, &email.order_id, &email.message_id).await?;
                 delivered("sent");
