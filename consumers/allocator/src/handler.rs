@@ -78,7 +78,8 @@ impl Handler for Allocator {
                 _ => {}
             }
         }
-        store::lock_skus(tx, &skus).await?;
+        // Every write of a sku's rows below happens under its lock (docs/allocation.md).
+        orderflow_consumer_kit::lock_keys(tx, store::LOCK_CLASS, skus.iter().map(String::as_str)).await?;
         let mut batch_state = BatchState { stock: store::stock(tx, &skus).await?, ..BatchState::default() };
         let order_ids: Vec<&str> = batch
             .iter()

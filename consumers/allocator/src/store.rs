@@ -8,28 +8,9 @@ use uuid::Uuid;
 
 use crate::decide::Bin;
 
-/// First key of the allocator's advisory locks (`pg_advisory_xact_lock(int, int)`), so its
+/// First key of the allocator's advisory locks (`orderflow_consumer_kit::lock_keys`), so its
 /// per-sku locks never meet another user's: "allo" in ASCII.
-const LOCK_CLASS: i32 = 0x616c_6c6f;
-
-/// Take every sku's lock for the rest of the transaction, in one global order (the sku's
-/// hash, then the sku), so two batches that need overlapping skus never deadlock. Holding a
-/// sku's lock is what every write of that sku's rows below relies on.
-pub async fn lock_skus(tx: &mut PgConnection, skus: &BTreeSet<String>) -> Result<(), sqlx::Error> {
-    if skus.is_empty() {
-        return Ok(());
-    }
-    let skus: Vec<&str> = skus.iter().map(String::as_str).collect();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock($1, k)
-         FROM (SELECT DISTINCT hashtext(s) AS k FROM unnest($2::text[]) AS s ORDER BY 1) AS keys",
-    )
-    .bind(LOCK_CLASS)
-    .bind(&skus)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
+pub const LOCK_CLASS: i32 = 0x616c_6c6f;
 
 /// Every warehouse's stock of `skus`.
 pub async fn stock(tx: &mut PgConnection, skus: &BTreeSet<String>) -> Result<HashMap<String, Vec<Bin>>, sqlx::Error> {

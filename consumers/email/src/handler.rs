@@ -65,7 +65,7 @@ impl Handler for Email {
         // forever. Both take the order's lock first (in one global order: no deadlock).
         let mut orders: Vec<&str> = emails.keys().map(String::as_str).collect();
         orders.extend(notices.iter().map(|(order, _, _)| order.as_str()));
-        store::lock_orders(tx, &orders).await?;
+        orderflow_consumer_kit::lock_keys(tx, store::LOCK_CLASS, orders).await?;
         store::queue(tx, "confirmation", &emails, ctx.replay).await?;
         // Notices of orders confirmed now that arrived before them, and this batch's notices.
         let confirmed: Vec<&str> = emails.keys().map(String::as_str).collect();

@@ -50,27 +50,9 @@ pub async fn queue(
     Ok(())
 }
 
-/// First key of the email consumer's advisory locks (`pg_advisory_xact_lock(int, int)`):
+/// First key of the email consumer's advisory locks (`orderflow_consumer_kit::lock_keys`):
 /// "mail" in ASCII.
-const LOCK_CLASS: i32 = 0x6d61_696c;
-
-/// Take each order's lock for the rest of the transaction, in one global order (the id's
-/// hash), so the batch that confirms an order and the one that brings its backorder notice
-/// run one after the other, whichever topic came first.
-pub async fn lock_orders(tx: &mut PgConnection, order_ids: &[&str]) -> Result<(), sqlx::Error> {
-    if order_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock($1, k)
-         FROM (SELECT DISTINCT hashtext(o) AS k FROM unnest($2::text[]) AS o ORDER BY 1) AS keys",
-    )
-    .bind(LOCK_CLASS)
-    .bind(order_ids)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
+pub const LOCK_CLASS: i32 = 0x6d61_696c;
 
 /// The confirmation address of each of `order_ids` that has one (its order was applied).
 pub async fn addresses(tx: &mut PgConnection, order_ids: &[&str]) -> Result<BTreeMap<String, String>, sqlx::Error> {

@@ -7,6 +7,8 @@
 //! - [`ApiError`]: the JSON error bodies of the read APIs (400 with the parameter and the
 //!   problem, 404 for unknown ids, 500 without internals);
 //! - [`shipment`], [`ordered_quantities`], [`Decided`], [`Amounts`]: the facts several projections key on;
+//! - [`lock_keys`]: per-key advisory locks in one global order (the allocator's skus, the email
+//!   consumer's orders);
 //! - [`testing`] (feature `testing`): run a consumer in-process against the real broker and
 //!   Postgres with a fresh schema, group and port, and read its HTTP API.
 //!
@@ -200,6 +202,32 @@ pub fn shipment(change: &InventoryChanged) -> Option<((String, String), i64)> {
         }
         _ => None,
     }
+}
+
+/// Take a Postgres advisory lock per key for the rest of the transaction
+/// (`pg_advisory_xact_lock(class, hashtext(key))`), in one global order (the keys' hashes), so
+/// two batches that need overlapping keys wait for each other instead of deadlocking. `class`
+/// keeps one consumer's locks apart from any other user's. For facts about one key that
+/// arrive on different topics (an order and its decision), or rows several partitions write
+/// (a sku's stock).
+pub async fn lock_keys<'a>(
+    tx: &mut sqlx::PgConnection,
+    class: i32,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<(), sqlx::Error> {
+    let keys: Vec<&str> = keys.into_iter().collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($1, k)
+         FROM (SELECT DISTINCT hashtext(key) AS k FROM unnest($2::text[]) AS key ORDER BY 1) AS keys",
+    )
+    .bind(class)
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// The allocator's decisions (`allocations.v1`) as units per (order id, sku), the sums a
