@@ -158,6 +158,17 @@ fn quantity(units: i64, what: &str) -> Result<Quantity, HandlerError> {
     Quantity::parse(units).map_err(|e| HandlerError::permanent(format!("{what} of {units} units: {e}")))
 }
 
+/// One line of an allocation event: `units` of `sku` from `warehouse` (ids read from the store
+/// or the order, so a failure here is a permanent one).
+fn allocated_line(sku: &Sku, warehouse: &str, units: i64) -> Result<AllocatedLine, HandlerError> {
+    Ok(AllocatedLine {
+        sku: sku.clone(),
+        warehouse: WarehouseId::parse(warehouse)
+            .map_err(|e| HandlerError::permanent(format!("warehouse {warehouse}: {e}")))?,
+        quantity: quantity(units, "an allocation")?,
+    })
+}
+
 impl BatchState {
     fn decide_order(
         &mut self,
@@ -179,12 +190,7 @@ impl BatchState {
             };
             let sku_id = Sku::parse(sku.as_str()).map_err(|e| HandlerError::permanent(format!("sku {sku}: {e}")))?;
             for (warehouse, units) in taken.parts {
-                allocated.push(AllocatedLine {
-                    sku: sku_id.clone(),
-                    warehouse: WarehouseId::parse(warehouse.as_str())
-                        .map_err(|e| HandlerError::permanent(format!("warehouse {warehouse}: {e}")))?,
-                    quantity: quantity(units, "an allocation")?,
-                });
+                allocated.push(allocated_line(&sku_id, &warehouse, units)?);
                 self.allocations.push(AllocationRow {
                     order_id: order_id.to_owned(),
                     sku: sku.clone(),
@@ -273,14 +279,7 @@ impl BatchState {
             let sku_id = Sku::parse(sku).map_err(|e| HandlerError::permanent(format!("sku {sku}: {e}")))?;
             let lines = lines
                 .into_iter()
-                .map(|(warehouse, units)| {
-                    Ok(AllocatedLine {
-                        sku: sku_id.clone(),
-                        warehouse: WarehouseId::parse(warehouse.as_str())
-                            .map_err(|e| HandlerError::permanent(format!("warehouse {warehouse}: {e}")))?,
-                        quantity: quantity(units, "an allocation")?,
-                    })
-                })
+                .map(|(warehouse, units)| allocated_line(&sku_id, &warehouse, units))
                 .collect::<Result<Vec<_>, HandlerError>>()?;
             let event = Event::BackorderAllocated(Allocation {
                 event_id,
