@@ -20,6 +20,8 @@ struct Service {
     depends_on: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     environment: BTreeMap<String, serde_yaml_ng::Value>,
+    #[serde(default)]
+    command: Option<Vec<String>>,
 }
 
 fn compose() -> Compose {
@@ -88,6 +90,24 @@ fn compose_kafka_runs_kraft_and_project_services_reach_it_inside_the_network() {
             assert_eq!(brokers, "kafka:19092", "{name} must use the internal listener");
         }
     }
+}
+
+#[test]
+fn compose_services_that_read_or_write_events_use_the_stacks_schema_registry() {
+    let compose = compose();
+    let mut checked = 0;
+    for (name, service) in &compose.services {
+        let command = service.command.as_ref().map(|c| c.join(" ")).unwrap_or_default();
+        if !service.environment.contains_key("KAFKA_BROKERS") || command.contains("topics create") {
+            continue;
+        }
+        let url = service.environment.get("SCHEMA_REGISTRY_URL").and_then(|v| v.as_str());
+        assert_eq!(url, Some("http://schema-registry:8081"), "{name} must encode and decode with the stack's registry");
+        let waits = service.depends_on.as_ref().and_then(|d| d.get("schema-registry")).is_some();
+        assert!(waits, "{name} must wait for the registry");
+        checked += 1;
+    }
+    assert!(checked >= 9, "the ingress, both relays and every consumer: {checked}");
 }
 
 /// The Apache Kafka version the local stack runs: the default in scripts/kafka/kafka.sh.

@@ -365,22 +365,13 @@ async fn read_dead_letters(
 ) -> Vec<(std::collections::BTreeMap<String, String>, Option<usize>)> {
     use rdkafka::Message;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::Headers;
     let consumer: StreamConsumer = kafka.consumer_config(&orderflow_testkit::fresh_group("dlq-read")).create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), async {
         while out.len() < count {
             let message = consumer.recv().await.unwrap();
-            let headers = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push((headers, message.payload().map(<[u8]>::len)));
+            out.push((orderflow_testkit::events::header_pairs(&message), message.payload().map(<[u8]>::len)));
         }
     })
     .await

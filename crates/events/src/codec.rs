@@ -94,24 +94,45 @@ impl Codec {
         self.registry.as_ref()
     }
 
-    /// Encodes in this codec's framing. With a registry, the first event of each kind registers
-    /// the current schema under `{topic}-value`; later ones use the cached id.
+    /// Encodes in this codec's framing, for the event's contract topic (`orders.v1`, ...). With
+    /// a registry, the first event of each kind registers the current schema under
+    /// `{topic}-value`; later ones use the cached id.
     pub async fn encode(&self, event: &Event) -> Result<Vec<u8>, EncodeError> {
+        self.encode_to(event.kind().topic(), event).await
+    }
+
+    /// [`Codec::encode`] for a record going to `topic`, which may differ from the contract's
+    /// (a namespaced `staging.orders.v1`): with a registry the schema is registered under
+    /// `{topic}-value`, as TopicNameStrategy readers expect.
+    pub async fn encode_to(&self, topic: &str, event: &Event) -> Result<Vec<u8>, EncodeError> {
         let Some(registry) = &self.registry else {
             return self.encode_single_object(event);
         };
         check(event)?;
         let kind = event.kind();
-        let slot = &self.own_ids[kind as usize];
-        let id = match slot.get() {
-            Some(&id) => id,
-            None => {
-                let current = shipped().current(kind);
-                let id = registry.register(&value_subject(kind.topic()), current.json).await.map_err(|e| {
-                    if e.is_transient() { EncodeError::RegistryUnavailable(e) } else { EncodeError::Registry(e) }
-                })?;
-                write(&self.by_id).insert(id, Arc::new(Writer::Current(kind)));
-                *slot.get_or_init(|| id)
+        let register = || async {
+            let current = shipped().current(kind);
+            let id = registry.register(&value_subject(topic), current.json).await.map_err(|e| {
+                if e.is_transient() { EncodeError::RegistryUnavailable(e) } else { EncodeError::Registry(e) }
+            })?;
+            write(&self.by_id).insert(id, Arc::new(Writer::Current(kind)));
+            Ok::<u32, EncodeError>(id)
+        };
+        let id = if topic == kind.topic() {
+            // The contract topic: the id is kept per kind, no lookup on the hot path.
+            let slot = &self.own_ids[kind as usize];
+            match slot.get() {
+                Some(&id) => id,
+                None => {
+                    let id = register().await?;
+                    *slot.get_or_init(|| id)
+                }
+            }
+        } else {
+            // Another topic: the registry client caches the id per subject.
+            match registry.registered_id(&value_subject(topic), shipped().current(kind).json) {
+                Some(id) => id,
+                None => register().await?,
             }
         };
         let mut buf = Vec::with_capacity(256);

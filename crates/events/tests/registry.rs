@@ -102,6 +102,21 @@ async fn wire_format_round_trip_registers_once_per_subject_and_caches_ids() {
 }
 
 #[tokio::test]
+async fn a_record_for_another_topic_registers_under_that_topics_subject_once() {
+    let (url, reg) = spawn_registry().await;
+    let producer = Codec::with_registry(&url).unwrap();
+    let order = events().remove(0);
+    for _ in 0..3 {
+        let b = producer.encode_to("staging.orders.v1", &order).await.unwrap();
+        assert_eq!(producer.decode(&b).await.unwrap(), order);
+    }
+    producer.encode(&order).await.unwrap();
+    assert_eq!(reg.registers.load(Ordering::SeqCst), 2, "one registration per subject");
+    let subjects = reg.subjects.lock().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(subjects.into_iter().collect::<Vec<_>>(), ["orders.v1-value", "staging.orders.v1-value"]);
+}
+
+#[tokio::test]
 async fn unknown_schema_id_is_a_permanent_error() {
     let (url, _reg) = spawn_registry().await;
     let codec = Codec::with_registry(&url).unwrap();

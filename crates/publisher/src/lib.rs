@@ -190,7 +190,7 @@ impl Publisher {
     /// Encode and publish one event, keyed by its aggregate id, with CloudEvents headers and
     /// `traceparent`; resolves once the broker acknowledged it (see the crate docs).
     pub async fn publish(&self, event: &Event, traceparent: Option<TraceParent>) -> Result<Ack, PublishError> {
-        let value = self.inner.codec.encode(event).await?;
+        let value = self.inner.codec.encode_to(self.topic(event.kind()), event).await?;
         self.publish_encoded(event, &value, traceparent).await
     }
 
@@ -222,7 +222,7 @@ impl Publisher {
     pub async fn publish_traced(&self, events: Vec<(&Event, Option<TraceParent>)>) -> Vec<Result<Ack, PublishError>> {
         let mut encoded = Vec::new();
         for (event, traceparent) in events {
-            encoded.push((event, traceparent, self.inner.codec.encode(event).await));
+            encoded.push((event, traceparent, self.inner.codec.encode_to(self.topic(event.kind()), event).await));
         }
         let deliveries = encoded.into_iter().map(|(event, traceparent, value)| {
             let enqueued = value.map_err(PublishError::from).and_then(|v| self.enqueue(event, &v, traceparent));

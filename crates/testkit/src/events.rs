@@ -90,6 +90,19 @@ pub async fn publish_raw(producer: &FutureProducer, topic: &str, key: &str, valu
     (delivery.partition, delivery.offset)
 }
 
+/// A record's headers as text, by name (a repeated name keeps its last value).
+pub fn header_pairs<M: rdkafka::Message>(message: &M) -> std::collections::BTreeMap<String, String> {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One record read back from a topic by [`read_distinct`].
 #[derive(Debug, Clone)]
 pub struct ReadRecord {
