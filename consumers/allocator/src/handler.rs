@@ -47,17 +47,7 @@ pub struct Allocator {
 }
 
 impl Handler for Allocator {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn topics(&self) -> Vec<String> {
-        crate::CONSUMER.topic_list()
-    }
-
-    fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
-        Some(&MIGRATOR)
-    }
+    orderflow_consumer_kit::registered!(crate::CONSUMER, MIGRATOR);
 
     fn wants(&self, event: &Event) -> bool {
         matches!(event, Event::OrderPlaced(_) | Event::InventoryChanged(_))
@@ -126,9 +116,13 @@ impl Handler for Allocator {
         store::insert_decided(tx, &decided_now).await?;
         store::insert_allocations(tx, &allocations).await?;
         store::save_backorders(tx, &new_backorders, &covered).await?;
-        for (event, traceparent) in &decisions {
-            let traceparent = traceparent.as_deref().and_then(|t| TraceParent::parse(t).ok());
-            self.outbox.enqueue_traced(tx, event, traceparent.as_ref()).await?;
+        // One statement for the batch's decisions, in the order they were made.
+        let decisions: Vec<(Event, Option<TraceParent>)> = decisions
+            .into_iter()
+            .map(|(event, traceparent)| (event, traceparent.as_deref().and_then(|t| TraceParent::parse(t).ok())))
+            .collect();
+        self.outbox.enqueue_all(tx, &decisions).await?;
+        for (event, _) in &decisions {
             metrics::counter!("orderflow_allocator_decisions_total", "decision" => event.ce_type()).increment(1);
         }
         Ok(())

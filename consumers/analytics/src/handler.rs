@@ -47,17 +47,7 @@ pub fn increments(batch: &[Envelope]) -> Result<Increments, HandlerError> {
 }
 
 impl Handler for Analytics {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn topics(&self) -> Vec<String> {
-        crate::CONSUMER.topic_list()
-    }
-
-    fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
-        Some(&MIGRATOR)
-    }
+    orderflow_consumer_kit::registered!(crate::CONSUMER, MIGRATOR);
 
     async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
         let inc = increments(batch)?;

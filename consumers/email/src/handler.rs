@@ -21,20 +21,10 @@ pub const NAME: &str = "email";
 pub struct Email;
 
 impl Handler for Email {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn topics(&self) -> Vec<String> {
-        crate::CONSUMER.topic_list()
-    }
+    orderflow_consumer_kit::registered!(crate::CONSUMER, MIGRATOR);
 
     fn wants(&self, event: &Event) -> bool {
         matches!(event, Event::OrderPlaced(_) | Event::OrderBackordered(_))
-    }
-
-    fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
-        Some(&MIGRATOR)
     }
 
     async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], ctx: &BatchContext) -> Result<(), HandlerError> {

@@ -19,13 +19,7 @@ pub const NAME: &str = "fulfillment";
 pub struct Fulfillment;
 
 impl Handler for Fulfillment {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn topics(&self) -> Vec<String> {
-        crate::CONSUMER.topic_list()
-    }
+    orderflow_consumer_kit::registered!(crate::CONSUMER, MIGRATOR);
 
     /// Stock changes that are not shipments of an order do not concern fulfillment.
     fn wants(&self, event: &Event) -> bool {
@@ -34,10 +28,6 @@ impl Handler for Fulfillment {
             Event::InventoryChanged(change) => shipment(change).is_some(),
             Event::OrderAllocated(_) | Event::OrderBackordered(_) | Event::BackorderAllocated(_) => true,
         }
-    }
-
-    fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
-        Some(&MIGRATOR)
     }
 
     async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {

@@ -19,17 +19,7 @@ pub const NAME: &str = "inventory-projection";
 pub struct InventoryProjection;
 
 impl Handler for InventoryProjection {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn topics(&self) -> Vec<String> {
-        crate::CONSUMER.topic_list()
-    }
-
-    fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
-        Some(&MIGRATOR)
-    }
+    orderflow_consumer_kit::registered!(crate::CONSUMER, MIGRATOR);
 
     async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {
         apply_batch(tx, batch).await

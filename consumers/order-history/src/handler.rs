@@ -17,20 +17,10 @@ pub const NAME: &str = "order-history";
 pub struct OrderHistory;
 
 impl Handler for OrderHistory {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn topics(&self) -> Vec<String> {
-        crate::CONSUMER.topic_list()
-    }
+    orderflow_consumer_kit::registered!(crate::CONSUMER, MIGRATOR);
 
     fn wants(&self, event: &Event) -> bool {
         matches!(event, Event::OrderPlaced(_))
-    }
-
-    fn migrator(&self) -> Option<&'static sqlx::migrate::Migrator> {
-        Some(&MIGRATOR)
     }
 
     async fn apply(&self, tx: &mut PgConnection, batch: &[Envelope], _ctx: &BatchContext) -> Result<(), HandlerError> {

@@ -7,6 +7,8 @@
 //! - [`ApiError`]: the JSON error bodies of the read APIs (400 with the parameter and the
 //!   problem, 404 for unknown ids, 500 without internals);
 //! - [`shipment`], [`ordered_quantities`], [`Decided`], [`Amounts`]: the facts several projections key on;
+//! - [`registered!`]: the three `Handler` methods every registered consumer answers alike
+//!   (name and topics from its [`Spec`], its migrations);
 //! - [`lock_keys`]: per-key advisory locks in one global order (the allocator's skus, the email
 //!   consumer's orders);
 //! - [`testing`] (feature `testing`): run a consumer in-process against the real broker and
@@ -33,6 +35,38 @@ use axum::response::{IntoResponse, Response};
 use orderflow_events::{InventoryChanged, OrderPlaced, Reason};
 use orderflow_runtime::{CancellationToken, Handler, Runtime, RuntimeArgs};
 use sqlx::PgPool;
+
+#[doc(hidden)]
+pub use sqlx as __sqlx;
+
+/// Inside `impl Handler for ...`: `name` and `topics` from the consumer's [`Spec`] (the
+/// registry's line), and `migrator` returning its migrations. Every registered consumer
+/// answers these three the same way; its handler writes `wants` and `apply`.
+///
+/// ```ignore
+/// static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+///
+/// impl Handler for OrderHistory {
+///     orderflow_consumer_kit::registered!(crate::CONSUMER, MIGRATOR);
+///     // wants, apply
+/// }
+/// ```
+#[macro_export]
+macro_rules! registered {
+    ($spec:expr, $migrator:expr) => {
+        fn name(&self) -> &str {
+            $spec.name
+        }
+
+        fn topics(&self) -> Vec<String> {
+            $spec.topic_list()
+        }
+
+        fn migrator(&self) -> Option<&'static $crate::__sqlx::migrate::Migrator> {
+            Some(&$migrator)
+        }
+    };
+}
 
 /// Longest path or query parameter a read API accepts, in bytes.
 pub const MAX_PARAM_LEN: usize = 256;
