@@ -101,6 +101,46 @@ impl Outbox {
             .await?;
         Ok(())
     }
+
+    /// [`Outbox::enqueue_traced`] for many events in one statement (one round trip, one
+    /// NOTIFY), in the order given: the relay publishes them in that order.
+    pub async fn enqueue_all(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(Event, Option<TraceParent>)],
+    ) -> Result<(), sqlx::Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let n = events.len();
+        let (mut ids, mut topics, mut keys, mut payloads, mut traces) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (event, traceparent) in events {
+            event
+                .validate()
+                .map_err(|(field, problem)| sqlx::Error::Encode(format!("invalid event: {field}: {problem}").into()))?;
+            ids.push(event.event_id());
+            topics.push(event.topic());
+            keys.push(event.key());
+            payloads.push(serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+            traces.push(traceparent.as_ref().map(TraceParent::as_str));
+        }
+        let sql = format!(
+            "INSERT INTO {} (event_id, topic, key, payload, traceparent)
+             SELECT event_id, topic, key, payload, traceparent
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[])
+                  WITH ORDINALITY AS e(event_id, topic, key, payload, traceparent, n)
+             ORDER BY n",
+            self.table
+        );
+        sqlx::query(&sql).bind(ids).bind(topics).bind(keys).bind(payloads).bind(traces).execute(tx).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -101,16 +101,22 @@ impl Fixture {
     }
 
     /// `per_sku` stock changes for each of `skus` skus, delta = 1, 2, 3... per sku, enqueued
-    /// in that order, in transactions of 500.
+    /// in that order, in transactions of 500: one event per statement (`enqueue`) and the
+    /// whole transaction in one statement (`enqueue_all`), in turns.
     async fn enqueue_sequences(&self, skus: usize, per_sku: i64) -> usize {
         let events: Vec<Event> = (1..=per_sku)
             .flat_map(|n| (0..skus).map(move |s| stock_change(&format!("sku-{s}"), n, "received", None)))
             .collect();
-        for chunk in events.chunks(500) {
+        for (i, chunk) in events.chunks(500).enumerate() {
             let mut conn = self.pool.acquire().await.unwrap();
             let mut tx = conn.begin().await.unwrap();
-            for event in chunk {
-                self.outbox.enqueue(&mut tx, event).await.unwrap();
+            if i % 2 == 0 {
+                for event in chunk {
+                    self.outbox.enqueue(&mut tx, event).await.unwrap();
+                }
+            } else {
+                let all: Vec<_> = chunk.iter().map(|event| (event.clone(), None)).collect();
+                self.outbox.enqueue_all(&mut tx, &all).await.unwrap();
             }
             tx.commit().await.unwrap();
         }
