@@ -205,6 +205,19 @@ async fn visible_latencies(
     Ok(E2eLatency { rate: open.rate, latencies_us, failed: open.failed })
 }
 
+/// Arrivals per second from the first of `times` to the last (sorts them).
+pub(crate) fn arrival_rate(times: &mut [Instant]) -> anyhow::Result<f64> {
+    times.sort_unstable();
+    let span = match (times.first(), times.last()) {
+        (Some(first), Some(last)) => last.duration_since(*first).as_secs_f64(),
+        _ => 0.0,
+    };
+    if times.len() < 2 || span <= 0.0 {
+        bail!("too few arrivals to time ({})", times.len());
+    }
+    Ok((times.len() - 1) as f64 / span)
+}
+
 /// Ingress + fulfillment: the maximum sustainable rate, then open loops at 50% and 80% of it.
 pub async fn measure(env: &Env, settings: &Settings, alone: &IngressFigures) -> anyhow::Result<E2eFigures> {
     let topic = unique("bench-e2e").replace('_', "-");
@@ -252,15 +265,7 @@ async fn measure_with(
     if times.len() < closed.accepted {
         bail!("only {} of {} accepted orders were visible within 120s", times.len(), closed.accepted);
     }
-    times.sort_unstable();
-    let span = match (times.first(), times.last()) {
-        (Some(first), Some(last)) => last.duration_since(*first).as_secs_f64(),
-        _ => 0.0,
-    };
-    if times.len() < 2 || span <= 0.0 {
-        bail!("too few orders visible to time the consumer ({})", times.len());
-    }
-    figures.apply_per_sec = (times.len() - 1) as f64 / span;
+    figures.apply_per_sec = arrival_rate(&mut times).context("timing the consumer")?;
     figures.sustainable_per_sec = figures.ingress_closed_per_sec.min(figures.apply_per_sec);
 
     // Open loops, with the processes' CPU over both.

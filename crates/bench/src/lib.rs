@@ -13,12 +13,16 @@
 //!   produce, and its latency under an open loop at half that rate.
 //! - [`e2e`]: ingress + the real `fulfillment` binary: the maximum sustainable rate, latency
 //!   from the scheduled POST to the row's visibility at 50% and 80% of it, RSS and CPU.
+//! - [`allocation`] (its own subcommand): the allocator's decisions/s on one hot sku and over
+//!   10,000 skus beside the synthetic consumer's apply rate, and the latency from an order's
+//!   202 to its decision event at half load.
 //! - [`report`]: the markdown written between the markers in `docs/benchmarks.md`.
 //!
 //! `scripts/bench` builds in release mode and runs it; `--quick` is the smoke mode CI runs
 //! (through `tests/smoke.rs`) to keep the harness working. Timed assertions live nowhere:
 //! figures are reported, never asserted.
 
+pub mod allocation;
 pub mod ceilings;
 pub mod child;
 pub mod consumers;
@@ -48,6 +52,9 @@ pub struct Cli {
 pub enum Command {
     /// Run every benchmark and write the report.
     Run(Settings),
+    /// Measure the allocator (decisions/s under contention, 202 → decision latency) and write
+    /// its section of the report.
+    Allocation(Settings),
     /// Internal: the consumer process the harness measures (a batched projection on the runtime).
     ConsumeChild(child::ChildArgs),
     /// Fill a topic with distinct OrderPlaced events (for profiling a consumer by hand).
@@ -127,7 +134,24 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             let markdown = report::render(&settings, &figures, &env).await;
             match &settings.out {
                 Some(path) => {
-                    report::write_between_markers(path, &markdown)?;
+                    report::write_section(path, report::PIPELINE_SECTION, &markdown)?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => println!("{markdown}"),
+            }
+            Ok(())
+        }
+        Command::Allocation(settings) => {
+            let settings = settings.effective();
+            let mut figures = report::Figures::default();
+            for round in 0..settings.runs {
+                tracing::info!(round, "allocation benchmark round");
+                figures.push_allocation(&allocation::measure(&env, &settings).await?);
+            }
+            let markdown = report::render_allocation(&settings, &figures, &env).await;
+            match &settings.out {
+                Some(path) => {
+                    report::write_section(path, report::ALLOCATION_SECTION, &markdown)?;
                     eprintln!("wrote {}", path.display());
                 }
                 None => println!("{markdown}"),

@@ -91,7 +91,7 @@ pub fn local_broker() -> Option<String> {
 }
 
 /// CPU ticks so far: (broker, postgres, machine busy), read from /proc.
-fn machine_ticks() -> (f64, f64, f64) {
+pub(crate) fn machine_ticks() -> (f64, f64, f64) {
     let (mut broker, mut postgres) = (0.0, 0.0);
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let path = entry.path();
@@ -125,7 +125,7 @@ fn stat_field(stat: &str, i: usize) -> f64 {
 }
 
 /// Clock ticks per second, asked of `getconf` once (the harness reads `/proc` every 20 ms).
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         Command::new("getconf")
@@ -152,7 +152,7 @@ pub(crate) fn proc_stats(pid: u32) -> (f64, f64) {
 }
 
 /// Run the benchmark consumer over `topic` (holding `n` events); see [`run_consumer`].
-async fn run_bench_consumer(
+pub(crate) async fn run_bench_consumer(
     env: &Env,
     topic: &str,
     n: usize,
@@ -229,7 +229,12 @@ pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, 
     Ok(Measured { per_sec, peak_rss_mb: peak_rss_mb.max(rss), cpu_seconds, split })
 }
 
-async fn connect_when_ready(env: &Env, schema: &str, child: &mut Child, program: &str) -> anyhow::Result<PgPool> {
+pub(crate) async fn connect_when_ready(
+    env: &Env,
+    schema: &str,
+    child: &mut Child,
+    program: &str,
+) -> anyhow::Result<PgPool> {
     let options: sqlx::postgres::PgConnectOptions = env.database_url.parse()?;
     let pool = PgPool::connect_with(options.options([("search_path", schema)])).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
