@@ -43,7 +43,7 @@ pub use sqlx as __sqlx;
 /// registry's line), and `migrator` returning its migrations. Every registered consumer
 /// answers these three the same way; its handler writes `wants` and `apply`.
 ///
-/// ```ignore
+/// ```text
 /// static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 ///
 /// impl Handler for OrderHistory {
