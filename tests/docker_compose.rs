@@ -93,6 +93,15 @@ fn compose_kafka_runs_kraft_and_project_services_reach_it_inside_the_network() {
 }
 
 #[test]
+fn compose_consumer_services_are_what_the_registry_implies() {
+    let stale = orderflow_cli::deploy::stale(&repo_root()).unwrap();
+    assert!(
+        !stale.iter().any(|p| p.ends_with("docker-compose.yml")),
+        "docker-compose.yml's consumer services differ from the registry: run `cargo run -p orderflow-cli -- consumers deploy`"
+    );
+}
+
+#[test]
 fn compose_services_that_read_or_write_events_use_the_stacks_schema_registry() {
     let compose = compose();
     let mut checked = 0;

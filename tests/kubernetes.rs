@@ -169,4 +169,23 @@ fn every_service_runs_with_probes_resources_and_secrets_from_the_secret_and_cons
     );
     get("HorizontalPodAutoscaler", "ingress");
     get("Job", "orderflow-topics");
+    // No consumer that the registry no longer lists.
+    for (kind, name) in resources.keys() {
+        if kind == "ScaledObject" {
+            assert!(
+                orderflow_registry::find(name).is_some(),
+                "deploy/kubernetes has a ScaledObject for {name}, not a registered consumer"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_consumers_manifests_are_what_the_registry_implies() {
+    let stale = orderflow_cli::deploy::stale(&repo_root()).unwrap();
+    let stale: Vec<_> = stale.iter().filter(|p| p.starts_with(repo_root().join("deploy/kubernetes"))).collect();
+    assert!(
+        stale.is_empty(),
+        "written by hand or for another registry: {stale:?}; run `cargo run -p orderflow-cli -- consumers deploy`"
+    );
 }

@@ -42,6 +42,7 @@ pub const CONSUMER: Spec = Spec {
     port: 8088,
     topics: &[ORDERS_TOPIC, INVENTORY_TOPIC],
     about: "Decides stock for every order once (allocated or backordered, first placed first served) and publishes the decisions to allocations.v1 through its outbox",
+    secrets: &[],
     rebuild: refuse_rebuild,
 };
 

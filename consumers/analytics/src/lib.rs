@@ -30,6 +30,7 @@ pub const CONSUMER: Spec = Spec {
     port: 8083,
     topics: &[ORDERS_TOPIC, INVENTORY_TOPIC],
     about: "Sales per hour and currency, units per sku and day, stock movements per day and reason",
+    secrets: &[],
     rebuild: bare::<Analytics>,
 };
 

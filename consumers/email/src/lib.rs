@@ -40,6 +40,7 @@ pub const CONSUMER: Spec = Spec {
     port: 8082,
     topics: &[ORDERS_TOPIC, ALLOCATIONS_TOPIC],
     about: "One order-confirmation email per order from orders.v1, and one backorder notice per backordered order from allocations.v1, sent over SMTP",
+    secrets: &["SMTP_URL"],
     rebuild: bare::<Email>,
 };
 

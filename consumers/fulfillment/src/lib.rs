@@ -32,6 +32,7 @@ pub const CONSUMER: Spec = Spec {
     port: 8081,
     topics: &[ORDERS_TOPIC, INVENTORY_TOPIC, ALLOCATIONS_TOPIC],
     about: "One fulfillment per order, its shipment status and what was allocated or backordered per line, from orders.v1, inventory.v1 and allocations.v1",
+    secrets: &[],
     rebuild: bare::<Fulfillment>,
 };
 

@@ -31,6 +31,7 @@ pub const CONSUMER: Spec = Spec {
     port: 8084,
     topics: &[ORDERS_TOPIC, INVENTORY_TOPIC, ALLOCATIONS_TOPIC],
     about: "Stock on hand, reserved, available and allocated per sku, from orders.v1, inventory.v1 and allocations.v1",
+    secrets: &[],
     rebuild: bare::<InventoryProjection>,
 };
 

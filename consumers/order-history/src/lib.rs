@@ -31,6 +31,7 @@ pub const CONSUMER: Spec = Spec {
     port: 8087,
     topics: &[ORDERS_TOPIC],
     about: "Every customer's orders, newest first, from orders.v1",
+    secrets: &[],
     rebuild: bare::<OrderHistory>,
 };
 

@@ -10,11 +10,29 @@ use serde::Serialize;
 
 Examples:
   orderflow consumers
-  orderflow consumers --json")]
+  orderflow consumers --json
+  orderflow consumers deploy           # rewrite their deployment files from the registry
+  orderflow consumers deploy --check   # fail if a file differs")]
 pub struct ConsumersArgs {
     /// A JSON array instead of tab-separated lines, with the schema and a description too.
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<ConsumersCommand>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConsumersCommand {
+    /// Write the consumers' deployment files from the registry: deploy/kubernetes/<name>.yaml
+    /// and their services in docker-compose.yml.
+    Deploy {
+        /// Compare instead of writing; fail when a file differs.
+        #[arg(long)]
+        check: bool,
+        /// The repository to write into.
+        #[arg(long, default_value = ".")]
+        repo: std::path::PathBuf,
+    },
 }
 
 /// One consumer as `--json` prints it.
@@ -47,6 +65,9 @@ pub fn lines(specs: &[&Spec]) -> String {
 }
 
 pub fn run(args: ConsumersArgs) -> anyhow::Result<()> {
+    if let Some(ConsumersCommand::Deploy { check, repo }) = args.command {
+        return crate::deploy::run(&repo, check);
+    }
     let text = if args.json {
         let listed: Vec<Listed> = CONSUMERS.iter().map(|s| Listed::of(s)).collect();
         format!("{}\n", serde_json::to_string_pretty(&listed)?)

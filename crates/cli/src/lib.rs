@@ -22,6 +22,7 @@
 
 pub mod broker;
 pub mod consumers;
+pub mod deploy;
 pub mod dlq;
 pub mod export;
 pub mod lag;
@@ -77,7 +78,7 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Compare the consumers' read APIs with the totals `simulate --expect-file` wrote.
     Verify(Box<verify::VerifyArgs>),
-    /// List the registered consumers: name, binary, port, topics.
+    /// List the registered consumers (name, binary, port, topics), or write their deployment files.
     Consumers(consumers::ConsumersArgs),
     /// Check this build's readers against the writer schemas a topic really holds.
     #[command(subcommand)]

@@ -40,6 +40,9 @@ pub struct Spec {
     pub topics: &'static [&'static str],
     /// One line for `--help` and the registry listing.
     pub about: &'static str,
+    /// Secrets it reads beyond every consumer's `DATABASE_URL` and `API_TOKENS` (the email
+    /// consumer's `SMTP_URL`): the deployment files give them from the Secret.
+    pub secrets: &'static [&'static str],
     /// Run its handler alone (see [`Rebuild`]).
     pub rebuild: Rebuild,
 }

@@ -1,5 +1,5 @@
 //! Every place that names consumers agrees with the registry: the crates under consumers/,
-//! docker-compose.yml (which cannot be generated at run time), docs/consumers.md and the
+//! docker-compose.yml (whose consumer services `orderflow consumers deploy` writes), docs/consumers.md and the
 //! README. A consumer added to the registry but forgotten in one of them fails here, naming it.
 
 use std::collections::{BTreeMap, BTreeSet};
