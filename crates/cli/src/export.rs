@@ -36,6 +36,8 @@ pub enum Format {
     Jsonl,
     Csv,
     Avro,
+    /// A directory of Parquet part files with typed columns (see `parquet_out`).
+    Parquet,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -43,7 +45,8 @@ pub enum Format {
   orderflow export orders.v1 --format jsonl --output orders.jsonl
   orderflow export orders.v1 --format avro --output orders.avro --since 2026-11-01T00:00:00Z --until 2026-11-02T00:00:00Z
   orderflow export inventory.v1 --format csv --output changes.csv --from-offset 1000
-  duckdb -c \"SELECT sku, sum(delta) FROM 'changes.avro' GROUP BY 1\"
+  orderflow export orders.v1 --format parquet --output orders/     # a directory of part files
+  duckdb -c \"SELECT currency, sum(total_minor) FROM 'orders/*.parquet' GROUP BY 1\"
 
 Re-running the same command after an interruption continues where it stopped (the state
 is kept in <output>.state.json; delete both files to start over).")]
@@ -53,7 +56,7 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     pub format: Format,
-    /// Output file (its state file is `<output>.state.json`).
+    /// Output file, or directory for Parquet (its state file is `<output>.state.json`).
     #[arg(long, short = 'o')]
     pub output: PathBuf,
     /// Start at this offset on every partition (default: the first one still there).
@@ -100,7 +103,7 @@ pub struct ExportState {
     /// Per partition: the next offset to export and the end (excluded).
     pub next: BTreeMap<i32, i64>,
     pub ends: BTreeMap<i32, i64>,
-    /// Length of the output when the state was written.
+    /// Length of the output when the state was written (Parquet: part files written).
     pub bytes: u64,
     pub written: u64,
     pub skipped: u64,
@@ -187,21 +190,30 @@ pub async fn export(
         });
     }
 
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.output)
-        .with_context(|| format!("Failed to open {}", args.output.display()))?;
-    let length = file.metadata()?.len();
-    anyhow::ensure!(
-        length >= state.bytes,
-        "{} is shorter than its state file says ({length} < {} bytes); it cannot be continued",
-        args.output.display(),
-        state.bytes
-    );
-    file.set_len(state.bytes)
-        .with_context(|| format!("Failed to cut {} back to its last complete chunk", args.output.display()))?;
-    let mut sink = Sink::open(args.format, file, &state)?;
+    let mut sink = if args.format == Format::Parquet {
+        std::fs::create_dir_all(&args.output)
+            .with_context(|| format!("Failed to create the directory {}", args.output.display()))?;
+        // Parts written after the state was last saved hold records that are exported again.
+        crate::parquet_out::remove_parts_from(&args.output, state.bytes)?;
+        let kind = state.kind.as_deref().map(parse_kind).transpose()?;
+        Sink::Parquet(kind, Vec::new())
+    } else {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args.output)
+            .with_context(|| format!("Failed to open {}", args.output.display()))?;
+        let length = file.metadata()?.len();
+        anyhow::ensure!(
+            length >= state.bytes,
+            "{} is shorter than its state file says ({length} < {} bytes); it cannot be continued",
+            args.output.display(),
+            state.bytes
+        );
+        file.set_len(state.bytes)
+            .with_context(|| format!("Failed to cut {} back to its last complete chunk", args.output.display()))?;
+        Sink::open(args.format, file, &state)?
+    };
 
     let starts: Vec<(i32, i64)> =
         state.next.iter().filter(|(p, n)| **n < state.ends[*p]).map(|(p, n)| (*p, *n)).collect();
@@ -305,6 +317,8 @@ enum Sink {
     Jsonl(BufWriter<File>),
     Csv(csv::Writer<File>, Option<EventKind>),
     Avro(Option<apache_avro::Writer<'static, File>>, Option<File>, [u8; 16]),
+    /// The directory's event type, and the rows of the chunk not yet written.
+    Parquet(Option<EventKind>, Vec<crate::parquet_out::Row>),
 }
 
 const ORDER_COLUMNS: &[&str] = &[
@@ -384,6 +398,7 @@ impl Sink {
         let kind = state.kind.as_deref().map(parse_kind).transpose()?;
         Ok(match format {
             Format::Jsonl => Sink::Jsonl(BufWriter::new(file)),
+            Format::Parquet => bail!("a Parquet export writes a directory, not a file"),
             Format::Csv => Sink::Csv(csv::WriterBuilder::new().has_headers(false).from_writer(file), kind),
             Format::Avro => {
                 let marker = match &state.avro_marker {
@@ -417,6 +432,23 @@ impl Sink {
         let kind = kind_of(&event);
         match self {
             Sink::Jsonl(_) => unreachable!("handled above"),
+            Sink::Parquet(file_kind, rows) => {
+                let file_kind = *file_kind.get_or_insert_with(|| {
+                    state.kind = Some(kind_name(kind).to_owned());
+                    kind
+                });
+                if file_kind != kind {
+                    return Ok(false);
+                }
+                rows.push(crate::parquet_out::Row {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    timestamp_ms: records::timestamp_ms(message),
+                    event,
+                });
+                Ok(true)
+            }
             Sink::Csv(out, file_kind) => {
                 let file_kind = *file_kind.get_or_insert_with(|| {
                     state.kind = Some(kind_name(kind).to_owned());
@@ -474,6 +506,14 @@ impl Sink {
                 writer.get_ref().sync_data()?;
             }
             Sink::Avro(None, _, _) => {}
+            Sink::Parquet(kind, rows) => {
+                if let (Some(kind), false) = (kind, rows.is_empty()) {
+                    crate::parquet_out::write_part(output, state.bytes, *kind, rows)?;
+                    state.bytes += 1;
+                    rows.clear();
+                }
+                return write_state(state_file, state);
+            }
         }
         state.bytes = std::fs::metadata(output).with_context(|| format!("Failed to stat {}", output.display()))?.len();
         write_state(state_file, state)

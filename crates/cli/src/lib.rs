@@ -27,6 +27,7 @@ pub mod dlq;
 pub mod export;
 pub mod lag;
 pub mod offsets;
+pub mod parquet_out;
 pub mod position;
 pub mod publish;
 pub mod records;
