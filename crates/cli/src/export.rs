@@ -433,11 +433,7 @@ impl Sink {
         match self {
             Sink::Jsonl(_) => unreachable!("handled above"),
             Sink::Parquet(file_kind, rows) => {
-                let file_kind = *file_kind.get_or_insert_with(|| {
-                    state.kind = Some(kind_name(kind).to_owned());
-                    kind
-                });
-                if file_kind != kind {
+                if !of_the_files_kind(file_kind, kind, state) {
                     return Ok(false);
                 }
                 rows.push(crate::parquet_out::Row {
@@ -450,11 +446,7 @@ impl Sink {
                 Ok(true)
             }
             Sink::Csv(out, file_kind) => {
-                let file_kind = *file_kind.get_or_insert_with(|| {
-                    state.kind = Some(kind_name(kind).to_owned());
-                    kind
-                });
-                if file_kind != kind {
+                if !of_the_files_kind(file_kind, kind, state) {
                     return Ok(false);
                 }
                 if state.bytes == 0 && state.written == 0 {
@@ -518,6 +510,16 @@ impl Sink {
         state.bytes = std::fs::metadata(output).with_context(|| format!("Failed to stat {}", output.display()))?.len();
         write_state(state_file, state)
     }
+}
+
+/// Whether an event of `kind` belongs in a file of one event type: the first one written sets
+/// the file's type (kept in the state for a resumed export).
+fn of_the_files_kind(file_kind: &mut Option<EventKind>, kind: EventKind, state: &mut ExportState) -> bool {
+    let file_kind = *file_kind.get_or_insert_with(|| {
+        state.kind = Some(kind_name(kind).to_owned());
+        kind
+    });
+    file_kind == kind
 }
 
 fn csv_rows(message: &OwnedMessage, event: &Event) -> Vec<Vec<String>> {

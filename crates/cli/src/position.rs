@@ -146,11 +146,7 @@ pub fn active_members(client: &BaseConsumer, group: &str) -> anyhow::Result<Vec<
 }
 
 /// How long sessions of a consumer that just stopped may take to leave `pg_stat_activity`.
-/// A backend leaves when it has processed its client's goodbye; on a busy server that took
-/// more than 2 s (a clean-clone suite run, 2026-11-30, refused a promotion right after the
-/// consumer stopped). A consumer that still runs keeps its sessions, so waiting longer only
-/// delays the refusal.
-const SESSION_EXIT_GRACE: Duration = Duration::from_secs(10);
+const SESSION_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Signs that an instance of the consumer is running: members of its consumer group, and
 /// Postgres sessions of its read store (the runtime names its connections after the schema,
