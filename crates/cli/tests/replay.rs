@@ -51,6 +51,25 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
     // Act 2: the live store is damaged (a row counted twice); rebuild, compare, promote.
     sqlx::query("INSERT INTO applied SELECT * FROM applied WHERE order_id = 'a-3'").execute(&live_pool).await.unwrap();
     live_pool.close().await;
+    // Promotion refuses while the consumer has Postgres sessions; wait until the stopped
+    // consumer's are gone (and say what is left if they never go).
+    let schema = args.schema.clone().unwrap();
+    let admin = sqlx::PgPool::connect(&database_url()).await.unwrap();
+    let sessions = "SELECT format('pid %s, %s, since %s: %s', pid, state, backend_start, left(query, 200)) \
+                    FROM pg_stat_activity WHERE application_name = $1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: Vec<String> = sqlx::query_scalar(sessions).bind(&schema).fetch_all(&admin).await.unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stopped consumer's sessions are still there after 60 s: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin.close().await;
     replay_args.promote = true;
     let report = replay(handler(), &kafka_args(), &replay_args).await.unwrap();
 
