@@ -44,7 +44,6 @@ impl Handler for Email {
                         .iter()
                         .map(|l| (l.sku.as_str().to_owned(), i64::from(l.quantity_missing)))
                         .collect();
-                    let lines = serde_json::to_value(lines).map_err(|e| HandlerError::Permanent(e.into()))?;
                     notices.push((backorder.order_id.as_str().to_owned(), backorder.event_id, lines));
                 }
                 _ => {}
@@ -69,8 +68,6 @@ impl Handler for Email {
         for (order_id, event_id, lines) in notices {
             match addresses.get(&order_id) {
                 Some(to) => {
-                    let lines: Vec<(String, i64)> =
-                        serde_json::from_value(lines).map_err(|e| HandlerError::Permanent(e.into()))?;
                     let rendered = template::render_backorder(&order_id, to, &lines, event_id);
                     ready.entry(order_id).or_insert((event_id, rendered));
                 }

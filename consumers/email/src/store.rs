@@ -64,35 +64,42 @@ pub async fn addresses(tx: &mut PgConnection, order_ids: &[&str]) -> Result<BTre
     Ok(rows.into_iter().collect())
 }
 
-/// Keep notices whose order is not applied yet: (order id, event id, lines).
-pub async fn keep_pending(
-    tx: &mut PgConnection,
-    notices: &[(String, Uuid, serde_json::Value)],
-) -> Result<(), sqlx::Error> {
+/// A backorder notice's lines: (sku, units missing).
+pub type NoticeLines = Vec<(String, i64)>;
+
+/// A backorder notice waiting for its order: (order id, event id, lines).
+pub type Notice = (String, Uuid, NoticeLines);
+
+/// Keep notices whose order is not applied yet.
+pub async fn keep_pending(tx: &mut PgConnection, notices: &[Notice]) -> Result<(), sqlx::Error> {
     if notices.is_empty() {
         return Ok(());
     }
+    let lines = notices
+        .iter()
+        .map(|(_, _, lines)| serde_json::to_value(lines))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
         "INSERT INTO pending_notices (order_id, event_id, lines)
          SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::jsonb[]) ON CONFLICT DO NOTHING",
     )
     .bind(notices.iter().map(|(o, _, _)| o.as_str()).collect::<Vec<_>>())
     .bind(notices.iter().map(|(_, e, _)| *e).collect::<Vec<_>>())
-    .bind(notices.iter().map(|(_, _, l)| l.clone()).collect::<Vec<_>>())
+    .bind(lines)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 /// Take the pending notices of `order_ids` (they are rendered now that the orders are here).
-pub async fn take_pending(
-    tx: &mut PgConnection,
-    order_ids: &[&str],
-) -> Result<Vec<(String, Uuid, serde_json::Value)>, sqlx::Error> {
-    sqlx::query_as("DELETE FROM pending_notices WHERE order_id = ANY($1) RETURNING order_id, event_id, lines")
-        .bind(order_ids)
-        .fetch_all(&mut *tx)
-        .await
+pub async fn take_pending(tx: &mut PgConnection, order_ids: &[&str]) -> Result<Vec<Notice>, sqlx::Error> {
+    let rows: Vec<(String, Uuid, sqlx::types::Json<NoticeLines>)> =
+        sqlx::query_as("DELETE FROM pending_notices WHERE order_id = ANY($1) RETURNING order_id, event_id, lines")
+            .bind(order_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(rows.into_iter().map(|(order_id, event_id, lines)| (order_id, event_id, lines.0)).collect())
 }
 
 /// An email the sender claimed.

@@ -26,11 +26,10 @@
 //! decisions arrived; the open loop runs at half of it, latency measured from each POST's
 //! scheduled send.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -45,6 +44,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::ceilings::{self, PARTITIONS, unique};
+// Order id → when its decision arrived on the allocations topic.
+use crate::e2e::Seen;
 use crate::ingress::{IngressUnderTest, OpenLoop, Sibling, mark, percentiles_ms, row};
 use crate::pipeline::{self, KillOnDrop};
 use crate::report::{Figures, cell, fmt_num};
@@ -326,9 +327,6 @@ async fn run_decisions(
 /// CPU ticks (broker, PostgreSQL, busy) and the allocator's CPU seconds.
 type Window = (Instant, usize, (f64, f64, f64), f64);
 
-/// Order id → when its decision arrived on the allocations topic.
-type Seen = Arc<Mutex<HashMap<String, Instant>>>;
-
 /// The harness's reader of the allocations topic: a thread polling every partition from the
 /// beginning, keeping each key's first arrival.
 struct DecisionReader {
@@ -517,21 +515,12 @@ async fn latency_with(
     let phase = crate::ingress::phase(settings);
     let closed = ingress.closed_loop("max", CLOSED_LOOP_CONCURRENCY, phase / 4, phase / 2).await?;
     let prefix = format!("{}-max-", ingress.prefix);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut times = loop {
-        let times: Vec<Instant> = match reader.seen.lock() {
-            Ok(seen) => seen.iter().filter(|(id, _)| id.starts_with(&prefix)).map(|(_, at)| *at).collect(),
-            Err(_) => bail!("the allocations reader panicked"),
-        };
-        if times.len() >= closed.accepted || Instant::now() > deadline {
-            break times;
-        }
+    let seen = reader.seen.clone();
+    let mut times = crate::e2e::arrivals(&seen, &prefix, closed.accepted, Duration::from_secs(300), || {
         reader.check_running()?;
-        for process in processes {
-            process.check_running()?;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        processes.iter().try_for_each(|process| process.check_running())
+    })
+    .await?;
     if times.len() < closed.accepted {
         bail!("only {} of {} accepted orders were decided within 300s", times.len(), closed.accepted);
     }

@@ -53,7 +53,7 @@ pub struct E2eLatency {
 }
 
 /// Order id → when its row was seen, filled by the listener task.
-type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+pub(crate) type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// The fulfillment consumer on a fresh schema, and the harness's view of its rows.
 struct Reader {
@@ -205,6 +205,29 @@ async fn visible_latencies(
     Ok(E2eLatency { rate: open.rate, latencies_us, failed: open.failed })
 }
 
+/// When the ids starting with `prefix` arrived in `seen`, once `expected` of them have (or
+/// `timeout` passed: then fewer), checking `alive` between looks.
+pub(crate) async fn arrivals(
+    seen: &Seen,
+    prefix: &str,
+    expected: usize,
+    timeout: Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Instant>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let times: Vec<Instant> = match seen.lock() {
+            Ok(seen) => seen.iter().filter(|(id, _)| id.starts_with(prefix)).map(|(_, at)| *at).collect(),
+            Err(_) => bail!("the task recording arrivals panicked"),
+        };
+        if times.len() >= expected || Instant::now() > deadline {
+            return Ok(times);
+        }
+        alive()?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Arrivals per second from the first of `times` to the last (sorts them).
 pub(crate) fn arrival_rate(times: &mut [Instant]) -> anyhow::Result<f64> {
     times.sort_unstable();
@@ -249,19 +272,10 @@ async fn measure_with(
     figures.ingress_closed_per_sec = closed.per_sec;
     // Closed-loop indexes are handed out in order; failed ones leave gaps, so collect what
     // arrived rather than expecting `0..accepted`.
-    let deadline = Instant::now() + Duration::from_secs(120);
     let prefix = format!("{}-max-", ingress.prefix);
-    let mut times = loop {
-        let times: Vec<Instant> = match reader.seen.lock() {
-            Ok(seen) => seen.iter().filter(|(id, _)| id.starts_with(&prefix)).map(|(_, at)| *at).collect(),
-            Err(_) => bail!("the listener task panicked"),
-        };
-        if times.len() >= closed.accepted || Instant::now() > deadline {
-            break times;
-        }
-        reader.process.check_running()?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut times =
+        arrivals(&reader.seen, &prefix, closed.accepted, Duration::from_secs(120), || reader.process.check_running())
+            .await?;
     if times.len() < closed.accepted {
         bail!("only {} of {} accepted orders were visible within 120s", times.len(), closed.accepted);
     }
