@@ -13,6 +13,7 @@
 //! and only if the batch commits. Event ids are derived from the order (and sku and cause),
 //! so the decision made again after a rolled-back attempt carries the same id.
 
+use orderflow_events::contract::{Field, InventoryChangedField, OrderPlacedField};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::Utc;
@@ -39,6 +40,22 @@ pub const DECISION_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_77
 fn decision_id(parts: &[&str]) -> Uuid {
     Uuid::new_v5(&DECISION_ID_NAMESPACE, parts.join("\u{0}").as_bytes())
 }
+
+/// Every event field this handler reads (its contract: `orderflow contracts`; a test replaces
+/// every other field and expects the same store).
+pub const READS: &[Field] = &[
+    Field::OrderPlaced(OrderPlacedField::EventId),
+    Field::OrderPlaced(OrderPlacedField::OrderId),
+    Field::OrderPlaced(OrderPlacedField::LineSku),
+    Field::OrderPlaced(OrderPlacedField::LineQuantity),
+    Field::OrderPlaced(OrderPlacedField::PlacedAt),
+    Field::InventoryChanged(InventoryChangedField::EventId),
+    Field::InventoryChanged(InventoryChangedField::Sku),
+    Field::InventoryChanged(InventoryChangedField::Warehouse),
+    Field::InventoryChanged(InventoryChangedField::Delta),
+    Field::InventoryChanged(InventoryChangedField::Reason),
+    Field::InventoryChanged(InventoryChangedField::OrderId),
+];
 
 /// The allocator: decides against its store, publishes through `outbox`.
 #[derive(Debug, Clone)]

@@ -44,6 +44,8 @@ pub const CONSUMER: Spec = Spec {
     about: "Decides stock for every order once (allocated or backordered, first placed first served) and publishes the decisions to allocations.v1 through its outbox",
     secrets: &[],
     rebuild: refuse_rebuild,
+    api: api::router,
+    reads: handler::READS,
 };
 
 fn refuse_rebuild(_: RuntimeArgs) -> LocalBoxFuture<anyhow::Result<Bare>> {

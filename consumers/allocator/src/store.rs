@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -213,8 +214,58 @@ pub async fn save_backorders(
     Ok(())
 }
 
+/// One sku's stock in one warehouse, as the read API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WarehouseStock {
+    pub warehouse: String,
+    pub on_hand: i64,
+    /// Held for decided orders, not yet shipped.
+    pub allocated: i64,
+    /// On hand and not allocated.
+    pub available: i64,
+}
+
+/// One sku's stock as `GET /v1/stock/{sku}` shows it (zeros for a sku never seen).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SkuStock {
+    pub sku: String,
+    pub on_hand: i64,
+    pub allocated: i64,
+    pub available: i64,
+    /// Units orders still wait for.
+    pub backordered: i64,
+    pub warehouses: Vec<WarehouseStock>,
+}
+
+/// Units of a sku reserved in a warehouse for an order.
+#[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct Allocated {
+    pub sku: String,
+    pub warehouse: String,
+    pub quantity: i64,
+}
+
+/// Units of a sku an order still waits for.
+#[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct Backordered {
+    pub sku: String,
+    pub quantity_missing: i64,
+}
+
+/// One order's decision as `GET /v1/allocations/{order_id}` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderDecision {
+    pub order_id: String,
+    pub placed_at: DateTime<Utc>,
+    pub decided_at: DateTime<Utc>,
+    /// What was reserved, per sku and warehouse (at the decision and since, from later stock).
+    pub allocated: Vec<Allocated>,
+    /// What the order still waits for.
+    pub backordered: Vec<Backordered>,
+}
+
 /// One sku's stock as the read API shows it.
-pub async fn sku_stock(pool: &PgPool, sku: &str) -> Result<serde_json::Value, sqlx::Error> {
+pub async fn sku_stock(pool: &PgPool, sku: &str) -> Result<SkuStock, sqlx::Error> {
     let rows = sqlx::query("SELECT warehouse, on_hand, allocated FROM stock WHERE sku = $1 ORDER BY warehouse")
         .bind(sku)
         .fetch_all(pool)
@@ -225,7 +276,7 @@ pub async fn sku_stock(pool: &PgPool, sku: &str) -> Result<serde_json::Value, sq
             .fetch_one(pool)
             .await?;
     let (mut on_hand, mut allocated, mut available) = (0i64, 0i64, 0i64);
-    let warehouses: Vec<serde_json::Value> = rows
+    let warehouses = rows
         .iter()
         .map(|row| {
             let bin =
@@ -233,19 +284,19 @@ pub async fn sku_stock(pool: &PgPool, sku: &str) -> Result<serde_json::Value, sq
             on_hand += bin.on_hand;
             allocated += bin.allocated;
             available += bin.free();
-            serde_json::json!({
-                "warehouse": bin.warehouse, "on_hand": bin.on_hand, "allocated": bin.allocated, "available": bin.free(),
-            })
+            WarehouseStock {
+                available: bin.free(),
+                warehouse: bin.warehouse,
+                on_hand: bin.on_hand,
+                allocated: bin.allocated,
+            }
         })
         .collect();
-    Ok(serde_json::json!({
-        "sku": sku, "on_hand": on_hand, "allocated": allocated, "available": available,
-        "backordered": backordered, "warehouses": warehouses,
-    }))
+    Ok(SkuStock { sku: sku.to_owned(), on_hand, allocated, available, backordered, warehouses })
 }
 
 /// One order's decision as the read API shows it; `None` when it was not decided.
-pub async fn order_decision(pool: &PgPool, order_id: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
+pub async fn order_decision(pool: &PgPool, order_id: &str) -> Result<Option<OrderDecision>, sqlx::Error> {
     let Some(order) = sqlx::query("SELECT placed_at, decided_at FROM decided_orders WHERE order_id = $1")
         .bind(order_id)
         .fetch_optional(pool)
@@ -253,28 +304,24 @@ pub async fn order_decision(pool: &PgPool, order_id: &str) -> Result<Option<serd
     else {
         return Ok(None);
     };
-    let allocated = sqlx::query(
+    let allocated = sqlx::query_as::<_, Allocated>(
         "SELECT sku, warehouse, SUM(quantity)::bigint AS quantity FROM allocations WHERE order_id = $1
          GROUP BY sku, warehouse ORDER BY sku, warehouse",
     )
     .bind(order_id)
     .fetch_all(pool)
     .await?;
-    let waiting = sqlx::query("SELECT sku, quantity_missing FROM backorders WHERE order_id = $1 ORDER BY sku")
-        .bind(order_id)
-        .fetch_all(pool)
-        .await?;
-    let placed_at: DateTime<Utc> = order.get("placed_at");
-    let decided_at: DateTime<Utc> = order.get("decided_at");
-    Ok(Some(serde_json::json!({
-        "order_id": order_id,
-        "placed_at": placed_at,
-        "decided_at": decided_at,
-        "allocated": allocated.iter().map(|r| serde_json::json!({
-            "sku": r.get::<String, _>("sku"), "warehouse": r.get::<String, _>("warehouse"), "quantity": r.get::<i64, _>("quantity"),
-        })).collect::<Vec<_>>(),
-        "backordered": waiting.iter().map(|r| serde_json::json!({
-            "sku": r.get::<String, _>("sku"), "quantity_missing": r.get::<i64, _>("quantity_missing"),
-        })).collect::<Vec<_>>(),
-    })))
+    let backordered = sqlx::query_as::<_, Backordered>(
+        "SELECT sku, quantity_missing FROM backorders WHERE order_id = $1 ORDER BY sku",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(OrderDecision {
+        order_id: order_id.to_owned(),
+        placed_at: order.get("placed_at"),
+        decided_at: order.get("decided_at"),
+        allocated,
+        backordered,
+    }))
 }

@@ -7,33 +7,73 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, TimeDelta, Utc};
-use orderflow_consumer_kit::{ApiError, bounded};
-use serde::Deserialize;
+use orderflow_consumer_kit::{ApiError, ErrorBody, OpenApiRouter, bounded};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa_axum::routes;
 
-use crate::store::{self, Bucket};
+use crate::store::{self, Bucket, MovementsDay, SalesBucket, UnitsDay};
 
 /// Widest range of an hourly read.
 pub const MAX_HOURLY_RANGE_DAYS: i64 = 31;
 /// Widest range of a daily read.
 pub const MAX_DAILY_RANGE_DAYS: i64 = 366;
 
-pub fn router(pool: PgPool) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/sales", get(sales))
-        .route("/v1/units", get(units))
-        .route("/v1/stock-movements", get(movements))
-        .with_state(pool)
+pub fn router() -> OpenApiRouter<PgPool> {
+    OpenApiRouter::new().routes(routes!(sales)).routes(routes!(units)).routes(routes!(movements))
 }
 
-#[derive(Debug, Deserialize)]
+/// The parameters of `GET /v1/sales`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
+    /// `hour` (default; ranges up to 31 days) or `day` (up to 366 days).
+    #[param(value_type = Option<String>, pattern = "^(hour|day)$")]
     bucket: Option<String>,
+    /// Start of the range, inclusive (RFC 3339).
+    #[param(required = true, value_type = String, format = DateTime, max_length = 256)]
     from: Option<String>,
+    /// End of the range, exclusive (RFC 3339); not before `from`.
+    #[param(required = true, value_type = String, format = DateTime, max_length = 256)]
     to: Option<String>,
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`).
+    #[param(value_type = Option<String>, pattern = "^(json|csv)$")]
     format: Option<String>,
+}
+
+/// The parameters of the per-day reads.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DayParams {
+    /// Start of the range, inclusive (RFC 3339; its day counts).
+    #[param(required = true, value_type = String, format = DateTime, max_length = 256)]
+    from: Option<String>,
+    /// End of the range, exclusive (RFC 3339); at most 366 days after `from`.
+    #[param(required = true, value_type = String, format = DateTime, max_length = 256)]
+    to: Option<String>,
+}
+
+/// The JSON answer of `GET /v1/sales`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Sales {
+    /// Per bucket and currency, in time order.
+    pub buckets: Vec<SalesBucket>,
+}
+
+/// The answer of `GET /v1/units`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Units {
+    /// Units ordered per day and sku.
+    pub days: Vec<UnitsDay>,
+}
+
+/// The answer of `GET /v1/stock-movements`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Movements {
+    /// Stock changes per day and reason.
+    pub days: Vec<MovementsDay>,
 }
 
 fn params(query: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
@@ -79,6 +119,16 @@ fn wants_csv(p: &Params, headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
+/// Orders and revenue per hour or day and currency, in `[from, to)`.
+#[utoipa::path(get, path = "/v1/sales", tag = "analytics",
+    params(Params),
+    responses(
+        (status = 200, description = "The buckets",
+            content((Sales = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "A missing or malformed parameter, `from` after `to`, or a range too wide for the bucket", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    ),
+)]
 async fn sales(
     State(pool): State<PgPool>,
     headers: HeaderMap,
@@ -109,23 +159,41 @@ async fn sales(
         )
             .into_response());
     }
-    Ok(Json(serde_json::json!({ "buckets": buckets })).into_response())
+    Ok(Json(Sales { buckets }).into_response())
 }
 
+/// Units ordered per day and sku, in `[from, to)`.
+#[utoipa::path(get, path = "/v1/units", tag = "analytics",
+    params(DayParams),
+    responses(
+        (status = 200, description = "The days", body = Units),
+        (status = 400, description = "A missing or malformed parameter, `from` after `to`, or a range over 366 days", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    ),
+)]
 async fn units(
     State(pool): State<PgPool>,
     query: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Units>, ApiError> {
     let (from, to) = range(&params(query)?, MAX_DAILY_RANGE_DAYS)?;
     let days = store::units(&pool, from.date_naive(), to.date_naive()).await?;
-    Ok(Json(serde_json::json!({ "days": days })))
+    Ok(Json(Units { days }))
 }
 
+/// Stock changes and units moved per day and reason, in `[from, to)`.
+#[utoipa::path(get, path = "/v1/stock-movements", tag = "analytics",
+    params(DayParams),
+    responses(
+        (status = 200, description = "The days", body = Movements),
+        (status = 400, description = "A missing or malformed parameter, `from` after `to`, or a range over 366 days", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    ),
+)]
 async fn movements(
     State(pool): State<PgPool>,
     query: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Movements>, ApiError> {
     let (from, to) = range(&params(query)?, MAX_DAILY_RANGE_DAYS)?;
     let days = store::movements(&pool, from.date_naive(), to.date_naive()).await?;
-    Ok(Json(serde_json::json!({ "days": days })))
+    Ok(Json(Movements { days }))
 }

@@ -4,6 +4,7 @@
 
 use chrono::{DurationRound, TimeDelta};
 use orderflow_events::Event;
+use orderflow_events::contract::{Field, InventoryChangedField, OrderPlacedField};
 use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
 use sqlx::PgConnection;
 
@@ -13,6 +14,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The consumer's name: group, schema and DLQ prefix.
 pub const NAME: &str = "analytics";
+
+/// Every event field this handler reads (its contract: `orderflow contracts`; a test replaces
+/// every other field and expects the same store).
+pub const READS: &[Field] = &[
+    Field::OrderPlaced(OrderPlacedField::PlacedAt),
+    Field::OrderPlaced(OrderPlacedField::Currency),
+    Field::OrderPlaced(OrderPlacedField::TotalMinor),
+    Field::OrderPlaced(OrderPlacedField::LineSku),
+    Field::OrderPlaced(OrderPlacedField::LineQuantity),
+    Field::InventoryChanged(InventoryChangedField::OccurredAt),
+    Field::InventoryChanged(InventoryChangedField::Reason),
+    Field::InventoryChanged(InventoryChangedField::Delta),
+];
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Analytics;

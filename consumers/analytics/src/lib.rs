@@ -32,6 +32,8 @@ pub const CONSUMER: Spec = Spec {
     about: "Sales per hour and currency, units per sku and day, stock movements per day and reason",
     secrets: &[],
     rebuild: bare::<Analytics>,
+    api: api::router,
+    reads: handler::READS,
 };
 
 /// Connect the store (schema, migrations) and build the read API, without consuming yet.

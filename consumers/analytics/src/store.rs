@@ -86,7 +86,7 @@ pub enum Bucket {
     Day,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SalesBucket {
     pub bucket: DateTime<Utc>,
     pub currency: String,
@@ -118,7 +118,7 @@ pub async fn sales(
     .await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct UnitsDay {
     pub day: NaiveDate,
     pub sku: String,
@@ -134,7 +134,7 @@ pub async fn units(pool: &PgPool, from: NaiveDate, to: NaiveDate) -> Result<Vec<
         .await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct MovementsDay {
     pub day: NaiveDate,
     pub reason: String,

@@ -4,6 +4,7 @@
 //! replay both are recorded as `suppressed` and never sent. Sending is the
 //! [`crate::sender`]'s job, outside the transaction.
 
+use orderflow_events::contract::{BackorderField, Field, OrderPlacedField};
 use std::collections::BTreeMap;
 
 use orderflow_events::Event;
@@ -16,6 +17,28 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The consumer's name: group, schema and DLQ prefix.
 pub const NAME: &str = "email";
+
+/// Every event field this handler reads (its contract: `orderflow contracts`; a test replaces
+/// every other field and expects the same store).
+pub const READS: &[Field] = &[
+    Field::OrderPlaced(OrderPlacedField::EventId),
+    Field::OrderPlaced(OrderPlacedField::OrderId),
+    Field::OrderPlaced(OrderPlacedField::CustomerEmail),
+    Field::OrderPlaced(OrderPlacedField::CustomerName),
+    Field::OrderPlaced(OrderPlacedField::Currency),
+    Field::OrderPlaced(OrderPlacedField::TotalMinor),
+    Field::OrderPlaced(OrderPlacedField::LineSku),
+    Field::OrderPlaced(OrderPlacedField::LineQuantity),
+    Field::OrderPlaced(OrderPlacedField::LineUnitPriceMinor),
+    Field::OrderPlaced(OrderPlacedField::ShippingLine1),
+    Field::OrderPlaced(OrderPlacedField::ShippingPostalCode),
+    Field::OrderPlaced(OrderPlacedField::ShippingCity),
+    Field::OrderPlaced(OrderPlacedField::ShippingCountry),
+    Field::OrderBackordered(BackorderField::EventId),
+    Field::OrderBackordered(BackorderField::OrderId),
+    Field::OrderBackordered(BackorderField::LineSku),
+    Field::OrderBackordered(BackorderField::LineQuantityMissing),
+];
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Email;

@@ -42,6 +42,8 @@ pub const CONSUMER: Spec = Spec {
     about: "One order-confirmation email per order from orders.v1, and one backorder notice per backordered order from allocations.v1, sent over SMTP",
     secrets: &["SMTP_URL"],
     rebuild: bare::<Email>,
+    api: api::router,
+    reads: handler::READS,
 };
 
 /// Connect the store (schema, migrations), build the read API and the sender, without

@@ -198,7 +198,7 @@ pub async fn release(pool: &PgPool, message_ids: &[&str]) -> Result<(), sqlx::Er
 }
 
 /// One email as `GET /v1/emails` shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EmailView {
     pub order_id: String,
     /// `confirmation` or `backorder`.

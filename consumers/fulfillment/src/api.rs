@@ -2,17 +2,27 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::get;
-use orderflow_consumer_kit::{ApiError, bounded};
+use orderflow_consumer_kit::{ApiError, ErrorBody, OpenApiRouter, bounded};
 use orderflow_events::OrderId;
 use sqlx::PgPool;
+use utoipa_axum::routes;
 
 use crate::store::{self, Fulfillment};
 
-pub fn router(pool: PgPool) -> axum::Router {
-    axum::Router::new().route("/v1/fulfillments/{order_id}", get(fulfillment)).with_state(pool)
+pub fn router() -> OpenApiRouter<PgPool> {
+    OpenApiRouter::new().routes(routes!(fulfillment))
 }
 
+/// One order's fulfillment: its lines, what shipped, what the allocator reserved or backordered.
+#[utoipa::path(get, path = "/v1/fulfillments/{order_id}", tag = "fulfillment",
+    params(("order_id" = inline(OrderId), Path, description = "Checkout's order id")),
+    responses(
+        (status = 200, description = "The order's fulfillment", body = Fulfillment),
+        (status = 400, description = "A malformed order id", body = ErrorBody),
+        (status = 404, description = "No order with this id was applied (yet)", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    ),
+)]
 async fn fulfillment(State(pool): State<PgPool>, Path(order_id): Path<String>) -> Result<Json<Fulfillment>, ApiError> {
     let order_id =
         OrderId::parse(bounded("order_id", &order_id)?).map_err(|e| ApiError::bad("order_id", e.to_string()))?;

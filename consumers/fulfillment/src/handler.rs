@@ -1,6 +1,7 @@
 //! What an event does to the fulfillment store: an order creates its fulfillment and lines;
 //! a `shipped` stock change naming an order adds to that order's shipped units.
 
+use orderflow_events::contract::{AllocationField, BackorderField, Field, InventoryChangedField, OrderPlacedField};
 use std::collections::BTreeMap;
 
 use orderflow_consumer_kit::{Amounts, Decided, ordered_quantities, shipment};
@@ -14,6 +15,28 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The consumer's name: group, schema and DLQ prefix.
 pub const NAME: &str = "fulfillment";
+
+/// Every event field this handler reads (its contract: `orderflow contracts`; a test replaces
+/// every other field and expects the same store).
+pub const READS: &[Field] = &[
+    Field::OrderPlaced(OrderPlacedField::OrderId),
+    Field::OrderPlaced(OrderPlacedField::PlacedAt),
+    Field::OrderPlaced(OrderPlacedField::LineSku),
+    Field::OrderPlaced(OrderPlacedField::LineQuantity),
+    Field::InventoryChanged(InventoryChangedField::Reason),
+    Field::InventoryChanged(InventoryChangedField::OrderId),
+    Field::InventoryChanged(InventoryChangedField::Sku),
+    Field::InventoryChanged(InventoryChangedField::Delta),
+    Field::OrderAllocated(AllocationField::OrderId),
+    Field::OrderAllocated(AllocationField::LineSku),
+    Field::OrderAllocated(AllocationField::LineQuantity),
+    Field::BackorderAllocated(AllocationField::OrderId),
+    Field::BackorderAllocated(AllocationField::LineSku),
+    Field::BackorderAllocated(AllocationField::LineQuantity),
+    Field::OrderBackordered(BackorderField::OrderId),
+    Field::OrderBackordered(BackorderField::LineSku),
+    Field::OrderBackordered(BackorderField::LineQuantityMissing),
+];
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fulfillment;

@@ -34,6 +34,8 @@ pub const CONSUMER: Spec = Spec {
     about: "One fulfillment per order, its shipment status and what was allocated or backordered per line, from orders.v1, inventory.v1 and allocations.v1",
     secrets: &[],
     rebuild: bare::<Fulfillment>,
+    api: api::router,
+    reads: handler::READS,
 };
 
 /// Connect the store (schema, migrations) and build the read API, without consuming yet.

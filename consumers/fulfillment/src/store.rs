@@ -36,7 +36,7 @@ pub async fn add_shipped(tx: &mut PgConnection, shipped: &Amounts) -> Result<(),
     upsert_amounts(tx, "shipments", ["order_id", "sku", "shipped"], Merge::Add, shipped).await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Line {
     pub sku: String,
     pub quantity: i64,
@@ -47,7 +47,7 @@ pub struct Line {
     pub backordered: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -69,7 +69,7 @@ impl Status {
 }
 
 /// The read shape of `GET /v1/fulfillments/{order_id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Fulfillment {
     pub order_id: String,
     pub status: Status,

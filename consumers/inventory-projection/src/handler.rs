@@ -5,6 +5,7 @@
 
 use orderflow_consumer_kit::{Decided, ordered_quantities, shipment};
 use orderflow_events::Event;
+use orderflow_events::contract::{AllocationField, BackorderField, Field, InventoryChangedField, OrderPlacedField};
 use orderflow_runtime::{BatchContext, Envelope, Handler, HandlerError};
 use sqlx::PgConnection;
 
@@ -14,6 +15,28 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The consumer's name: group, schema (`inventory_projection`) and DLQ prefix.
 pub const NAME: &str = "inventory-projection";
+
+/// Every event field this handler reads (its contract: `orderflow contracts`; a test replaces
+/// every other field and expects the same store).
+pub const READS: &[Field] = &[
+    Field::OrderPlaced(OrderPlacedField::OrderId),
+    Field::OrderPlaced(OrderPlacedField::LineSku),
+    Field::OrderPlaced(OrderPlacedField::LineQuantity),
+    Field::InventoryChanged(InventoryChangedField::Reason),
+    Field::InventoryChanged(InventoryChangedField::OrderId),
+    Field::InventoryChanged(InventoryChangedField::Sku),
+    Field::InventoryChanged(InventoryChangedField::Warehouse),
+    Field::InventoryChanged(InventoryChangedField::Delta),
+    Field::OrderAllocated(AllocationField::OrderId),
+    Field::OrderAllocated(AllocationField::LineSku),
+    Field::OrderAllocated(AllocationField::LineQuantity),
+    Field::BackorderAllocated(AllocationField::OrderId),
+    Field::BackorderAllocated(AllocationField::LineSku),
+    Field::BackorderAllocated(AllocationField::LineQuantity),
+    Field::OrderBackordered(BackorderField::OrderId),
+    Field::OrderBackordered(BackorderField::LineSku),
+    Field::OrderBackordered(BackorderField::LineQuantityMissing),
+];
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct InventoryProjection;

@@ -33,6 +33,8 @@ pub const CONSUMER: Spec = Spec {
     about: "Stock on hand, reserved, available and allocated per sku, from orders.v1, inventory.v1 and allocations.v1",
     secrets: &[],
     rebuild: bare::<InventoryProjection>,
+    api: api::router,
+    reads: handler::READS,
 };
 
 /// Connect the store (schema, migrations) and build the read API, without consuming yet.

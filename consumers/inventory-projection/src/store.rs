@@ -24,14 +24,14 @@ pub async fn add_shipped(tx: &mut PgConnection, shipped: &Amounts) -> Result<(),
     upsert_amounts(tx, "order_skus", ["order_id", "sku", "shipped"], Merge::Add, shipped).await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct WarehouseStock {
     pub warehouse: String,
     pub on_hand: i64,
 }
 
 /// The read shape of `GET /v1/inventory/{sku}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SkuInventory {
     pub sku: String,
     pub warehouses: Vec<WarehouseStock>,

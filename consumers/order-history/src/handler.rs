@@ -1,5 +1,6 @@
 //! What an event does to the order history: an OrderPlaced sets its order's row.
 
+use orderflow_events::contract::{Field, OrderPlacedField};
 use std::collections::BTreeMap;
 
 use orderflow_events::Event;
@@ -12,6 +13,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The consumer's name: group, schema and DLQ prefix.
 pub const NAME: &str = "order-history";
+
+/// Every event field this handler reads (its contract: `orderflow contracts`; a test replaces
+/// every other field and expects the same store).
+pub const READS: &[Field] = &[
+    Field::OrderPlaced(OrderPlacedField::OrderId),
+    Field::OrderPlaced(OrderPlacedField::CustomerId),
+    Field::OrderPlaced(OrderPlacedField::PlacedAt),
+    Field::OrderPlaced(OrderPlacedField::TotalMinor),
+    Field::OrderPlaced(OrderPlacedField::Currency),
+];
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OrderHistory;

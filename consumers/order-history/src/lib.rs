@@ -33,6 +33,8 @@ pub const CONSUMER: Spec = Spec {
     about: "Every customer's orders, newest first, from orders.v1",
     secrets: &[],
     rebuild: bare::<OrderHistory>,
+    api: api::router,
+    reads: handler::READS,
 };
 
 /// Connect the store (schema, migrations) and build the read API, without consuming yet.

@@ -22,11 +22,13 @@
 
 pub mod broker;
 pub mod consumers;
+pub mod contracts;
 pub mod deploy;
 pub mod dlq;
 pub mod export;
 pub mod lag;
 pub mod offsets;
+pub mod openapi;
 pub mod parquet_out;
 pub mod position;
 pub mod publish;
@@ -81,6 +83,10 @@ pub enum Command {
     Verify(Box<verify::VerifyArgs>),
     /// List the registered consumers (name, binary, port, topics), or write their deployment files.
     Consumers(consumers::ConsumersArgs),
+    /// Who reads which event field; check a proposed schema against the readers.
+    Contracts(contracts::ContractsArgs),
+    /// The OpenAPI description of every HTTP service; write or check docs/openapi/.
+    Openapi(openapi::OpenapiArgs),
     /// Check this build's readers against the writer schemas a topic really holds.
     #[command(subcommand)]
     Schema(schema_check::SchemaCommand),
@@ -100,6 +106,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => simulate::run(args).await,
         Command::Verify(args) => verify::run(*args).await,
         Command::Consumers(args) => consumers::run(args),
+        Command::Openapi(args) => openapi::run(args),
+        Command::Contracts(args) => contracts::run(args),
         Command::Schema(command) => schema_check::run(&cli.kafka, command).await,
     }
 }

@@ -33,8 +33,10 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orderflow_events::{InventoryChanged, OrderPlaced, Reason};
+pub use orderflow_runtime::http::ErrorBody;
 use orderflow_runtime::{CancellationToken, Handler, Runtime, RuntimeArgs};
 use sqlx::PgPool;
+pub use utoipa_axum::router::OpenApiRouter;
 
 #[doc(hidden)]
 pub use sqlx as __sqlx;
@@ -68,6 +70,16 @@ macro_rules! registered {
     };
 }
 
+/// A consumer's read API: its routes on the store's pool, each handler annotated with
+/// `#[utoipa::path]` and added with `utoipa_axum::routes!`, so the routes and their OpenAPI
+/// description (`/openapi.json`, docs/openapi/) come from the same code.
+pub type ReadApi = fn() -> OpenApiRouter<PgPool>;
+
+/// The OpenAPI description consumer `spec` serves at `/openapi.json`.
+pub fn openapi(spec: &Spec) -> utoipa::openapi::OpenApi {
+    orderflow_runtime::http::openapi(spec.name, (spec.api)().into_openapi())
+}
+
 /// Longest path or query parameter a read API accepts, in bytes.
 pub const MAX_PARAM_LEN: usize = 256;
 
@@ -97,18 +109,11 @@ impl From<sqlx::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
-            ApiError::BadRequest { field, problem } => {
-                (StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("{field}: {problem}"), "field": field}))
-            }
-            ApiError::NotFound(what) => {
-                (StatusCode::NOT_FOUND, serde_json::json!({"error": format!("{what} not found")}))
-            }
+            ApiError::BadRequest { field, problem } => (StatusCode::BAD_REQUEST, ErrorBody::field(field, problem)),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, ErrorBody::new(format!("{what} not found"))),
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "read endpoint failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    serde_json::json!({"error": "internal error, see the service's log"}),
-                )
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorBody::new("internal error, see the service's log"))
             }
         };
         (status, Json(body)).into_response()
@@ -136,20 +141,16 @@ const COMPANION_GRACE: Duration = Duration::from_secs(30);
 pub struct Consumer<H: Handler> {
     runtime: Runtime,
     handler: H,
-    api: axum::Router,
+    api: OpenApiRouter,
     companions: Vec<Companion>,
 }
 
 impl<H: Handler> Consumer<H> {
     /// Connect the handler's store (schema, runtime tables, migrations) and build its read
-    /// API on the pool with `api`.
-    pub async fn connect(
-        handler: H,
-        args: RuntimeArgs,
-        api: impl FnOnce(PgPool) -> axum::Router,
-    ) -> anyhow::Result<Self> {
+    /// API (routes and their description, see [`ReadApi`]) on the pool.
+    pub async fn connect(handler: H, args: RuntimeArgs, api: ReadApi) -> anyhow::Result<Self> {
         let runtime = Runtime::connect(&handler, args).await?;
-        let api = api(runtime.pool().clone());
+        let api = api().with_state(runtime.pool().clone());
         Ok(Consumer { runtime, handler, api, companions: Vec::new() })
     }
 

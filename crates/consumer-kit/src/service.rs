@@ -45,6 +45,11 @@ pub struct Spec {
     pub secrets: &'static [&'static str],
     /// Run its handler alone (see [`Rebuild`]).
     pub rebuild: Rebuild,
+    /// Its read API (routes and their OpenAPI description).
+    pub api: crate::ReadApi,
+    /// Every event field its handler reads (`orderflow contracts`); the contract test
+    /// (`tests/contracts.rs`) replaces every other field and expects the same store.
+    pub reads: &'static [orderflow_events::contract::Field],
 }
 
 impl Spec {

@@ -63,6 +63,16 @@ pub(crate) fn currency_exponent(code: &str) -> Option<u8> {
     CURRENCIES.binary_search_by(|(c, _)| (*c).cmp(code)).ok().map(|i| CURRENCIES[i].1)
 }
 
+/// Every currency code [`currency_exponent`] knows.
+pub(crate) fn currency_codes() -> impl Iterator<Item = &'static str> {
+    CURRENCIES.iter().map(|(code, _)| *code)
+}
+
+/// Every country code [`is_country`] knows.
+pub(crate) fn country_codes() -> impl Iterator<Item = &'static str> {
+    COUNTRIES.as_bytes().chunks_exact(2).map(|c| std::str::from_utf8(c).expect("ASCII table"))
+}
+
 pub(crate) fn is_country(code: &str) -> bool {
     code.len() == 2 && COUNTRIES.as_bytes().chunks_exact(2).any(|c| c == code.as_bytes())
 }

@@ -23,11 +23,13 @@
 pub mod avro_value;
 mod binary;
 pub mod codec;
+pub mod contract;
 pub mod domain;
 pub mod error;
 pub mod event;
 pub mod headers;
 mod iso;
+pub mod openapi;
 pub mod registry;
 pub mod request;
 pub mod samples;

@@ -17,7 +17,7 @@ use crate::domain::{
 use crate::event::{Address, Customer, InventoryChanged, OrderLine, OrderPlaced};
 
 /// One problem with one field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Path into the request body, e.g. `lines[1].quantity`.
     pub field: String,
@@ -28,6 +28,21 @@ pub struct FieldError {
 impl std::fmt::Display for FieldError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+/// A JSON integer, also when written with a zero fraction (`3.0`): JSON Schema's `integer`
+/// allows it, and Python's `json` writes whole floats that way.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    /// 2^53: beyond it a float no longer holds every whole number exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else { return Ok(None) };
+    if let Some(n) = number.as_i64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => Ok(Some(f as i64)),
+        _ => Err(serde::de::Error::custom(format!("invalid value: {number}, expected a whole number within ±2^53"))),
     }
 }
 
@@ -81,48 +96,72 @@ impl Problems {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerRequest {
+    #[schema(value_type = CustomerId)]
     pub id: Option<String>,
+    #[schema(value_type = Email)]
     pub email: Option<String>,
+    #[schema(value_type = PersonName)]
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLineRequest {
+    #[schema(value_type = Sku)]
     pub sku: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(required = true, value_type = Quantity)]
     pub quantity: Option<i64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(required = true, value_type = MinorUnits)]
     pub unit_price_minor: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressRequest {
+    #[schema(value_type = AddressLine)]
     pub line1: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<AddressLine>)]
     pub line2: Option<String>,
+    #[schema(value_type = City)]
     pub city: Option<String>,
+    #[schema(value_type = PostalCode)]
     pub postal_code: Option<String>,
+    #[schema(value_type = CountryCode)]
     pub country: Option<String>,
 }
 
 /// Body of `POST /v1/orders`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
+    #[schema(value_type = OrderId)]
     pub order_id: Option<String>,
+    #[schema(value_type = CustomerRequest)]
     pub customer: Option<CustomerRequest>,
+    #[schema(value_type = Currency)]
     pub currency: Option<String>,
+    /// 1 to 500 lines.
+    #[schema(value_type = Vec<OrderLineRequest>, min_items = 1, max_items = 500)]
     pub lines: Option<Vec<OrderLineRequest>>,
+    /// The sum of `quantity * unit_price_minor` over the lines.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(required = true, value_type = MinorUnits)]
     pub total_minor: Option<i64>,
+    #[schema(value_type = AddressRequest)]
     pub shipping_address: Option<AddressRequest>,
     /// RFC 3339; the ingress's receive time when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime, max_length = 64)]
     pub placed_at: Option<String>,
-    /// Defaults to [`DEFAULT_CHANNEL`].
+    /// Defaults to `web` ([`DEFAULT_CHANNEL`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Channel>)]
     pub channel: Option<String>,
 }
 
@@ -203,17 +242,26 @@ impl OrderRequest {
 }
 
 /// One entry of `POST /v1/inventory/changes`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryChangeRequest {
+    #[schema(value_type = Sku)]
     pub sku: Option<String>,
+    #[schema(value_type = WarehouseId)]
     pub warehouse: Option<String>,
+    /// Positive for received and returned, negative for shipped and damaged, either for adjusted.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(required = true, value_type = StockDelta)]
     pub delta: Option<i64>,
+    #[schema(value_type = Reason)]
     pub reason: Option<String>,
+    /// The order a shipment belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<OrderId>)]
     pub order_id: Option<String>,
     /// RFC 3339; the ingress's receive time when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime, max_length = 64)]
     pub occurred_at: Option<String>,
 }
 
@@ -255,9 +303,11 @@ impl InventoryChangeRequest {
 }
 
 /// Body of `POST /v1/inventory/changes`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryChangesRequest {
+    /// 1 to 1000 changes.
+    #[schema(value_type = Vec<InventoryChangeRequest>, min_items = 1, max_items = 1000)]
     pub changes: Option<Vec<InventoryChangeRequest>>,
 }
 
@@ -318,6 +368,21 @@ mod tests {
         assert_eq!(e.total_minor.get(), 3998);
         assert_eq!(e.channel.as_str(), "web");
         assert_eq!(e.placed_at.timestamp_subsec_nanos(), 123_456_000, "truncated to micros");
+    }
+
+    #[test]
+    fn whole_numbers_may_carry_a_zero_fraction_and_nothing_else_passes_as_one() {
+        let mut v = order_json();
+        v["lines"][0]["quantity"] = json!(2.0);
+        v["total_minor"] = json!(3998.0);
+        let r: OrderRequest = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(r.into_event(Uuid::nil(), t0()).unwrap().total_minor.get(), 3998);
+        for bad in [json!(2.5), json!(1e300), json!(-0.5), json!("2")] {
+            v["lines"][0]["quantity"] = bad.clone();
+            assert!(serde_json::from_value::<OrderRequest>(v.clone()).is_err(), "{bad}");
+        }
+        let missing: OrderRequest = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(missing.total_minor, None);
     }
 
     #[test]

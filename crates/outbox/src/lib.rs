@@ -17,6 +17,9 @@ use sqlx::{Executor, PgConnection};
 /// The outbox table's migrations (`migrations/`), applied in the outbox's schema.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// Longest NOTIFY channel name Postgres accepts (NAMEDATALEN - 1).
+const MAX_CHANNEL_LEN: usize = 63;
+
 /// The outbox in one Postgres schema.
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -48,9 +51,12 @@ impl Outbox {
         &self.table
     }
 
-    /// The NOTIFY channel the insert trigger signals.
+    /// The NOTIFY channel the insert trigger signals: `orderflow_outbox:<schema>`, cut to the
+    /// 63 bytes a channel name may have (migration 0002).
     pub fn channel(&self) -> String {
-        format!("orderflow_outbox:{}", self.schema)
+        let mut channel = format!("orderflow_outbox:{}", self.schema);
+        channel.truncate(MAX_CHANNEL_LEN);
+        channel
     }
 
     /// Create the schema if needed and apply the outbox migrations in it.

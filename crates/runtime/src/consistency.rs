@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use orderflow_service::consistency::{self, Token};
@@ -155,8 +155,8 @@ impl Consistency {
 }
 
 /// A position of a token the consumer has not applied yet.
-#[derive(Debug, serde::Serialize)]
-struct Behind {
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Behind {
     topic: String,
     partition: i32,
     /// The token's offset.
@@ -165,12 +165,26 @@ struct Behind {
     next_offset: Option<i64>,
 }
 
+/// The 503 of a read whose consistency token was not reached within the wait.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NotAppliedYet {
+    pub error: String,
+    /// The token's positions this consumer has not applied yet.
+    pub behind: Vec<Behind>,
+    /// Records this instance's partitions are behind in all (those it knows the lag of).
+    pub lag: i64,
+}
+
 /// `api` with every route behind the consistency layer.
 pub fn layer(api: axum::Router, consistency: Arc<Consistency>) -> axum::Router {
     api.layer(axum::middleware::from_fn_with_state(consistency, wait_then_read))
 }
 
 async fn wait_then_read(State(consistency): State<Arc<Consistency>>, mut request: Request, next: Next) -> Response {
+    // Only reads wait: any other method goes on to the route (a read route answers it 405).
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
     let token = match take_token(&mut request) {
         Ok(token) => token,
         Err(problem) => return bad_token(&problem),
@@ -186,14 +200,14 @@ async fn wait_then_read(State(consistency): State<Arc<Consistency>>, mut request
         }
         if let Err(behind) = consistency.wait_for(token).await {
             let (lag, _) = consistency.health.total_lag();
-            let body = serde_json::json!({
-                "error": format!(
+            let body = NotAppliedYet {
+                error: format!(
                     "not applied yet: this consumer did not reach the write within {} ms; retry after Retry-After seconds with the same token",
                     consistency.wait.as_millis()
                 ),
-                "behind": behind,
-                "lag": lag,
-            });
+                behind,
+                lag,
+            };
             let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
             consistency.freshness(Some(token), &mut response).await;
@@ -240,6 +254,6 @@ fn take_token(request: &mut Request) -> Result<Option<Token>, String> {
 }
 
 fn bad_token(problem: &str) -> Response {
-    let body = serde_json::json!({"error": format!("after: {problem}"), "field": "after"});
+    let body = crate::http::ErrorBody::field(consistency::QUERY_PARAM, problem);
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }

@@ -46,6 +46,7 @@ use sqlx::PgPool;
 use tokio_util::sync::DropGuard;
 
 pub use handler::{BatchContext, Envelope, Handler, HandlerError};
+pub use http::ReadApi;
 /// Shared with every orderflow binary (`orderflow-service`); re-exported so a consumer needs
 /// only the runtime.
 pub use orderflow_service::auth::Secret;
@@ -202,7 +203,7 @@ impl Runtime {
     pub async fn run<H: Handler>(
         self,
         handler: H,
-        api: axum::Router,
+        api: impl Into<http::ReadApi>,
         listen: SocketAddr,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -217,7 +218,7 @@ impl Runtime {
     pub async fn run_with_listener<H: Handler>(
         self,
         handler: H,
-        api: axum::Router,
+        api: impl Into<http::ReadApi>,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -226,6 +227,8 @@ impl Runtime {
         let Runtime { args, name, schema, pool, root, cancel_on_drop } = self;
         let topics = if args.topics.is_empty() { handler.topics() } else { args.topics.clone() };
         anyhow::ensure!(!topics.is_empty(), "consumer {name} reads no topics");
+        let http::ReadApi { router: api, spec } = api.into();
+        let spec = http::openapi(&name, spec);
         let api_tokens = if api.has_routes() { http::api_tokens(&args)? } else { None };
         let settings = consumer::LoopSettings {
             consumer: name.clone(),
@@ -282,7 +285,7 @@ impl Runtime {
         );
         // The token check is the outer layer: nothing runs for a caller without a token.
         let api = http::authenticated(api, api_tokens);
-        let server = tokio::spawn(http::serve(listener, api, health, root.child_token().cancelled_owned()));
+        let server = tokio::spawn(http::serve(listener, api, spec, health, root.child_token().cancelled_owned()));
         let retention = Duration::from_secs(args.ledger_retention_hours * 3600);
         let pruner = tokio::spawn(prune_ledger_until(pool.clone(), retention, root.child_token()));
 

@@ -10,6 +10,7 @@
 //! - [`DatabaseArgs`]: `--database-url` / `DATABASE_URL` and its one default,
 //!   [`DEFAULT_DATABASE_URL`].
 //! - [`auth`]: bearer tokens (`name:token` lists, constant-time checks) and [`auth::Secret`].
+//! - [`openapi`]: the OpenAPI description every service serves at `/openapi.json`.
 //! - [`consistency`]: the consistency token the ingress answers with and read endpoints wait on.
 //!
 //! # Must not touch
@@ -18,6 +19,7 @@
 
 pub mod auth;
 pub mod consistency;
+pub mod openapi;
 pub mod ops;
 
 use std::sync::OnceLock;

@@ -13,14 +13,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+
 use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The body of `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Readiness {
     pub ready: bool,
     /// Why, for an operator: what was checked and what it found.
@@ -66,26 +71,66 @@ impl<P: Probe> Probe for Arc<P> {
 pub fn router<P: Probe>(probe: P) -> Router {
     crate::prometheus();
     let probe = Arc::new(probe);
-    let scraped = probe.clone();
-    Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
-        .route(
-            "/readyz",
-            get(move || {
-                let probe = probe.clone();
-                async move {
-                    let readiness = probe.readiness().await;
-                    (readiness.status(), axum::Json(readiness))
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                scraped.before_scrape();
-                async { crate::prometheus().render().into_response() }
-            }),
-        )
+    let ready = probe.clone();
+    let ops = Ops {
+        readiness: Arc::new(move || {
+            let probe = ready.clone();
+            Box::pin(async move { probe.readiness().await })
+        }),
+        before_scrape: Arc::new(move || probe.before_scrape()),
+    };
+    api().with_state(ops).split_for_parts().0
+}
+
+/// The operator endpoints' description (part of every service's `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+fn api() -> OpenApiRouter<Ops> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
+}
+
+/// What the operator endpoints ask of the service's [`Probe`], with its type erased.
+#[derive(Clone)]
+struct Ops {
+    readiness: Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Readiness> + Send>> + Send + Sync>,
+    before_scrape: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// The body of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Alive {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// The process serves HTTP (liveness).
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses(
+    (status = 200, description = "The process serves HTTP", body = Alive),
+))]
+async fn healthz() -> axum::Json<Alive> {
+    axum::Json(Alive { status: "ok" })
+}
+
+/// Whether the service can do its work now (readiness); `detail` says why.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = Readiness),
+    (status = 503, description = "Not ready; `detail` says what is missing", body = Readiness),
+))]
+async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
+    let readiness = (ops.readiness)().await;
+    (readiness.status(), axum::Json(readiness))
+}
+
+/// The service's metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"),
+))]
+async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
+    (ops.before_scrape)();
+    crate::prometheus().render().into_response()
 }
 
 /// A probe whose answer is reused for `ttl`: for checks that ask another system (a broker, a

@@ -17,20 +17,27 @@ use orderflow_publisher::{Ack, PublishError};
 use orderflow_service::consistency::Token;
 use serde::Serialize;
 use tracing::{Instrument, field::Empty};
+use utoipa::ToSchema;
+use utoipa::openapi::security::SecurityRequirement;
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, ObjectBuilder, OpenApi, Ref, RefOr, ResponseBuilder, Type};
 use uuid::Uuid;
 
-use crate::error::{ApiError, parse_json};
+use crate::error::{ApiError, ErrorBody, parse_json};
 use crate::idempotency::{self, Claim};
 use crate::{AppState, observe};
 
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-#[derive(Debug, Serialize)]
+/// Where the broker put one event.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
+    /// The event's id (deterministic under an `Idempotency-Key`).
     pub event_id: Uuid,
     pub topic: String,
+    #[schema(minimum = 0)]
     pub partition: i32,
+    #[schema(minimum = 0)]
     pub offset: i64,
 }
 
@@ -42,18 +49,124 @@ impl From<Ack> for Accepted {
 
 /// The 202 of `POST /v1/orders`: where its event landed, and the token a read can wait on
 /// (docs/read-your-writes.md).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct OneAccepted {
     #[serde(flatten)]
     event: Accepted,
+    /// Pass it to a read API (`?after=` or the `consistency-token` header) to read this write.
     consistency_token: String,
 }
 
 /// The 202 of `POST /v1/inventory/changes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ManyAccepted {
+    /// One per change, in the request's order.
     events: Vec<Accepted>,
+    /// Pass it to a read API (`?after=` or the `consistency-token` header) to read these writes.
     consistency_token: String,
+}
+
+/// The request headers both write endpoints read (described for `/openapi.json`; the handlers
+/// read them from the `HeaderMap`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct WriteHeaders {
+    /// Retries with the same key and body get the first answer back, and publish nothing
+    /// again; the same key with another body is refused (422). 1 to 255 visible ASCII
+    /// characters.
+    #[param(rename = "idempotency-key", max_length = 255, pattern = r"^[\x21-\x7e]+$")]
+    idempotency_key: Option<String>,
+    /// W3C trace context; the request starts a new trace when it is absent or malformed.
+    traceparent: Option<String>,
+}
+
+/// The answers every write endpoint may give besides its 202, each with the [`ErrorBody`]
+/// and the headers the client needs (`Retry-After`, the rate-limit headers).
+pub fn document_errors(mut spec: OpenApi) -> OpenApi {
+    let error = || ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+    let header = |description: &str, integer: bool| {
+        HeaderBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(if integer { Type::Integer } else { Type::String })))
+            .description(Some(description))
+            .build()
+    };
+    /// A response header: name, description, integer (else string).
+    type Header = (&'static str, &'static str, bool);
+    let answers: [(&str, &str, &[Header]); 9] = [
+        ("400", "Malformed JSON, or a malformed Idempotency-Key", &[]),
+        ("401", "No bearer token, or an unknown one", &[("www-authenticate", "`Bearer`", false)]),
+        ("409", "A request with this Idempotency-Key is still in flight", &[("retry-after", "Seconds", true)]),
+        ("413", "The body is over the limit (or too many changes)", &[]),
+        ("415", "The Content-Type is not application/json", &[]),
+        (
+            "422",
+            "A field is missing or invalid (`fields` names every one), a rule across fields is broken (the \
+             total is not the lines' sum, a change's sign does not suit its reason), or the Idempotency-Key \
+             was used with another body",
+            &[],
+        ),
+        (
+            "429",
+            "This client is over its rate limit",
+            &[
+                ("retry-after", "Seconds", true),
+                ("ratelimit", "IETF RateLimit: the client's remaining quota", false),
+                ("ratelimit-policy", "IETF RateLimit-Policy: the client's quota", false),
+            ],
+        ),
+        ("500", "An internal error; nothing was published", &[]),
+        (
+            "503",
+            "The broker did not acknowledge in time; retry with the same Idempotency-Key",
+            &[("retry-after", "Seconds", true)],
+        ),
+    ];
+    for item in spec.paths.paths.values_mut() {
+        for operation in orderflow_service::openapi::operations_mut(item) {
+            operation.security =
+                Some(vec![SecurityRequirement::new(orderflow_service::openapi::BEARER, Vec::<String>::new())]);
+            for response in operation.responses.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response
+                        .headers
+                        .insert("traceparent".to_owned(), header("The request's W3C trace context", false).into());
+                    response.headers.insert(
+                        "idempotent-replayed".to_owned(),
+                        header(
+                            "`true` when this is the stored answer of an earlier request with the same Idempotency-Key",
+                            false,
+                        )
+                        .into(),
+                    );
+                    response.headers.insert(
+                        "ratelimit".to_owned(),
+                        header("IETF RateLimit: the client's remaining quota", false).into(),
+                    );
+                    response.headers.insert(
+                        "ratelimit-policy".to_owned(),
+                        header("IETF RateLimit-Policy: the client's quota", false).into(),
+                    );
+                }
+            }
+            for (status, description, headers) in answers {
+                let mut response = ResponseBuilder::new().description(description).content("application/json", error());
+                response = response.header("traceparent", header("The request's W3C trace context", false));
+                for (name, description, integer) in headers {
+                    response = response.header(*name, header(description, *integer));
+                }
+                operation.responses.responses.insert(status.to_owned(), RefOr::T(response.build()));
+            }
+        }
+    }
+    let mut schemas = Vec::new();
+    <ErrorBody as utoipa::ToSchema>::schemas(&mut schemas);
+    schemas.push(("ErrorBody".to_owned(), <ErrorBody as utoipa::PartialSchema>::schema()));
+    let components = spec.components.get_or_insert_with(Default::default);
+    for (name, schema) in schemas {
+        components.schemas.entry(name).or_insert(schema);
+    }
+    spec
 }
 
 /// What the caller of one request is: its client name and idempotency key.
@@ -80,6 +193,12 @@ struct Prepared {
     single: bool,
 }
 
+/// Place an order: publishes one `OrderPlaced` to `orders.v1`, keyed by `order_id`.
+#[utoipa::path(post, path = "/v1/orders", tag = "ingress",
+    request_body(content = OrderRequest, content_type = "application/json"),
+    params(WriteHeaders),
+    responses((status = 202, description = "Published; where the event landed", body = OneAccepted)),
+)]
 pub async fn post_order(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     handle(state, "/v1/orders", headers, body, |_state, caller, bytes| {
         let request: OrderRequest = parse_json(bytes)?;
@@ -91,6 +210,13 @@ pub async fn post_order(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     .await
 }
 
+/// Record stock changes: publishes one `InventoryChanged` per change to `inventory.v1`, keyed by sku.
+/// All or nothing: one invalid change refuses the whole request.
+#[utoipa::path(post, path = "/v1/inventory/changes", tag = "ingress",
+    request_body(content = InventoryChangesRequest, content_type = "application/json"),
+    params(WriteHeaders),
+    responses((status = 202, description = "Published; where each event landed, in the request's order", body = ManyAccepted)),
+)]
 pub async fn post_inventory_changes(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     handle(state, "/v1/inventory/changes", headers, body, |state, caller, bytes| {
         let request: InventoryChangesRequest = parse_json(bytes)?;

@@ -5,10 +5,22 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_events::FieldError;
-use serde_json::json;
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECS: u32 = 2;
+
+/// The body of every error answer of the write endpoints.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The kind of error, for programs.
+    #[schema(value_type = String, examples("invalid", "unauthorized", "rate_limited"))]
+    pub error: &'static str,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// Every invalid field (422 `invalid` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<FieldError>>,
+}
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -91,10 +103,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut body = json!({"error": self.class(), "message": self.message()});
-        if let ApiError::Invalid(fields) = &self {
-            body["fields"] = json!(fields);
-        }
+        let body = ErrorBody {
+            error: self.class(),
+            message: self.message(),
+            fields: match &self {
+                ApiError::Invalid(fields) => Some(fields.clone()),
+                _ => None,
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         match self {
             ApiError::Unavailable(_) => {

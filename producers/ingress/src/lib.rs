@@ -41,12 +41,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
-use axum::routing::post;
 use orderflow_events::Codec;
 use orderflow_publisher::{Limits, Publisher};
 use orderflow_service::ops::{self, Cached, Probe, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use config::IngressConfig;
 use error::ApiError;
@@ -155,14 +156,28 @@ impl Probe for BrokerProbe {
     }
 }
 
-/// The whole HTTP surface: write endpoints, and the shared `/healthz`, `/readyz`, `/metrics`.
+/// The write endpoints, with their OpenAPI description.
+fn write_api() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(api::post_order)).routes(routes!(api::post_inventory_changes))
+}
+
+/// The ingress's OpenAPI description, as served at `/openapi.json` (docs/openapi/ingress.json).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    orderflow_service::openapi::document(
+        "orderflow ingress",
+        "Checkout's write API: each accepted request is published to Kafka as Avro events before the 202 \
+         (acks=all). Requests need `Authorization: Bearer <token>` (API_TOKENS). Nothing is published for a \
+         request that is not answered 202. See docs/producing.md.",
+        api::document_errors(write_api().into_openapi()),
+    )
+}
+
+/// The whole HTTP surface: write endpoints, the shared `/healthz`, `/readyz`, `/metrics`, and
+/// `/openapi.json`.
 pub fn router(state: Arc<AppState>) -> Router {
     let probe = Cached::new(BrokerProbe(state.publisher.clone()), READY_CACHE);
-    Router::new()
-        .route("/v1/orders", post(api::post_order))
-        .route("/v1/inventory/changes", post(api::post_inventory_changes))
-        .with_state(state)
-        .merge(ops::router(probe))
+    let (writes, _) = write_api().split_for_parts();
+    writes.with_state(state).merge(ops::router(probe)).merge(orderflow_service::openapi::router(&openapi()))
 }
 
 /// Bind `config.listen` and serve until `shutdown` resolves.

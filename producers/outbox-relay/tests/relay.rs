@@ -224,6 +224,30 @@ async fn only_committed_enqueues_are_published() {
     relay.terminate(Duration::from_secs(10)).unwrap();
 }
 
+/// A schema name may have 63 characters; the NOTIFY channel built from it must still fit
+/// (an enqueue used to fail with "channel name too long" past 46).
+#[tokio::test]
+async fn an_outbox_in_a_schema_with_the_longest_name_enqueues_and_is_published() {
+    let mut f = fixture().await;
+    let mut long = format!("{}_{}", f.outbox.schema(), "x".repeat(63));
+    long.truncate(63);
+    f.outbox = Outbox::new(&long).unwrap();
+    f.outbox.migrate(&database_url()).await.unwrap();
+    assert_eq!(f.outbox.channel().len(), 63);
+    let mut relay = f.spawn_relay(10);
+    let change = stock_change("sku-long", 1, "received", None);
+    let mut conn = PgConnection::connect(&database_url()).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    f.outbox.enqueue(&mut tx, &change).await.unwrap();
+    tx.commit().await.unwrap();
+    wait_until("the row published", Duration::from_secs(30), || async {
+        (f.count("published_at IS NOT NULL").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(read_topic(&f.inventory_topic, 1).await[0].event_id(), change.event_id());
+    relay.terminate(Duration::from_secs(10)).unwrap();
+}
+
 #[tokio::test]
 async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     let f = fixture().await;
