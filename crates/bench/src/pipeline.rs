@@ -16,6 +16,10 @@ use crate::{Env, Settings};
 #[derive(Debug, Clone, Default)]
 pub struct Pipeline {
     pub apply_per_sec: f64,
+    /// The Python peer's apply rate over the same topic ([`run_peer`]).
+    pub peer_per_sec: f64,
+    /// Where the machine's CPU went while the peer applied (its whole run).
+    pub peer_split: CpuSplit,
     pub replay_per_sec: f64,
     pub apply_cpu_ms_per_1000: f64,
     /// Where the machine's CPU went while the consumer applied (timed window only).
@@ -260,6 +264,94 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The peer (`peers/units_peer.py`, embedded) and the schema file it decodes with.
+const PEER: &str = include_str!("../peers/units_peer.py");
+const ORDER_SCHEMA: &str = include_str!("../../../schemas/order_placed.v1.avsc");
+
+/// The Python that runs the peer: `ORDERFLOW_PYTHON`, else the stack's virtualenv
+/// (`scripts/stack install`), else `python3`.
+fn python() -> std::path::PathBuf {
+    if let Some(python) = std::env::var_os("ORDERFLOW_PYTHON") {
+        return python.into();
+    }
+    let home = std::env::var_os("ORDERFLOW_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".orderflow")));
+    match home.map(|h| h.join("venv/bin/python")) {
+        Some(venv) if venv.exists() => venv,
+        _ => "python3".into(),
+    }
+}
+
+/// Run the Python peer over `topic` (holding `n` events): what a team would write instead of
+/// the runtime (peers/README.md). Its rate is its own (first batch to last); the CPU split
+/// covers its whole run, start-up included.
+pub(crate) async fn run_peer(env: &Env, topic: &str, n: usize) -> anyhow::Result<Measured> {
+    let dir = tempfile::Builder::new().prefix("orderflow-peer-").tempdir()?;
+    let (script, schema) = (dir.path().join("units_peer.py"), dir.path().join("order_placed.v1.avsc"));
+    std::fs::write(&script, PEER)?;
+    std::fs::write(&schema, ORDER_SCHEMA)?;
+    let python = python();
+    let mut command = Command::new(&python);
+    command
+        .arg(&script)
+        .args([topic, &n.to_string()])
+        .env("KAFKA_BROKERS", &env.kafka.brokers)
+        .env("PEER_DB", &env.database_url)
+        .env("ORDER_SCHEMA", &schema)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (broker0, postgres0, busy0) = machine_ticks();
+    let started = Instant::now();
+    let mut child = KillOnDrop(
+        command
+            .spawn()
+            .with_context(|| format!("starting the peer with {} (set ORDERFLOW_PYTHON)", python.display()))?,
+    );
+    let (mut peak_rss_mb, mut cpu_seconds) = (0.0f64, 0.0f64);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let status = loop {
+        if let Some(status) = child.0.try_wait()? {
+            break status;
+        }
+        let (rss, cpu) = proc_stats(child.0.id());
+        (peak_rss_mb, cpu_seconds) = (peak_rss_mb.max(rss), cpu_seconds.max(cpu));
+        if Instant::now() > deadline {
+            bail!("the peer did not finish {n} events within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    let (broker1, postgres1, busy1) = machine_ticks();
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    use std::io::Read as _;
+    if let Some(mut out) = child.0.stdout.take() {
+        out.read_to_string(&mut stdout)?;
+    }
+    if let Some(mut err) = child.0.stderr.take() {
+        err.read_to_string(&mut stderr)?;
+    }
+    anyhow::ensure!(status.success(), "the peer failed ({status}): {stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("the peer printed no JSON line: {stdout} {stderr}"))?;
+    let events = report["events"].as_u64().unwrap_or(0) as usize;
+    anyhow::ensure!(events >= n, "the peer applied {events} of {n} events: {stdout} {stderr}");
+    let per_sec = report["rate"].as_f64().filter(|r| *r > 0.0).context("the peer reported no rate")?;
+    let tck = clock_ticks();
+    let per_1000 = 1000.0 * 1000.0 / n.max(1) as f64;
+    let (broker, postgres, busy) = ((broker1 - broker0) / tck, (postgres1 - postgres0) / tck, (busy1 - busy0) / tck);
+    let split = CpuSplit {
+        broker: broker * per_1000,
+        postgres: postgres * per_1000,
+        consumer: cpu_seconds * per_1000,
+        other: (busy - broker - postgres - cpu_seconds).max(0.0) * per_1000,
+        busy_cores: busy / elapsed,
+    };
+    Ok(Measured { per_sec, peak_rss_mb, cpu_seconds, split })
+}
+
 /// Nanoseconds per call of `f`, over enough iterations to take about 200 ms.
 fn time_ns(mut f: impl FnMut()) -> f64 {
     for _ in 0..1000 {
@@ -316,6 +408,9 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
     pipeline.apply_per_sec = apply.per_sec;
     pipeline.apply_cpu_ms_per_1000 = apply.cpu_seconds * 1000.0 / settings.records as f64 * 1000.0;
     pipeline.apply_split = apply.split;
+    let peer = run_peer(env, topic, settings.records).await?;
+    pipeline.peer_per_sec = peer.per_sec;
+    pipeline.peer_split = peer.split;
     let replay = run_bench_consumer(env, topic, settings.records, settings.batch_size, true).await?;
     pipeline.replay_per_sec = replay.per_sec;
 
@@ -341,4 +436,20 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
 
     codec_figures(&mut pipeline)?;
     Ok(pipeline)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The embedded peer is the team's shared reference, unchanged (when the shared copy is
+    /// on this machine: `../shared/peers/` beside the repository).
+    #[test]
+    fn the_peer_is_the_shared_reference_unchanged() {
+        let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/units_peer.py");
+        match std::fs::read_to_string(&shared) {
+            Ok(original) => {
+                assert!(original == super::PEER, "crates/bench/peers/units_peer.py differs from {}", shared.display())
+            }
+            Err(_) => eprintln!("{} is not on this machine; nothing to compare", shared.display()),
+        }
+    }
 }

@@ -52,6 +52,12 @@ impl Figures {
 
     pub fn push_pipeline(&mut self, p: &Pipeline) {
         self.push("apply", p.apply_per_sec);
+        self.push("peer", p.peer_per_sec);
+        self.push("peer_ratio", p.apply_per_sec / p.peer_per_sec);
+        self.push("peer_split_broker", p.peer_split.broker);
+        self.push("peer_split_postgres", p.peer_split.postgres);
+        self.push("peer_split_consumer", p.peer_split.consumer);
+        self.push("peer_split_other", p.peer_split.other);
         self.push("replay", p.replay_per_sec);
         self.push("apply_cpu", p.apply_cpu_ms_per_1000);
         self.push("split_broker", p.apply_split.broker);
@@ -229,6 +235,17 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
         ratio(apply) * 100.0,
         mark(ratio(apply) >= 0.8)
     );
+    let _ = writeln!(
+        md,
+        "| peer apply rate: the same job in Python (confluent-kafka, fastavro, psycopg; one transaction per 1000), same records (events/s) | {} | | | | |",
+        cell(f, "peer")
+    );
+    let _ = writeln!(
+        md,
+        "| runtime ÷ peer (apply rate over peer apply rate, per run) | {}× | | | ≥ 2.0× | {} |",
+        cell(f, "peer_ratio"),
+        mark(f.median("peer_ratio") >= 2.0)
+    );
     let replay = f.median("replay");
     let _ = writeln!(
         md,
@@ -296,21 +313,24 @@ fn render_cpu_split(md: &mut String, f: &Figures) {
          (from `/proc`: every local `kafka.Kafka` JVM, every PostgreSQL process including exited \
          backends, the consumer, and the rest of the machine's busy time, the harness included).\n"
     );
-    let _ = writeln!(md, "| process | CPU per 1000 events (ms) |\n|---|---|");
+    let _ = writeln!(
+        md,
+        "| process | CPU per 1000 events (ms), runtime | the Python peer (its whole run) |\n|---|---|---|"
+    );
     for (label, name) in [
         ("broker (Apache Kafka)", "split_broker"),
         ("PostgreSQL", "split_postgres"),
         ("consumer", "split_consumer"),
         ("everything else", "split_other"),
     ] {
-        let _ = writeln!(md, "| {label} | {} |", cell(f, name));
+        let _ = writeln!(md, "| {label} | {} | {} |", cell(f, name), cell(f, &format!("peer_{name}")));
     }
     let total: f64 =
         ["split_broker", "split_postgres", "split_consumer", "split_other"].iter().map(|n| f.median(n)).sum();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     let _ = writeln!(
         md,
-        "| **total** | {} (at most {} events/s if every core did only this) |",
+        "| **total** | {} (at most {} events/s if every core did only this) | |",
         fmt_num(total),
         fmt_num(cores * 1_000_000.0 / total)
     );

@@ -46,6 +46,8 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
             "binary COPY",
             "one-row commits",
             "consumer apply rate",
+            "peer apply rate",
+            "runtime ÷ peer",
             "replay rate",
             "peak RSS",
             "codec: decode OrderPlaced",

@@ -88,8 +88,11 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
 
-    /// How long a batch waits for more events after its first one, in milliseconds.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    /// How long a batch lingers for more events after its first one, in milliseconds. With 0
+    /// (the default) a worker applies what its partition's queue holds as soon as the queue is
+    /// empty: at low load every event is applied at once, and under load events queue up while
+    /// a batch applies, so batches grow by themselves up to `--batch-size`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub batch_wait_ms: u64,
 
     /// Replay mode: rebuilding a store; handlers with side effects (email) do not act.
@@ -140,7 +143,7 @@ impl RuntimeArgs {
             topics: Vec::new(),
             dlq_topic: None,
             batch_size: 500,
-            batch_wait_ms: 20,
+            batch_wait_ms: 0,
             replay: false,
             ledger_retention_hours: 168,
             ready_max_lag: 1000,

@@ -42,7 +42,6 @@ pub fn isolated_args(prefix: &str, topics: &[String]) -> RuntimeArgs {
     args.topics = topics.to_vec();
     args.dlq_topic = Some(format!("{}.dlq", unique_name(prefix)));
     args.batch_size = 50;
-    args.batch_wait_ms = 5;
     args.api_tokens = Some(crate::Secret(orderflow_testkit::API_TOKENS_ENV.1.to_owned()));
     args
 }

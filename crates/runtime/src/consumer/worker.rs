@@ -1,6 +1,8 @@
 //! One worker per assigned partition: pull records from the partition's own queue, collect a
-//! batch (up to `batch_size`, or what arrived within `batch_wait` of its first record), apply
-//! it with retries, and report progress.
+//! batch (what the queue holds, up to `batch_size`; with a `batch_wait`, what arrives within it
+//! of the first record), apply it with retries, and report progress. Batching is adaptive: at
+//! low load a record is applied as soon as it arrives, under load records queue up while a batch
+//! applies and the next batch takes them all.
 //!
 //! # Owns
 //! [`Worker`]: the task of one partition, its stop token (a child of the consumer's, so a
