@@ -437,19 +437,3 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
     codec_figures(&mut pipeline)?;
     Ok(pipeline)
 }
-
-#[cfg(test)]
-mod tests {
-    /// The embedded peer is the team's shared reference, unchanged (when the shared copy is
-    /// on this machine: `../shared/peers/` beside the repository).
-    #[test]
-    fn the_peer_is_the_shared_reference_unchanged() {
-        let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/units_peer.py");
-        match std::fs::read_to_string(&shared) {
-            Ok(original) => {
-                assert!(original == super::PEER, "crates/bench/peers/units_peer.py differs from {}", shared.display())
-            }
-            Err(_) => eprintln!("{} is not on this machine; nothing to compare", shared.display()),
-        }
-    }
-}

@@ -38,61 +38,59 @@ pub fn all() -> Vec<(String, String)> {
     specs
 }
 
-/// The committed copies in `dir` that differ from the code (or are missing), and files there
-/// that no service owns.
-pub fn stale(dir: &Path) -> Vec<PathBuf> {
-    let expected = all();
-    let mut stale: Vec<PathBuf> = expected
+/// The committed copies in `dir` that differ from `expected` (or are missing), and files
+/// there that no service owns (`foreign`).
+fn compare(dir: &Path, expected: &[(String, String)]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let stale = expected
         .iter()
         .map(|(name, json)| (dir.join(format!("{name}.json")), json))
         .filter(|(path, json)| std::fs::read_to_string(path).ok().as_deref() != Some(json.as_str()))
         .map(|(path, _)| path)
         .collect();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let owned = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .is_some_and(|stem| expected.iter().any(|(name, _)| name == stem));
-            if path.extension().is_some_and(|e| e == "json") && !owned {
-                stale.push(path);
-            }
+    let mut foreign = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let owned =
+            path.file_stem().and_then(|s| s.to_str()).is_some_and(|stem| expected.iter().any(|(name, _)| name == stem));
+        if path.extension().is_some_and(|e| e == "json") && !owned {
+            foreign.push(path);
         }
     }
-    stale
+    (stale, foreign)
 }
 
 pub fn run(args: OpenapiArgs) -> anyhow::Result<()> {
+    let specs = all();
     if let Some(service) = &args.service {
-        let (_, json) = all().into_iter().find(|(name, _)| name == service).with_context(|| {
+        let (_, json) = specs.iter().find(|(name, _)| name == service).with_context(|| {
             format!(
                 "no service named {service}; known: {}",
-                all().into_iter().map(|(name, _)| name).collect::<Vec<_>>().join(", ")
+                specs.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ")
             )
         })?;
         print!("{json}");
         return Ok(());
     }
-    let stale = stale(&args.dir);
+    let (stale, foreign) = compare(&args.dir, &specs);
     if args.check {
+        let differing: Vec<String> = stale.iter().chain(&foreign).map(|p| p.display().to_string()).collect();
         anyhow::ensure!(
-            stale.is_empty(),
+            differing.is_empty(),
             "the committed OpenAPI descriptions differ from the code (run `orderflow openapi --write`): {}",
-            stale.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            differing.join(", ")
         );
-        println!("{} OpenAPI descriptions in {} match the code", all().len(), args.dir.display());
+        println!("{} OpenAPI descriptions in {} match the code", specs.len(), args.dir.display());
         return Ok(());
     }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-    for (name, json) in all() {
+    for (name, json) in &specs {
         let path = args.dir.join(format!("{name}.json"));
         if stale.contains(&path) {
             std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {}", path.display());
         }
     }
-    for path in stale.iter().filter(|p| all().iter().all(|(name, _)| !p.ends_with(format!("{name}.json")))) {
+    for path in &foreign {
         println!("{} belongs to no service; remove it if it is not yours", path.display());
     }
     Ok(())
