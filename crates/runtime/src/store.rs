@@ -1,13 +1,16 @@
 //! The runtime's own tables in each consumer's schema: the stored offsets (authoritative,
 //! written in the same transaction as the batch's effects), the applied-event ledger, and
 //! the natural keys of facts that happen once (an order id: docs/events.md, "Natural keys").
+//! An event is recorded in one of the last two: by its natural key's claim when it has one
+//! (the claim names the event), in the ledger otherwise.
 //! Every statement binds its values; identifiers come only from the validated schema name.
 //!
 //! # Owns
 //! Every statement against `orderflow_offsets`, `orderflow_applied_events` and
 //! `orderflow_natural_keys`. Tools that need
 //! the runtime's tables from outside (the `orderflow` CLI, the bench) use the functions here
-//! ([`stored_offsets`], [`seed_offsets`], [`consumer_schemas`], [`RUNTIME_TABLES`]) instead
+//! ([`stored_offsets`], [`seed_offsets`], [`consumer_schemas`], [`applied_event_ids`],
+//! [`RUNTIME_TABLES`]) instead
 //! of writing SQL against them, so their layout can change in one place.
 //!
 //! # Must not touch
@@ -195,6 +198,19 @@ pub async fn stored_offsets(pool: &PgPool, schema: &str) -> anyhow::Result<Optio
     Ok(Some(rows.into_iter().map(|(topic, partition, next)| ((topic, partition), next)).collect()))
 }
 
+/// The event ids the consumer whose store is `schema` applied within the ledger's retention:
+/// the applied-event ledger's, and those of the events that claimed a natural key (an event
+/// with a natural key is recorded by its claim alone).
+pub async fn applied_event_ids(pool: &PgPool, schema: &str) -> anyhow::Result<Vec<Uuid>> {
+    validate_schema_name(schema)?;
+    sqlx::query_scalar(&format!(
+        "SELECT event_id FROM {schema}.{LEDGER_TABLE} UNION ALL SELECT event_id FROM {schema}.{NATURAL_KEYS_TABLE}"
+    ))
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("Failed to read the applied event ids of {schema}"))
+}
+
 /// Set where partitions of the consumer whose store is `schema` start: each next offset is
 /// written in one transaction, and the runtime seeks there when it is next assigned the
 /// partition. Only for a stopped consumer: a running one overwrites them with its next batch.
@@ -221,7 +237,14 @@ pub async fn seed_offsets(pool: &PgPool, schema: &str, starts: &BTreeMap<(String
 /// (0 when the partition was never applied). The lock fences two instances that both
 /// believe they own the partition during a rebalance: the second waits, then sees the
 /// first one's offset and skips what it applied.
+///
+/// One statement per batch once the row exists; the partition's first batch inserts it (two
+/// instances racing to do so both end up locking the one row).
 pub async fn lock_offset(tx: &mut PgConnection, topic: &str, partition: i32) -> Result<i64, sqlx::Error> {
+    const LOCK: &str = "SELECT next_offset FROM orderflow_offsets WHERE topic = $1 AND partition = $2 FOR UPDATE";
+    if let Some(next) = sqlx::query_scalar(LOCK).bind(topic).bind(partition).fetch_optional(&mut *tx).await? {
+        return Ok(next);
+    }
     sqlx::query(
         "INSERT INTO orderflow_offsets (topic, partition, next_offset) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
     )
@@ -229,11 +252,7 @@ pub async fn lock_offset(tx: &mut PgConnection, topic: &str, partition: i32) -> 
     .bind(partition)
     .execute(&mut *tx)
     .await?;
-    sqlx::query_scalar("SELECT next_offset FROM orderflow_offsets WHERE topic = $1 AND partition = $2 FOR UPDATE")
-        .bind(topic)
-        .bind(partition)
-        .fetch_one(&mut *tx)
-        .await
+    sqlx::query_scalar(LOCK).bind(topic).bind(partition).fetch_one(&mut *tx).await
 }
 
 pub async fn save_offset(

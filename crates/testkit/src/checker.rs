@@ -8,7 +8,8 @@
 //! - exactly one email went out per applied order (counted at the SMTP server by Message-ID);
 //! - the inventory and analytics sums equal the sums of the applied requests.
 //!
-//! "Applied" is judged from each consumer's ledger (`orderflow_applied_events`): the set of
+//! "Applied" is judged from each consumer's ledger (`orderflow_applied_events`, and for events
+//! with a natural key `orderflow_natural_keys`, whose claim is their ledger entry): the set of
 //! requests whose event ids it holds is what the store must show, exactly; an acknowledged
 //! request missing from it is **lost**, a store showing more than it is **doubled**.
 //!
@@ -139,17 +140,21 @@ pub async fn check(pool: &PgPool, pipeline: &Pipeline, history: &History) -> Rep
     for consumer in &pipeline.consumers {
         let name = consumer.spec.name.as_str();
         let schema = consumer.schema.as_str();
-        let ledger: Vec<Uuid> =
-            match sqlx::query_scalar(&format!("SELECT event_id FROM {schema}.orderflow_applied_events"))
-                .fetch_all(pool)
-                .await
-            {
-                Ok(ids) => ids,
-                Err(e) => {
-                    report.lost.push(format!("{name}: its ledger could not be read: {e}"));
-                    continue;
-                }
-            };
+        // What `orderflow_runtime::store::applied_event_ids` reads (this crate sits below the
+        // runtime): the ledger, and the events that claimed a natural key.
+        let ledger: Vec<Uuid> = match sqlx::query_scalar(&format!(
+            "SELECT event_id FROM {schema}.orderflow_applied_events
+             UNION ALL SELECT event_id FROM {schema}.orderflow_natural_keys"
+        ))
+        .fetch_all(pool)
+        .await
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                report.lost.push(format!("{name}: its ledger could not be read: {e:#}"));
+                continue;
+            }
+        };
         // The requests this consumer applied, by its ledger.
         let mut applied: BTreeMap<usize, &Op> = BTreeMap::new();
         for id in &ledger {

@@ -180,10 +180,13 @@ impl<H: Handler> Batcher<H> {
         Ok(next_offset)
     }
 
-    /// Record the envelopes in the ledger, skip repeats (an event id applied before, or a
-    /// fact whose natural key was applied before with the same content), and hand the rest to
-    /// the handler. A fact that conflicts with the one applied under its natural key fails
-    /// permanently (dead-lettered once isolated). Returns (applied, duplicates skipped).
+    /// Skip what was applied before and hand the rest to the handler. An event with a natural
+    /// key (an order: docs/events.md, "Natural keys") is recorded by claiming its key, and the
+    /// claim is its ledger entry: a copy of it (same event id) finds its own claim and is
+    /// skipped, a repeat of its fact under another event id with the same content is skipped,
+    /// and one with different content fails permanently (dead-lettered once isolated). Every
+    /// other event is recorded in the applied-event ledger, which skips an id applied before.
+    /// Returns (applied, duplicates skipped).
     async fn apply_new(
         &self,
         tx: &mut PgConnection,
@@ -195,68 +198,77 @@ impl<H: Handler> Batcher<H> {
         if envelopes.is_empty() {
             return Ok((0, 0));
         }
-        let ids: Vec<Uuid> = envelopes.iter().map(|e| e.event.event_id()).collect();
-        let offsets: Vec<i64> = envelopes.iter().map(|e| e.offset).collect();
-        let new: HashSet<Uuid> = store::record_applied(tx, topic, partition, &ids, &offsets)
-            .await
-            .map_err(|e| HandlerError::Transient(e.into()))?
-            .into_iter()
-            .collect();
+        // In-batch copies of one event id: the first stands for all.
         let mut taken = HashSet::new();
-        let fresh: Vec<&Envelope> = envelopes
-            .iter()
-            .filter(|e| new.contains(&e.event.event_id()) && taken.insert(e.event.event_id()))
-            .collect();
-        let fresh = self.skip_repeated_facts(tx, topic, partition, fresh).await?;
-        let duplicates = envelopes.len() - fresh.len();
+        let mut claims = Vec::new();
+        let (mut ids, mut offsets) = (Vec::new(), Vec::new());
+        for envelope in envelopes {
+            let id = envelope.event.event_id();
+            if !taken.insert(id) {
+                continue;
+            }
+            match envelope.event.natural_key() {
+                Some(key) => claims.push(store::NaturalKeyClaim {
+                    kind: key.kind,
+                    key: key.key,
+                    fingerprint: key.fingerprint,
+                    event_id: id,
+                    offset: envelope.offset,
+                }),
+                None => {
+                    ids.push(id);
+                    offsets.push(envelope.offset);
+                }
+            }
+        }
+        let mut new: HashSet<Uuid> = HashSet::with_capacity(taken.len());
+        if !ids.is_empty() {
+            new.extend(
+                store::record_applied(tx, topic, partition, &ids, &offsets)
+                    .await
+                    .map_err(|e| HandlerError::Transient(e.into()))?,
+            );
+        }
+        if !claims.is_empty() {
+            new.extend(self.claim_facts(tx, topic, partition, &claims).await?);
+        }
+        let duplicates = envelopes.len() - new.len();
         if duplicates == 0 {
             // The common case: nothing seen before, no copies needed.
             self.call_handler(tx, envelopes, ctx).await?;
-        } else if !fresh.is_empty() {
-            let fresh: Vec<Envelope> = fresh.into_iter().cloned().collect();
+        } else if !new.is_empty() {
+            let mut first = HashSet::with_capacity(new.len());
+            let fresh: Vec<Envelope> = envelopes
+                .iter()
+                .filter(|e| new.contains(&e.event.event_id()) && first.insert(e.event.event_id()))
+                .cloned()
+                .collect();
             self.call_handler(tx, &fresh, ctx).await?;
         }
         Ok((envelopes.len() - duplicates, duplicates))
     }
 
-    /// Claim the natural keys of `fresh` (docs/events.md, "Natural keys"): an event whose key
-    /// another event claimed first is dropped when its content is the same (a repeat: the same
-    /// order placed twice), and fails permanently, naming the first event, when it differs.
-    async fn skip_repeated_facts<'e>(
+    /// Claim the natural keys of `claims` (one per event id); returns the event ids to apply.
+    /// A claim that loses to its own event id (applied before) or to another event with the
+    /// same content (a repeat: the same order placed twice) is dropped; one that loses to
+    /// different content fails permanently, naming the first event.
+    async fn claim_facts(
         &self,
         tx: &mut PgConnection,
         topic: &str,
         partition: i32,
-        fresh: Vec<&'e Envelope>,
-    ) -> Result<Vec<&'e Envelope>, HandlerError> {
-        let claims: Vec<store::NaturalKeyClaim> = fresh
-            .iter()
-            .filter_map(|e| {
-                let key = e.event.natural_key()?;
-                Some(store::NaturalKeyClaim {
-                    kind: key.kind,
-                    key: key.key,
-                    fingerprint: key.fingerprint,
-                    event_id: e.event.event_id(),
-                    offset: e.offset,
-                })
-            })
-            .collect();
-        if claims.is_empty() {
-            return Ok(fresh);
-        }
-        let won: HashSet<Uuid> = store::claim_natural_keys(tx, topic, partition, &claims)
+        claims: &[store::NaturalKeyClaim],
+    ) -> Result<Vec<Uuid>, HandlerError> {
+        let won = store::claim_natural_keys(tx, topic, partition, claims)
             .await
-            .map_err(|e| HandlerError::Transient(e.into()))?
-            .into_iter()
-            .collect();
+            .map_err(|e| HandlerError::Transient(e.into()))?;
         if won.len() == claims.len() {
-            return Ok(fresh);
+            return Ok(won);
         }
-        let lost: Vec<&store::NaturalKeyClaim> = claims.iter().filter(|c| !won.contains(&c.event_id)).collect();
+        let won_set: HashSet<Uuid> = won.iter().copied().collect();
+        let lost: Vec<&store::NaturalKeyClaim> = claims.iter().filter(|c| !won_set.contains(&c.event_id)).collect();
         let keys: Vec<(&str, &str)> = lost.iter().map(|c| (c.kind, c.key.as_str())).collect();
         let owners = store::natural_key_owners(tx, &keys).await.map_err(|e| HandlerError::Transient(e.into()))?;
-        let mut repeats = HashSet::new();
         for claim in lost {
             let owner = owners.get(&(claim.kind.to_owned(), claim.key.clone())).ok_or_else(|| {
                 HandlerError::Transient(anyhow::anyhow!(
@@ -265,6 +277,9 @@ impl<H: Handler> Batcher<H> {
                     claim.key
                 ))
             })?;
+            if owner.event_id == claim.event_id {
+                continue; // this very event, applied before: a redelivered copy
+            }
             if owner.fingerprint != claim.fingerprint {
                 return Err(HandlerError::permanent(conflict(claim, owner.event_id)));
             }
@@ -276,9 +291,8 @@ impl<H: Handler> Batcher<H> {
                 first_event_id = %owner.event_id,
                 "a repeat of a fact already applied; skipped as a duplicate"
             );
-            repeats.insert(claim.event_id);
         }
-        Ok(fresh.into_iter().filter(|e| !repeats.contains(&e.event.event_id())).collect())
+        Ok(won)
     }
 
     /// The handler's `apply`, with a panic turned into a permanent failure: the batch is then
