@@ -334,9 +334,11 @@ async fn prune_ledger_until(pool: PgPool, retention: Duration, stop: Cancellatio
 
 /// The runtime's consumer configuration: the group's (see `KafkaArgs::consumer_config`) plus
 /// defaults of its own, each used only where no `--kafka-option` (or environment) names it.
-/// - `queued.max.messages.kbytes`, `fetch.max.bytes`: bound what librdkafka prefetches, so a
-///   backlog cannot grow memory; with a queue split off per partition (see `consumer`), the
-///   first is per partition.
+/// - `queued.min.messages` 5000, `queued.max.messages.kbytes`, `fetch.max.bytes`: bound what
+///   librdkafka prefetches, so a backlog cannot grow memory; with a queue split off per
+///   partition (see `consumer`), the first two are per partition. librdkafka's default of
+///   100,000 records per partition held the peak RSS draining a million-event backlog at
+///   197 MB; 5000 (ten full batches) holds it at 114 MB (docs/benchmarks.md).
 /// - `session.timeout.ms` 10 s, `heartbeat.interval.ms` 1 s (librdkafka: 45 s and 3 s): how
 ///   long the group waits for a member that stopped heartbeating before it hands the member's
 ///   partitions to someone else. A consumer killed with `kill -9` and started again joins as
@@ -355,6 +357,7 @@ fn consumer_config(kafka: &KafkaArgs, group: &str) -> rdkafka::ClientConfig {
     let mut config = kafka.consumer_config(group);
     let new_protocol = config.get("group.protocol").is_some_and(|p| p.eq_ignore_ascii_case("consumer"));
     let mut defaults = vec![
+        ("queued.min.messages", "5000"),
         ("queued.max.messages.kbytes", "4096"),
         ("fetch.max.bytes", "8388608"),
         ("statistics.interval.ms", "1000"),
@@ -382,6 +385,7 @@ mod tests {
         let config = consumer_config(&kafka, "g");
         assert_eq!(config.get("session.timeout.ms"), Some("10000"));
         assert_eq!(config.get("queued.max.messages.kbytes"), Some("4096"));
+        assert_eq!(config.get("queued.min.messages"), Some("5000"));
         assert_eq!(config.get("fetch.wait.max.ms"), None, "librdkafka's default");
 
         kafka.options = vec!["session.timeout.ms=30000".parse().unwrap()];
