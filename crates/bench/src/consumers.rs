@@ -45,7 +45,7 @@ fn reads(spec: &Spec) -> &'static str {
 }
 
 /// Figure names of `spec`: apply rate, peak RSS, CPU per 1000 events (`<name>_apply`, ...).
-fn figures(spec: &Spec) -> [&'static str; 3] {
+pub(crate) fn figures(spec: &Spec) -> [&'static str; 3] {
     // Made once per process; the report keys figures by `&'static str`.
     static NAMES: OnceLock<Vec<(&'static str, [&'static str; 3])>> = OnceLock::new();
     let names = NAMES.get_or_init(|| {

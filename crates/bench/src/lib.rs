@@ -29,6 +29,7 @@ pub mod consumers;
 pub mod e2e;
 pub mod ingress;
 pub mod pipeline;
+pub mod plots;
 pub mod report;
 
 use std::path::PathBuf;
@@ -57,12 +58,32 @@ pub enum Command {
     Allocation(Settings),
     /// Internal: the consumer process the harness measures (a batched projection on the runtime).
     ConsumeChild(child::ChildArgs),
+    /// Internal: the bare HTTP server of the ingress ceiling: the ingress's server stack (tokio,
+    /// hyper, axum) with a trivial handler that reads the body and answers 202.
+    BareHttp {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
     /// Fill a topic with distinct OrderPlaced events (for profiling a consumer by hand).
     Fill {
         #[arg(long)]
         topic: String,
         #[arg(long, default_value_t = 100_000)]
         records: usize,
+    },
+    /// Apply a filled topic with the synthetic consumer, then with the Python peer, and print
+    /// each one's rate and CPU per 1000 events (for tuning the runtime's cost by hand:
+    /// `fill` once, then `apply` after each change).
+    Apply {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Leave the peer out.
+        #[arg(long)]
+        no_peer: bool,
     },
 }
 
@@ -87,7 +108,8 @@ pub struct Settings {
     /// Smoke mode: tiny sizes, one run (CI keeps the harness working with it).
     #[arg(long)]
     pub quick: bool,
-    /// Write the report into this markdown file, between its bench markers.
+    /// Write the report into this markdown file, between its bench markers, and its pictures
+    /// into `img/` beside it.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// The command line to print in the report.
@@ -134,6 +156,10 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             let markdown = report::render(&settings, &figures, &env).await;
             match &settings.out {
                 Some(path) => {
+                    let img = path.parent().unwrap_or(std::path::Path::new(".")).join("img");
+                    for picture in plots::draw(&img, &figures)? {
+                        eprintln!("drew {}", picture.display());
+                    }
                     report::write_section(path, report::PIPELINE_SECTION, &markdown)?;
                     eprintln!("wrote {}", path.display());
                 }
@@ -159,10 +185,21 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ConsumeChild(args) => child::run(&env, args).await,
+        Command::BareHttp { listen } => ingress::serve_bare(listen).await,
         Command::Fill { topic, records } => {
             ceilings::create_topic(&env, &topic).await?;
             let rate = ceilings::produce(&env, &topic, &ceilings::encoded_orders(records)?).await?;
             eprintln!("{records} records to {topic} at {rate:.0}/s");
+            Ok(())
+        }
+        Command::Apply { topic, records, batch_size, no_peer } => {
+            let runtime = pipeline::run_bench_consumer(&env, &topic, records, batch_size, false).await?;
+            println!("runtime {}", runtime.summary());
+            if !no_peer {
+                let peer = pipeline::run_peer(&env, &topic, records).await?;
+                println!("peer    {}", peer.summary());
+                println!("runtime / peer = {:.2}x", runtime.per_sec / peer.per_sec);
+            }
             Ok(())
         }
     }
@@ -182,7 +219,7 @@ pub async fn run(env: &Env, settings: &Settings) -> anyhow::Result<report::Figur
         figures.push_ceilings(&ceil);
         figures.push_pipeline(&pipe);
         figures.push_consumers(&consumers);
-        figures.push_ingress(&ceil, &ingress);
+        figures.push_ingress(&ingress);
         figures.push_e2e(&e2e);
     }
     Ok(figures)

@@ -41,6 +41,18 @@ pub(crate) struct Measured {
     pub split: CpuSplit,
 }
 
+impl Measured {
+    /// One line for `orderflow-bench apply`.
+    pub(crate) fn summary(&self) -> String {
+        let s = &self.split;
+        format!(
+            "{:>8.0} events/s  peak RSS {:.0} MB  CPU ms per 1000 events: consumer {:.1}, postgres {:.1}, broker {:.1}, \
+             other {:.1} ({:.2} cores busy)",
+            self.per_sec, self.peak_rss_mb, s.consumer, s.postgres, s.broker, s.other, s.busy_cores
+        )
+    }
+}
+
 /// CPU milliseconds per 1000 events applied, by process, over the timed window of a consumer
 /// run: the broker (local Apache Kafka nodes, see [`is_kafka_broker`]; 0 when the broker runs
 /// elsewhere), every
@@ -165,8 +177,12 @@ pub(crate) async fn run_bench_consumer(
 ) -> anyhow::Result<Measured> {
     let schema = unique("bench_apply");
     let mut command = Command::new(std::env::current_exe()?);
+    command.args(["--kafka-brokers", &env.kafka.brokers, "--database-url", &env.database_url]);
+    for option in &env.kafka.options {
+        command.arg("--kafka-option").arg(format!("{}={}", option.key, option.value));
+    }
     command
-        .args(["--kafka-brokers", &env.kafka.brokers, "--database-url", &env.database_url, "consume-child"])
+        .arg("consume-child")
         .args(["--topic", topic, "--schema", &schema, "--group", &unique("bench-group")])
         .args(["--batch-size", &batch_size.to_string()]);
     if replay {

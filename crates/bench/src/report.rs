@@ -33,6 +33,9 @@ pub struct Figures {
     pub values: BTreeMap<&'static str, Vec<f64>>,
     pub record_bytes: usize,
     pub backlog_events: usize,
+    /// Every latency sample (microseconds) of each series of the spectrum, pooled over the
+    /// runs ([`crate::plots::LATENCY_SERIES`]).
+    pub latencies: BTreeMap<&'static str, Vec<u64>>,
 }
 
 impl Figures {
@@ -208,6 +211,13 @@ pub async fn render(settings: &Settings, f: &Figures, env: &Env) -> String {
         settings.batch_size
     );
 
+    let _ = writeln!(
+        md,
+        "![Apply rate of the runtime, its replay, each consumer and the Python peer beside the raw consume and upsert ceilings](img/{})\n\n\
+         ![Latency by percentile of the ingress at half load and of end to end at 50% and 80% load](img/{})\n",
+        crate::plots::APPLY_RATES,
+        crate::plots::LATENCY_SPECTRUM
+    );
     let _ = writeln!(md, "### Ceilings (same broker, same database, same run)\n");
     let _ = writeln!(md, "| ceiling | rate |\n|---|---|");
     let _ = writeln!(md, "| raw produce, rdkafka, acks=all + idempotence + lz4 (records/s) | {} |", cell(f, "produce"));

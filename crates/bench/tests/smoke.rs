@@ -35,7 +35,10 @@ fn assert_measured(report: &str, figures: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quick_mode_measures_every_figure_and_renders_the_report() {
     orderflow_testkit::init_test_logs();
-    let out = std::env::temp_dir().join(orderflow_testkit::unique_name("bench-report")).with_extension("md");
+    // Its own directory: the pictures go to `img/` beside the report.
+    let dir = std::env::temp_dir().join(orderflow_testkit::unique_name("bench-report"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("benchmarks.md");
     let report = quick("run", &out);
     assert_measured(
         &report,
@@ -62,7 +65,9 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
             "`order-history` consumer",
             "ingress requests/s, closed loop, 64 in flight",
             "ingress requests/s, closed loop, 256 in flight",
+            "bare HTTP ceiling",
             "ingress maximum requests/s",
+            "ingress CPU per 1000 requests, closed loops",
             "ingress latency at 50% load, from scheduled send, p50",
             "ingress latency at 50% load, from scheduled send, p99 ",
             "ingress latency at 50% load, from scheduled send, p99.9",
@@ -84,7 +89,24 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
         report.contains(orderflow_bench::report::PIPELINE_SECTION.begin)
             && report.contains(orderflow_bench::report::PIPELINE_SECTION.end)
     );
-    let _ = std::fs::remove_file(&out);
+    // Each picture is drawn, linked from the report, and plots measured data: every latency
+    // series and every apply-rate bar is there.
+    let spectrum = std::fs::read_to_string(dir.join("img").join(orderflow_bench::plots::LATENCY_SPECTRUM)).unwrap();
+    for (_, label) in orderflow_bench::plots::LATENCY_SERIES {
+        assert!(spectrum.contains(&label.replace('>', "&gt;")), "no `{label}` series in the spectrum");
+    }
+    assert!(spectrum.matches("<polyline").count() >= orderflow_bench::plots::LATENCY_SERIES.len());
+    let rates = std::fs::read_to_string(dir.join("img").join(orderflow_bench::plots::APPLY_RATES)).unwrap();
+    for (label, _) in orderflow_bench::plots::apply_bars() {
+        assert!(
+            rates.contains(&format!(">{label}<")) || rates.contains(&format!(">\n{label}\n<")),
+            "no `{label}` bar in the apply rates"
+        );
+    }
+    for picture in [orderflow_bench::plots::LATENCY_SPECTRUM, orderflow_bench::plots::APPLY_RATES] {
+        assert!(report.contains(&format!("](img/{picture})")), "the report links {picture}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
