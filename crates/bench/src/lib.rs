@@ -81,6 +81,9 @@ pub enum Command {
         records: usize,
         #[arg(long, default_value_t = 500)]
         batch_size: usize,
+        /// Processes of the synthetic consumer on one group.
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
         /// Leave the peer out.
         #[arg(long)]
         no_peer: bool,
@@ -188,12 +191,19 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::BareHttp { listen } => ingress::serve_bare(listen).await,
         Command::Fill { topic, records } => {
             ceilings::create_topic(&env, &topic).await?;
-            let rate = ceilings::produce(&env, &topic, &ceilings::encoded_orders(records)?).await?;
-            eprintln!("{records} records to {topic} at {rate:.0}/s");
+            // In chunks, so ten million records do not sit in memory at once.
+            let started = std::time::Instant::now();
+            let mut filled = 0;
+            while filled < records {
+                let chunk = ceilings::encoded_orders(100_000.min(records - filled))?;
+                ceilings::produce(&env, &topic, &chunk).await?;
+                filled += chunk.len();
+            }
+            eprintln!("{records} records to {topic} at {:.0}/s", records as f64 / started.elapsed().as_secs_f64());
             Ok(())
         }
-        Command::Apply { topic, records, batch_size, no_peer } => {
-            let runtime = pipeline::run_bench_consumer(&env, &topic, records, batch_size, false).await?;
+        Command::Apply { topic, records, batch_size, instances, no_peer } => {
+            let runtime = pipeline::run_bench_instances(&env, &topic, records, batch_size, false, instances).await?;
             println!("runtime {}", runtime.summary());
             if !no_peer {
                 let peer = pipeline::run_peer(&env, &topic, records).await?;

@@ -24,9 +24,15 @@ pub struct Pipeline {
     pub apply_cpu_ms_per_1000: f64,
     /// Where the machine's CPU went while the consumer applied (timed window only).
     pub apply_split: CpuSplit,
+    /// Two processes of the synthetic consumer on one group: their combined rate and where
+    /// the machine's CPU went.
+    pub two_per_sec: f64,
+    pub two_split: CpuSplit,
     pub backlog_events: usize,
     pub backlog_peak_rss_mb: f64,
     pub backlog_apply_per_sec: f64,
+    /// The ledger after the backlog, and pruning all of it.
+    pub backlog_ledger: LedgerFigures,
     pub encode_order_ns: f64,
     pub decode_order_ns: f64,
     pub encode_inventory_ns: f64,
@@ -36,9 +42,22 @@ pub struct Pipeline {
 /// A consumer child process and what it cost.
 pub(crate) struct Measured {
     pub per_sec: f64,
+    /// The highest peak RSS of its processes.
     pub peak_rss_mb: f64,
+    /// CPU seconds of all its processes.
     pub cpu_seconds: f64,
     pub split: CpuSplit,
+    /// The runtime's ledger after the run (runtime consumers only).
+    pub ledger: Option<LedgerFigures>,
+}
+
+/// What the runtime's ledger held after a run, and what pruning it cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LedgerFigures {
+    pub rows: u64,
+    pub mb: f64,
+    pub pruned: u64,
+    pub prune_secs: f64,
 }
 
 impl Measured {
@@ -49,7 +68,10 @@ impl Measured {
             "{:>8.0} events/s  peak RSS {:.0} MB  CPU ms per 1000 events: consumer {:.1}, postgres {:.1}, broker {:.1}, \
              other {:.1} ({:.2} cores busy)",
             self.per_sec, self.peak_rss_mb, s.consumer, s.postgres, s.broker, s.other, s.busy_cores
-        )
+        ) + &self
+            .ledger
+            .map(|l| format!("; ledger {} rows, {:.1} MB, pruned in {:.2} s", l.rows, l.mb, l.prune_secs))
+            .unwrap_or_default()
     }
 }
 
@@ -167,7 +189,7 @@ pub(crate) fn proc_stats(pid: u32) -> (f64, f64) {
     (hwm_kb / 1024.0, (stat_field(&stat, 11) + stat_field(&stat, 12)) / clock_ticks())
 }
 
-/// Run the benchmark consumer over `topic` (holding `n` events); see [`run_consumer`].
+/// Run the benchmark consumer over `topic` (holding `n` events); see [`run_consumers`].
 pub(crate) async fn run_bench_consumer(
     env: &Env,
     topic: &str,
@@ -175,48 +197,111 @@ pub(crate) async fn run_bench_consumer(
     batch_size: usize,
     replay: bool,
 ) -> anyhow::Result<Measured> {
-    let schema = unique("bench_apply");
-    let mut command = Command::new(std::env::current_exe()?);
-    command.args(["--kafka-brokers", &env.kafka.brokers, "--database-url", &env.database_url]);
-    for option in &env.kafka.options {
-        command.arg("--kafka-option").arg(format!("{}={}", option.key, option.value));
-    }
-    command
-        .arg("consume-child")
-        .args(["--topic", topic, "--schema", &schema, "--group", &unique("bench-group")])
-        .args(["--batch-size", &batch_size.to_string()]);
-    if replay {
-        command.arg("--replay");
-    }
-    run_consumer(env, command, &schema, n).await
+    run_bench_instances(env, topic, n, batch_size, replay, 1).await
 }
 
-/// Start the consumer process `command` (which writes its store in `schema`) and let it run
-/// until its stored offsets cover the `n` events of its topics. The rate is timed from 1% to
-/// 100% so group join time is left out. The process is killed and `schema` dropped after.
-pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, n: usize) -> anyhow::Result<Measured> {
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let program = command.get_program().to_string_lossy().into_owned();
-    let child = command.spawn().with_context(|| format!("Failed to start the consumer {program}"))?;
-    let mut child = KillOnDrop(child);
-    let pool = connect_when_ready(env, schema, &mut child.0, &program).await?;
+/// Run `instances` processes of the benchmark consumer on one group and one schema over
+/// `topic` (holding `n` events); see [`run_consumers`].
+pub(crate) async fn run_bench_instances(
+    env: &Env,
+    topic: &str,
+    n: usize,
+    batch_size: usize,
+    replay: bool,
+    instances: usize,
+) -> anyhow::Result<Measured> {
+    let (schema, group) = (unique("bench_apply"), unique("bench-group"));
+    let commands = (0..instances.max(1))
+        .map(|_| {
+            let mut command = Command::new(std::env::current_exe()?);
+            command.args(["--kafka-brokers", &env.kafka.brokers, "--database-url", &env.database_url]);
+            for option in &env.kafka.options {
+                command.arg("--kafka-option").arg(format!("{}={}", option.key, option.value));
+            }
+            command
+                .arg("consume-child")
+                .args(["--topic", topic, "--schema", &schema, "--group", &group])
+                .args(["--batch-size", &batch_size.to_string()]);
+            if replay {
+                command.arg("--replay");
+            }
+            Ok(command)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    run_consumers(env, commands, &schema, Some(&group), n).await
+}
+
+/// [`run_consumers`] with one process.
+pub(crate) async fn run_consumer(env: &Env, command: Command, schema: &str, n: usize) -> anyhow::Result<Measured> {
+    run_consumers(env, vec![command], schema, None, n).await
+}
+
+/// How many members of `group` hold partitions (0 when the broker does not say).
+async fn members_with_partitions(env: &Env, group: &str) -> usize {
+    let (config, group) = (env.kafka.client_config(), group.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = config.create().ok()?;
+        use rdkafka::consumer::Consumer as _;
+        let groups = consumer.fetch_group_list(Some(&group), Duration::from_secs(2)).ok()?;
+        let group = groups.groups().first()?;
+        (group.state() == "Stable")
+            .then(|| group.members().iter().filter(|m| m.assignment().is_some_and(|a| a.len() > 8)).count())
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
+/// Start the consumer processes `commands` (which write one store in `schema`, as members of
+/// `group` when there are several) and let them run until the stored offsets cover the `n`
+/// events of their topics. The rate is timed from 1% to 100%, so group join time is left out;
+/// with several processes, from when every one of them holds partitions. The processes are
+/// killed and `schema` dropped after; before that, the ledger's size is read and the time to
+/// prune all of it is measured.
+pub(crate) async fn run_consumers(
+    env: &Env,
+    commands: Vec<Command>,
+    schema: &str,
+    group: Option<&str>,
+    n: usize,
+) -> anyhow::Result<Measured> {
+    let instances = commands.len();
+    let mut children = Vec::new();
+    let mut program = String::new();
+    for mut command in commands {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        program = command.get_program().to_string_lossy().into_owned();
+        let child = command.spawn().with_context(|| format!("Failed to start the consumer {program}"))?;
+        children.push(KillOnDrop(child));
+    }
+    let pool = connect_when_ready(env, schema, &mut children[0].0, &program).await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut started: Option<(Instant, i64)> = None;
     let mut ticks_at_start = (0.0, 0.0, 0.0, 0.0);
     let mut peak_rss_mb: f64 = 0.0;
+    let cpu = |children: &[KillOnDrop]| children.iter().map(|c| proc_stats(c.0.id()).1).sum::<f64>();
     loop {
-        if let Some(status) = child.0.try_wait()? {
-            bail!("consumer {program} exited early: {status}");
+        for child in &mut children {
+            if let Some(status) = child.0.try_wait()? {
+                bail!("consumer {program} exited early: {status}");
+            }
+            peak_rss_mb = peak_rss_mb.max(proc_stats(child.0.id()).0);
         }
         let done: i64 = match store::stored_offsets(&pool, schema).await {
             Ok(offsets) => offsets.unwrap_or_default().values().sum(),
             Err(_) => 0,
         };
-        peak_rss_mb = peak_rss_mb.max(proc_stats(child.0.id()).0);
         if started.is_none() && done as usize >= n / 100 {
-            started = Some((Instant::now(), done));
-            let (broker, postgres, busy) = machine_ticks();
-            ticks_at_start = (broker, postgres, busy, proc_stats(child.0.id()).1);
+            let all_in = match group {
+                Some(group) if instances > 1 => members_with_partitions(env, group).await == instances,
+                _ => true,
+            };
+            if all_in {
+                started = Some((Instant::now(), done));
+                let (broker, postgres, busy) = machine_ticks();
+                ticks_at_start = (broker, postgres, busy, cpu(&children));
+            }
         }
         if done as usize >= n {
             break;
@@ -226,10 +311,15 @@ pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (from, at) = started.expect("set before done");
+    let Some((from, at)) = started else {
+        bail!("consumer {program}: its {instances} processes never all held partitions at once before the end")
+    };
     let elapsed = from.elapsed().as_secs_f64().max(1e-9);
     let per_sec = (n as i64 - at) as f64 / elapsed;
-    let (rss, cpu_seconds) = proc_stats(child.0.id());
+    let cpu_seconds = cpu(&children);
+    for child in &children {
+        peak_rss_mb = peak_rss_mb.max(proc_stats(child.0.id()).0);
+    }
     let (broker, postgres, busy) = machine_ticks();
     let tck = clock_ticks();
     let per_1000 = 1000.0 * 1000.0 / (n as i64 - at).max(1) as f64; // seconds -> ms per 1000 events
@@ -243,10 +333,30 @@ pub(crate) async fn run_consumer(env: &Env, mut command: Command, schema: &str, 
         other: (busy - broker - postgres - consumer).max(0.0) * per_1000,
         busy_cores: busy / elapsed,
     };
+    drop(children);
+    let ledger = ledger_figures(&pool).await.ok();
     pool.close().await;
-    drop(child);
     ceilings::drop_schema(env, schema).await;
-    Ok(Measured { per_sec, peak_rss_mb: peak_rss_mb.max(rss), cpu_seconds, split })
+    Ok(Measured { per_sec, peak_rss_mb, cpu_seconds, split, ledger })
+}
+
+/// The ledger's rows and size (both of the runtime's tables: the applied-event ledger and the
+/// natural keys), then the time to prune all of it with the runtime's own pruning.
+async fn ledger_figures(pool: &PgPool) -> anyhow::Result<LedgerFigures> {
+    let (rows, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orderflow_applied_events) + (SELECT count(*) FROM orderflow_natural_keys),
+                (pg_total_relation_size('orderflow_applied_events') + pg_total_relation_size('orderflow_natural_keys'))::bigint",
+    )
+    .fetch_one(pool)
+    .await?;
+    let started = Instant::now();
+    let pruned = store::prune_ledger(pool, Duration::ZERO).await?;
+    Ok(LedgerFigures {
+        rows: rows as u64,
+        mb: bytes as f64 / 1_048_576.0,
+        pruned,
+        prune_secs: started.elapsed().as_secs_f64(),
+    })
 }
 
 pub(crate) async fn connect_when_ready(
@@ -365,7 +475,7 @@ pub(crate) async fn run_peer(env: &Env, topic: &str, n: usize) -> anyhow::Result
         other: (busy - broker - postgres - cpu_seconds).max(0.0) * per_1000,
         busy_cores: busy / elapsed,
     };
-    Ok(Measured { per_sec, peak_rss_mb, cpu_seconds, split })
+    Ok(Measured { per_sec, peak_rss_mb, cpu_seconds, split, ledger: None })
 }
 
 /// Nanoseconds per call of `f`, over enough iterations to take about 200 ms.
@@ -429,6 +539,9 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
     pipeline.peer_split = peer.split;
     let replay = run_bench_consumer(env, topic, settings.records, settings.batch_size, true).await?;
     pipeline.replay_per_sec = replay.per_sec;
+    let two = run_bench_instances(env, topic, settings.records, settings.batch_size, false, 2).await?;
+    pipeline.two_per_sec = two.per_sec;
+    pipeline.two_split = two.split;
 
     // Memory under a backlog (once per harness run: filling it takes a while): fill a topic
     // first, then let the consumer drain it.
@@ -449,6 +562,7 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
     pipeline.backlog_events = settings.backlog;
     pipeline.backlog_peak_rss_mb = backlog.peak_rss_mb;
     pipeline.backlog_apply_per_sec = backlog.per_sec;
+    pipeline.backlog_ledger = backlog.ledger.unwrap_or_default();
 
     codec_figures(&mut pipeline)?;
     Ok(pipeline)
