@@ -157,10 +157,14 @@ pub async fn upsert_units(tx: &mut PgConnection, units: &BTreeMap<String, i64>) 
 }
 
 pub async fn create_units_table(pool: &PgPool) -> Result<(), sqlx::Error> {
+    // Two processes of the consumer create it at once: serialise them (`IF NOT EXISTS` alone
+    // races on the catalog).
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.bench_units'))").execute(&mut *tx).await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_units (sku text PRIMARY KEY, units bigint NOT NULL)")
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Batched transactions doing exactly the database work of the runtime plus the projection:
