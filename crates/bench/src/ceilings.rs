@@ -57,8 +57,15 @@ pub const SKUS: usize = 50_000;
 
 /// `n` distinct OrderPlaced events (3 lines each, skus spread over [`SKUS`]).
 pub fn orders(n: usize) -> anyhow::Result<Vec<OrderPlaced>> {
+    orders_from(0, n)
+}
+
+/// Orders `bench-<first>` to `bench-<first + n - 1>`: a topic filled in chunks holds distinct
+/// orders only when each chunk starts where the last one ended (an order id seen before is a
+/// repeat the consumers skip, which would measure skipping instead of applying).
+pub fn orders_from(first: usize, n: usize) -> anyhow::Result<Vec<OrderPlaced>> {
     let base = samples::order_placed();
-    (0..n)
+    (first..first + n)
         .map(|i| {
             let mut order = base.clone();
             order.event_id = Uuid::new_v4();
@@ -74,7 +81,12 @@ pub fn orders(n: usize) -> anyhow::Result<Vec<OrderPlaced>> {
 
 /// `n` distinct encoded OrderPlaced records: (key, value, headers).
 pub fn encoded_orders(n: usize) -> anyhow::Result<Vec<(String, Vec<u8>, OwnedHeaders)>> {
-    encoded(orders(n)?.into_iter().map(Event::OrderPlaced))
+    encoded_orders_from(0, n)
+}
+
+/// [`orders_from`], encoded.
+pub fn encoded_orders_from(first: usize, n: usize) -> anyhow::Result<Vec<(String, Vec<u8>, OwnedHeaders)>> {
+    encoded(orders_from(first, n)?.into_iter().map(Event::OrderPlaced))
 }
 
 /// `events` as the producers send them: (key, single-object Avro value, CloudEvents headers).

@@ -195,7 +195,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let mut filled = 0;
             while filled < records {
-                let chunk = ceilings::encoded_orders(100_000.min(records - filled))?;
+                let chunk = ceilings::encoded_orders_from(filled, 100_000.min(records - filled))?;
                 ceilings::produce(&env, &topic, &chunk).await?;
                 filled += chunk.len();
             }

@@ -565,7 +565,7 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
     let chunk = 100_000;
     let mut filled = 0;
     while filled < settings.backlog {
-        let records = ceilings::encoded_orders(chunk.min(settings.backlog - filled))?;
+        let records = ceilings::encoded_orders_from(filled, chunk.min(settings.backlog - filled))?;
         ceilings::produce(env, &backlog_topic, &records).await?;
         filled += records.len();
     }

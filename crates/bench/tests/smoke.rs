@@ -52,7 +52,7 @@ async fn quick_mode_measures_every_figure_and_renders_the_report() {
             "peer apply rate",
             "runtime ÷ peer",
             "replay rate",
-            "two processes of the consumer on one group, combined apply rate",
+            "two processes of the consumer on one group draining the same backlog",
             "two processes: cores busy",
             "backlog apply rate ÷",
             "ledger after the backlog",
