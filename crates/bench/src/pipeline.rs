@@ -351,6 +351,8 @@ pub(crate) async fn run_consumers(
     let ledger = ledger_figures(&pool).await.ok();
     pool.close().await;
     ceilings::drop_schema(env, schema).await;
+    // The allocator keeps its outbox in a schema of its own beside its store.
+    ceilings::drop_schema(env, &format!("{schema}_outbox")).await;
     Ok(Measured { per_sec, peak_rss_mb, cpu_seconds, split, ledger })
 }
 
