@@ -104,6 +104,19 @@ pub fn encoded(events: impl Iterator<Item = Event>) -> anyhow::Result<Vec<(Strin
         .collect()
 }
 
+/// Fill `topic` with `n` distinct orders ([`orders_from`]), 100,000 at a time so a large
+/// backlog never sits in memory at once; returns records/s.
+pub async fn fill_orders(env: &Env, topic: &str, n: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut filled = 0;
+    while filled < n {
+        let chunk = encoded_orders_from(filled, 100_000.min(n - filled))?;
+        produce(env, topic, &chunk).await?;
+        filled += chunk.len();
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
 /// Send `records` with many in flight; returns records/s.
 pub async fn produce(env: &Env, topic: &str, records: &[(String, Vec<u8>, OwnedHeaders)]) -> anyhow::Result<f64> {
     let producer: FutureProducer = env.kafka.producer_config().create()?;

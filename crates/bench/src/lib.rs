@@ -191,19 +191,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::BareHttp { listen } => ingress::serve_bare(listen).await,
         Command::Fill { topic, records } => {
             ceilings::create_topic(&env, &topic).await?;
-            // In chunks, so ten million records do not sit in memory at once.
-            let started = std::time::Instant::now();
-            let mut filled = 0;
-            while filled < records {
-                let chunk = ceilings::encoded_orders_from(filled, 100_000.min(records - filled))?;
-                ceilings::produce(&env, &topic, &chunk).await?;
-                filled += chunk.len();
-            }
-            eprintln!("{records} records to {topic} at {:.0}/s", records as f64 / started.elapsed().as_secs_f64());
+            let rate = ceilings::fill_orders(&env, &topic, records).await?;
+            eprintln!("{records} records to {topic} at {rate:.0}/s");
             Ok(())
         }
         Command::Apply { topic, records, batch_size, instances, no_peer } => {
-            let runtime = pipeline::run_bench_instances(&env, &topic, records, batch_size, false, instances).await?;
+            let runtime =
+                pipeline::run_bench_instances(&env, &topic, records, batch_size, false, instances, true).await?;
             println!("runtime {}", runtime.summary());
             if !no_peer {
                 let peer = pipeline::run_peer(&env, &topic, records).await?;

@@ -89,6 +89,24 @@ pub struct CpuSplit {
     pub busy_cores: f64,
 }
 
+impl CpuSplit {
+    /// The split of the machine's CPU between two [`machine_ticks`] readings, given the
+    /// measured consumer's own CPU seconds over that time, `events` applied, in `elapsed`
+    /// seconds.
+    fn between(start: (f64, f64, f64), end: (f64, f64, f64), consumer: f64, events: f64, elapsed: f64) -> CpuSplit {
+        let tck = clock_ticks();
+        let per_1000 = 1000.0 * 1000.0 / events.max(1.0); // seconds -> ms per 1000 events
+        let (broker, postgres, busy) = ((end.0 - start.0) / tck, (end.1 - start.1) / tck, (end.2 - start.2) / tck);
+        CpuSplit {
+            broker: broker * per_1000,
+            postgres: postgres * per_1000,
+            consumer: consumer * per_1000,
+            other: (busy - broker - postgres - consumer).max(0.0) * per_1000,
+            busy_cores: busy / elapsed,
+        }
+    }
+}
+
 /// Whether the process at `/proc/<pid>` is a Kafka broker: a JVM running `kafka.Kafka`.
 fn is_kafka_broker(proc_dir: &std::path::Path) -> bool {
     std::fs::read(proc_dir.join("cmdline"))
@@ -197,11 +215,12 @@ pub(crate) async fn run_bench_consumer(
     batch_size: usize,
     replay: bool,
 ) -> anyhow::Result<Measured> {
-    run_bench_instances(env, topic, n, batch_size, replay, 1).await
+    run_bench_instances(env, topic, n, batch_size, replay, 1, false).await
 }
 
 /// Run `instances` processes of the benchmark consumer on one group and one schema over
-/// `topic` (holding `n` events); see [`run_consumers`].
+/// `topic` (holding `n` events), measuring the ledger after with `ledger`; see
+/// [`run_consumers`].
 pub(crate) async fn run_bench_instances(
     env: &Env,
     topic: &str,
@@ -209,6 +228,7 @@ pub(crate) async fn run_bench_instances(
     batch_size: usize,
     replay: bool,
     instances: usize,
+    ledger: bool,
 ) -> anyhow::Result<Measured> {
     let (schema, group) = (unique("bench_apply"), unique("bench-group"));
     let commands = (0..instances.max(1))
@@ -228,21 +248,21 @@ pub(crate) async fn run_bench_instances(
             Ok(command)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    run_consumers(env, commands, &schema, Some(&group), n).await
+    run_consumers(env, commands, &schema, Some(&group), n, ledger).await
 }
 
 /// [`run_consumers`] with one process.
 pub(crate) async fn run_consumer(env: &Env, command: Command, schema: &str, n: usize) -> anyhow::Result<Measured> {
-    run_consumers(env, vec![command], schema, None, n).await
+    run_consumers(env, vec![command], schema, None, n, false).await
 }
 
-/// How many members of `group` hold partitions (0 when the broker does not say).
-async fn members_with_partitions(env: &Env, group: &str) -> usize {
-    let (config, group) = (env.kafka.client_config(), group.to_owned());
+/// How many members of `group` hold partitions, asked with `probe` (0 when the broker does not
+/// say).
+async fn members_with_partitions(probe: &std::sync::Arc<rdkafka::consumer::BaseConsumer>, group: &str) -> usize {
+    let (probe, group) = (probe.clone(), group.to_owned());
     tokio::task::spawn_blocking(move || {
-        let consumer: rdkafka::consumer::BaseConsumer = config.create().ok()?;
         use rdkafka::consumer::Consumer as _;
-        let groups = consumer.fetch_group_list(Some(&group), Duration::from_secs(2)).ok()?;
+        let groups = probe.fetch_group_list(Some(&group), Duration::from_secs(2)).ok()?;
         let group = groups.groups().first()?;
         (group.state() == "Stable")
             .then(|| group.members().iter().filter(|m| m.assignment().is_some_and(|a| a.len() > 8)).count())
@@ -253,21 +273,28 @@ async fn members_with_partitions(env: &Env, group: &str) -> usize {
     .unwrap_or(0)
 }
 
-/// CPU ticks at a moment: broker, Postgres, the machine's busy time, the consumers' seconds.
-type Ticks = (f64, f64, f64, f64);
+/// Where a run stood at a moment: when, events applied, the machine's CPU ticks and the
+/// consumer processes' CPU seconds.
+struct Mark {
+    at: Instant,
+    done: i64,
+    machine: (f64, f64, f64),
+    consumers: f64,
+}
 
 /// Start the consumer processes `commands` (which write one store in `schema`, as members of
 /// `group` when there are several) and let them run until the stored offsets cover the `n`
 /// events of their topics. The rate is timed from 1% to 100%, so group join time is left out;
 /// with several processes, from when every one of them holds partitions. The processes are
-/// killed and `schema` dropped after; before that, the ledger's size is read and the time to
-/// prune all of it is measured.
+/// killed and `schema` dropped after; before that, with `ledger`, the ledger's size is read
+/// and the time to prune all of it is measured.
 pub(crate) async fn run_consumers(
     env: &Env,
     commands: Vec<Command>,
     schema: &str,
     group: Option<&str>,
     n: usize,
+    ledger: bool,
 ) -> anyhow::Result<Measured> {
     let instances = commands.len();
     let mut children = Vec::new();
@@ -278,13 +305,17 @@ pub(crate) async fn run_consumers(
         let child = command.spawn().with_context(|| format!("Failed to start the consumer {program}"))?;
         children.push(KillOnDrop(child));
     }
+    // With several processes, one client asks the broker whether every one holds partitions.
+    let probe = match group {
+        Some(group) if instances > 1 => Some((std::sync::Arc::new(env.kafka.client_config().create()?), group)),
+        _ => None,
+    };
     let pool = connect_when_ready(env, schema, &mut children[0].0, &program).await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut started: Option<(Instant, i64)> = None;
-    let mut ticks_at_start = (0.0, 0.0, 0.0, 0.0);
-    let mut peak_rss_mb: f64 = 0.0;
+    let mut started: Option<Mark> = None;
     // With several processes: the 1% mark, for a run too short for the group to settle.
-    let mut first_percent: Option<(Instant, i64, Ticks)> = None;
+    let mut first_percent: Option<Mark> = None;
+    let mut peak_rss_mb: f64 = 0.0;
     let cpu = |children: &[KillOnDrop]| children.iter().map(|c| proc_stats(c.0.id()).1).sum::<f64>();
     loop {
         for child in &mut children {
@@ -298,15 +329,13 @@ pub(crate) async fn run_consumers(
             Err(_) => 0,
         };
         if started.is_none() && done as usize >= n / 100 {
-            let all_in = match group {
-                Some(group) if instances > 1 => members_with_partitions(env, group).await == instances,
-                _ => true,
+            let all_in = match &probe {
+                Some((probe, group)) => members_with_partitions(probe, group).await == instances,
+                None => true,
             };
-            let (broker, postgres, busy) = machine_ticks();
-            let mark = (Instant::now(), done, (broker, postgres, busy, cpu(&children)));
+            let mark = Mark { at: Instant::now(), done, machine: machine_ticks(), consumers: cpu(&children) };
             if all_in {
-                started = Some((mark.0, mark.1));
-                ticks_at_start = mark.2;
+                started = Some(mark);
             } else if first_percent.is_none() {
                 first_percent = Some(mark);
             }
@@ -319,60 +348,37 @@ pub(crate) async fn run_consumers(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (from, at) = match (started, first_percent) {
+    let start = match (started, first_percent) {
         (Some(started), _) => started,
-        (None, Some((from, at, ticks))) => {
+        (None, Some(first_percent)) => {
             tracing::warn!(instances, n, "the run ended before every process held partitions; timed from 1%");
-            ticks_at_start = ticks;
-            (from, at)
+            first_percent
         }
         (None, None) => bail!("consumer {program} applied {n} events without passing 1% of them"),
     };
-    let elapsed = from.elapsed().as_secs_f64().max(1e-9);
-    let per_sec = (n as i64 - at) as f64 / elapsed;
+    let elapsed = start.at.elapsed().as_secs_f64().max(1e-9);
+    let events = (n as i64 - start.done) as f64;
     let cpu_seconds = cpu(&children);
     for child in &children {
         peak_rss_mb = peak_rss_mb.max(proc_stats(child.0.id()).0);
     }
-    let (broker, postgres, busy) = machine_ticks();
-    let tck = clock_ticks();
-    let per_1000 = 1000.0 * 1000.0 / (n as i64 - at).max(1) as f64; // seconds -> ms per 1000 events
-    let consumer = cpu_seconds - ticks_at_start.3;
-    let (broker, postgres, busy) =
-        ((broker - ticks_at_start.0) / tck, (postgres - ticks_at_start.1) / tck, (busy - ticks_at_start.2) / tck);
-    let split = CpuSplit {
-        broker: broker * per_1000,
-        postgres: postgres * per_1000,
-        consumer: consumer * per_1000,
-        other: (busy - broker - postgres - consumer).max(0.0) * per_1000,
-        busy_cores: busy / elapsed,
-    };
+    let split = CpuSplit::between(start.machine, machine_ticks(), cpu_seconds - start.consumers, events, elapsed);
     drop(children);
-    let ledger = ledger_figures(&pool).await.ok();
+    let ledger = if ledger { Some(ledger_figures(&pool).await?) } else { None };
     pool.close().await;
     ceilings::drop_schema(env, schema).await;
     // The allocator keeps its outbox in a schema of its own beside its store.
     ceilings::drop_schema(env, &format!("{schema}_outbox")).await;
-    Ok(Measured { per_sec, peak_rss_mb, cpu_seconds, split, ledger })
+    Ok(Measured { per_sec: events / elapsed, peak_rss_mb, cpu_seconds, split, ledger })
 }
 
 /// The ledger's rows and size (both of the runtime's tables: the applied-event ledger and the
 /// natural keys), then the time to prune all of it with the runtime's own pruning.
 async fn ledger_figures(pool: &PgPool) -> anyhow::Result<LedgerFigures> {
-    let (rows, bytes): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM orderflow_applied_events) + (SELECT count(*) FROM orderflow_natural_keys),
-                (pg_total_relation_size('orderflow_applied_events') + pg_total_relation_size('orderflow_natural_keys'))::bigint",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (rows, bytes) = store::ledger_size(pool).await.context("Failed to measure the ledger")?;
     let started = Instant::now();
-    let pruned = store::prune_ledger(pool, Duration::ZERO).await?;
-    Ok(LedgerFigures {
-        rows: rows as u64,
-        mb: bytes as f64 / 1_048_576.0,
-        pruned,
-        prune_secs: started.elapsed().as_secs_f64(),
-    })
+    let pruned = store::prune_ledger(pool, Duration::ZERO).await.context("Failed to prune the ledger")?;
+    Ok(LedgerFigures { rows, mb: bytes as f64 / 1_048_576.0, pruned, prune_secs: started.elapsed().as_secs_f64() })
 }
 
 pub(crate) async fn connect_when_ready(
@@ -444,7 +450,7 @@ pub(crate) async fn run_peer(env: &Env, topic: &str, n: usize) -> anyhow::Result
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let (broker0, postgres0, busy0) = machine_ticks();
+    let start = machine_ticks();
     let started = Instant::now();
     let mut child = KillOnDrop(
         command
@@ -465,7 +471,7 @@ pub(crate) async fn run_peer(env: &Env, topic: &str, n: usize) -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-    let (broker1, postgres1, busy1) = machine_ticks();
+    let end = machine_ticks();
     let mut stdout = String::new();
     let mut stderr = String::new();
     use std::io::Read as _;
@@ -481,16 +487,7 @@ pub(crate) async fn run_peer(env: &Env, topic: &str, n: usize) -> anyhow::Result
     let events = report["events"].as_u64().unwrap_or(0) as usize;
     anyhow::ensure!(events >= n, "the peer applied {events} of {n} events: {stdout} {stderr}");
     let per_sec = report["rate"].as_f64().filter(|r| *r > 0.0).context("the peer reported no rate")?;
-    let tck = clock_ticks();
-    let per_1000 = 1000.0 * 1000.0 / n.max(1) as f64;
-    let (broker, postgres, busy) = ((broker1 - broker0) / tck, (postgres1 - postgres0) / tck, (busy1 - busy0) / tck);
-    let split = CpuSplit {
-        broker: broker * per_1000,
-        postgres: postgres * per_1000,
-        consumer: cpu_seconds * per_1000,
-        other: (busy - broker - postgres - cpu_seconds).max(0.0) * per_1000,
-        busy_cores: busy / elapsed,
-    };
+    let split = CpuSplit::between(start, end, cpu_seconds, n as f64, elapsed);
     Ok(Measured { per_sec, peak_rss_mb, cpu_seconds, split, ledger: None })
 }
 
@@ -564,21 +561,16 @@ pub async fn measure(env: &Env, settings: &Settings, topic: &str, with_backlog: 
     }
     let backlog_topic = unique("bench-backlog").replace('_', "-");
     ceilings::create_topic(env, &backlog_topic).await?;
-    let chunk = 100_000;
-    let mut filled = 0;
-    while filled < settings.backlog {
-        let records = ceilings::encoded_orders_from(filled, chunk.min(settings.backlog - filled))?;
-        ceilings::produce(env, &backlog_topic, &records).await?;
-        filled += records.len();
-    }
-    let backlog = run_bench_consumer(env, &backlog_topic, settings.backlog, settings.batch_size, false).await?;
+    ceilings::fill_orders(env, &backlog_topic, settings.backlog).await?;
+    let backlog =
+        run_bench_instances(env, &backlog_topic, settings.backlog, settings.batch_size, false, 1, true).await?;
     pipeline.backlog_events = settings.backlog;
     pipeline.backlog_peak_rss_mb = backlog.peak_rss_mb;
     pipeline.backlog_apply_per_sec = backlog.per_sec;
     pipeline.backlog_ledger = backlog.ledger.unwrap_or_default();
     // Two processes on one group over the same backlog: long enough that the group settles
     // with both early on (the rate is timed from then).
-    let two = run_bench_instances(env, &backlog_topic, settings.backlog, settings.batch_size, false, 2).await?;
+    let two = run_bench_instances(env, &backlog_topic, settings.backlog, settings.batch_size, false, 2, false).await?;
     pipeline.two_per_sec = two.per_sec;
     pipeline.two_split = two.split;
 

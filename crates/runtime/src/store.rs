@@ -10,7 +10,7 @@
 //! `orderflow_natural_keys`. Tools that need
 //! the runtime's tables from outside (the `orderflow` CLI, the bench) use the functions here
 //! ([`stored_offsets`], [`seed_offsets`], [`consumer_schemas`], [`applied_event_ids`],
-//! [`RUNTIME_TABLES`]) instead
+//! [`ledger_size`], [`RUNTIME_TABLES`]) instead
 //! of writing SQL against them, so their layout can change in one place.
 //!
 //! # Must not touch
@@ -209,6 +209,19 @@ pub async fn applied_event_ids(pool: &PgPool, schema: &str) -> anyhow::Result<Ve
     .fetch_all(pool)
     .await
     .with_context(|| format!("Failed to read the applied event ids of {schema}"))
+}
+
+/// The ledger's size in the pool's schema: rows (applied-event ledger and natural keys
+/// together) and bytes on disk, indexes included.
+pub async fn ledger_size(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
+    let (rows, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orderflow_applied_events) + (SELECT count(*) FROM orderflow_natural_keys),
+                (pg_total_relation_size('orderflow_applied_events')
+                 + pg_total_relation_size('orderflow_natural_keys'))::bigint",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((rows.max(0) as u64, bytes.max(0) as u64))
 }
 
 /// Set where partitions of the consumer whose store is `schema` start: each next offset is

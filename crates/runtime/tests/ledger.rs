@@ -34,3 +34,39 @@ async fn pruning_forgets_only_ledger_entries_older_than_the_retention() {
     assert_eq!(forgotten, ids[..1], "an id older than the retention is applied again");
     tx.rollback().await.unwrap();
 }
+
+#[tokio::test]
+async fn pruning_forgets_only_natural_keys_older_than_the_retention() {
+    // Arrange: 3 old and 2 recent orders' claims (an order's claim is its ledger entry).
+    let schema = orderflow_testkit::fresh_schema("ledger_keys").await;
+    store::migrate(&schema.pool).await.unwrap();
+    let claim = |i: i64| store::NaturalKeyClaim {
+        kind: "order",
+        key: format!("o-{i}"),
+        fingerprint: vec![i as u8; 32],
+        event_id: Uuid::new_v4(),
+        offset: i,
+    };
+    let claims: Vec<store::NaturalKeyClaim> = (0..5).map(claim).collect();
+    let mut tx = schema.pool.begin().await.unwrap();
+    assert_eq!(store::claim_natural_keys(&mut tx, "t", 0, &claims).await.unwrap().len(), 5);
+    tx.commit().await.unwrap();
+    sqlx::query("UPDATE orderflow_natural_keys SET applied_at = now() - interval '8 days' WHERE key = ANY($1)")
+        .bind(["o-0", "o-1", "o-2"])
+        .execute(&schema.pool)
+        .await
+        .unwrap();
+
+    // Act
+    let deleted = store::prune_ledger(&schema.pool, Duration::from_secs(7 * 24 * 3600)).await.unwrap();
+
+    // Assert: the old claims are gone, so those orders apply again; the recent ones still
+    // stop a copy.
+    assert_eq!(deleted, 3);
+    let mut tx = schema.pool.begin().await.unwrap();
+    let again = store::claim_natural_keys(&mut tx, "t", 0, &claims[3..]).await.unwrap();
+    assert!(again.is_empty(), "recent claims must still hold: {again:?}");
+    let forgotten = store::claim_natural_keys(&mut tx, "t", 0, &claims[..1]).await.unwrap();
+    assert_eq!(forgotten, [claims[0].event_id], "a claim older than the retention is made again");
+    tx.rollback().await.unwrap();
+}
