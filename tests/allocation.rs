@@ -1,6 +1,7 @@
 //! The flash sale (docs/allocation.md), with the real binaries on the real broker and
 //! Postgres: 100 units of one sku over three warehouses, 2,000 one-unit orders posted
-//! concurrently through the ingress while the allocator is killed with SIGKILL twice, then 40
+//! concurrently through the ingress in three waves, the allocator killed with SIGKILL between
+//! them (so each kill leaves orders undecided at any machine speed), then 40
 //! units restocked. Exactly 140 units are allocated, never more than on hand at any moment
 //! sampled, the rest is backordered, the restock goes to the 40 earliest-placed backorders,
 //! every decision is on `allocations.v1` exactly once (published by `outbox-relay` from the
@@ -23,6 +24,9 @@ use sqlx::{PgPool, Row};
 const ORDERS: usize = 2_000;
 const STOCK: [(&str, i64); 3] = [("w1", 40), ("w2", 35), ("w3", 25)];
 const RESTOCK: i64 = 40;
+/// Where each wave of the rush ends (the last runs to `ORDERS`), and how many orders are
+/// decided before the allocator is killed, once per wave: each kill happens inside its wave.
+const WAVE_ENDS: [usize; 2] = [700, 1_400];
 const KILL_AFTER_DECIDED: [i64; 2] = [300, 1_000];
 
 /// POST `body` to the ingress until it answers 202 (retrying with the same key, as a checkout
@@ -118,11 +122,13 @@ async fn a_flash_sale_allocates_exactly_the_stock_once_through_two_crashes_and_s
         })
     };
 
-    // Act: the rush, 64 requests in flight, while the allocator is killed twice.
+    // Act: the rush, 64 requests in flight, in three waves; the allocator is killed twice, each
+    // time once enough of the orders posted so far are decided and before the next wave is
+    // posted, so each kill leaves orders to decide by construction, however fast the machine.
     let order_ids: Vec<String> = (0..ORDERS).map(|i| format!("{sku}-o{i:05}")).collect();
-    let rush = {
-        let (http, url, sku, ids) =
-            (http.clone(), format!("{}/v1/orders", pipeline.ingress_url), sku.clone(), order_ids.clone());
+    let orders_url = format!("{}/v1/orders", pipeline.ingress_url);
+    let post_wave = |ids: &[String]| {
+        let (http, url, sku, ids) = (http.clone(), orders_url.clone(), sku.clone(), ids.to_vec());
         tokio::spawn(async move {
             futures::stream::iter(ids)
                 .for_each_concurrent(64, |id| {
@@ -133,7 +139,11 @@ async fn a_flash_sale_allocates_exactly_the_stock_once_through_two_crashes_and_s
         })
     };
     let decided_sql = format!("SELECT count(*) FROM {schema}.decided_orders WHERE order_id LIKE $1 || '-o%'");
-    for threshold in KILL_AFTER_DECIDED {
+    let mut rush = Vec::new();
+    let mut posted = 0;
+    for (wave_end, threshold) in WAVE_ENDS.into_iter().zip(KILL_AFTER_DECIDED) {
+        rush.push(post_wave(&order_ids[posted..wave_end]));
+        posted = wave_end;
         wait_until(&format!("{threshold} orders decided"), Duration::from_secs(180), || async {
             (scalar(&pool, &decided_sql, &sku).await >= threshold).then_some(())
         })
@@ -142,9 +152,13 @@ async fn a_flash_sale_allocates_exactly_the_stock_once_through_two_crashes_and_s
         allocator.process.kill_hard().unwrap();
         let decided = scalar(&pool, &decided_sql, &sku).await;
         assert!(decided < ORDERS as i64, "the allocator was killed with {decided} of {ORDERS} orders decided");
+        eprintln!("killed the allocator with {decided} of {posted} posted orders decided ({ORDERS} in the sale)");
         allocator.restart().unwrap();
     }
-    rush.await.unwrap();
+    rush.push(post_wave(&order_ids[posted..]));
+    for wave in rush {
+        wave.await.unwrap();
+    }
     wait_until("every order decided", Duration::from_secs(240), || async {
         (scalar(&pool, &decided_sql, &sku).await == ORDERS as i64).then_some(())
     })

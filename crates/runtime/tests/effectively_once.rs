@@ -240,28 +240,39 @@ async fn store_units(pool: &PgPool) -> BTreeMap<String, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consumer_killed_with_sigkill_at_random_moments_ends_with_the_exact_store() {
-    // Arrange: a backlog, a consumer process, small batches so there are many commits.
+    // Arrange: a backlog held back in six waves, a consumer process. The test sets the pace:
+    // each round publishes one more wave and kills the consumer once it has applied a random
+    // part of it, so every kill leaves work behind by construction (the later waves are not
+    // published yet), however fast the machine applies.
+    const WAVES: usize = 6;
+    const KILLS: usize = WAVES - 1;
     let topic = fresh_topic("kill9", 4).await;
     let events = orders("k", 6000);
     let expected = units_per_sku(&events);
-    publish(&producer(), &topic, &events).await;
+    let waves: Vec<&[Event]> = events.chunks(events.len() / WAVES).collect();
+    assert_eq!(waves.len(), WAVES);
+    let producer = producer();
     let consumer = ExampleConsumer::new(&topic, "kill9");
 
-    // Act: kill -9 after a random amount of progress, five times, then let it finish.
+    // Act: kill -9 five times, each after a random amount of the current wave, then let it finish.
     let test_started = std::time::Instant::now();
     let mut rng_state = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
-    let mut progress = 0i64;
-    for round in 0..5 {
+    let (mut published, mut progress) = (0i64, 0i64);
+    for (round, wave) in waves.iter().take(KILLS).enumerate() {
+        publish(&producer, &topic, wave).await;
+        published += wave.len() as i64;
         let mut process = consumer.spawn();
         let pool = consumer.pool().await;
         // The killed instance's partitions stay with its dead member until the group's
-        // session timeout passes; with the shipped defaults a restart applies again within
-        // 15 s (docs/operations.md, "Crash recovery").
+        // session timeout (10 s by default) passes (docs/operations.md, "Crash recovery").
+        // The wave just published guarantees there is something to apply again; 30 s bounds
+        // how long a restart that never resumes takes to show (librdkafka's own 45 s session
+        // would fail it), with room for a loaded machine.
         if round > 0 {
             let restarted = std::time::Instant::now();
             wait_until(
-                &format!("round {round}: applying again within 15 s of the restart"),
-                Duration::from_secs(15),
+                &format!("round {round}: applying again after the restart"),
+                Duration::from_secs(30),
                 || async { (stored_offsets_sum(&pool, &consumer.schema).await > progress).then_some(()) },
             )
             .await;
@@ -269,17 +280,23 @@ async fn consumer_killed_with_sigkill_at_random_moments_ends_with_the_exact_stor
         }
         rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let step = 50 + (rng_state >> 33) as i64 % 250;
-        // Never wait for more than there is: a round that starts near the end kills the
-        // consumer just before it finishes.
-        let target = (progress + step).min(events.len() as i64 - 1);
+        let target = (progress + step).min(published);
         progress = wait_until(&format!("round {round}: offsets past {target}"), Duration::from_secs(60), || async {
             let sum = stored_offsets_sum(&pool, &consumer.schema).await;
             (sum >= target).then_some(sum)
         })
         .await;
         process.kill_hard().unwrap();
-        eprintln!("round {round}: killed at {progress} applied, {:?} into the test", test_started.elapsed());
+        let left = events.len() as i64 - progress;
+        assert!(left > 0, "round {round}: killed with nothing left to apply");
+        eprintln!(
+            "round {round}: killed at {progress} applied ({} of this wave's {} still pending, {left} in all), {:?} into the test",
+            published - progress,
+            wave.len(),
+            test_started.elapsed()
+        );
     }
+    publish(&producer, &topic, waves[KILLS]).await;
     let _last = consumer.spawn();
     let pool = consumer.pool().await;
     wait_until("the whole backlog applied", Duration::from_secs(120), || async {
