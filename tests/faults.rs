@@ -618,8 +618,17 @@ async fn zombie_consumer_frozen_mid_batch_past_its_session_applies_nothing_twice
     let skipped = metric(&zombie.addr, "orderflow_duplicates_skipped_total").await.unwrap_or(0.0);
     assert_eq!(skipped, 0.0, "the ledger, not the offset fence, stopped the zombie's batch");
     // Its log shows the fence: the stale batch's commit failed (Postgres had ended the idle
-    // transaction), then the group took the partitions away.
-    let log = zombie.process.output();
+    // transaction), then the group took the partitions away. The woken process may write
+    // either line after this point: wait up to 30 s for both, then check what it wrote.
+    let shows_fence = |log: &str| {
+        log.find("batch failed transiently").is_some_and(|failed| log[failed..].contains("partitions revoked"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = wait_until("the zombie's log to show the fence, or 30 s", Duration::from_secs(60), || {
+        let (log, over) = (zombie.process.output(), Instant::now() >= deadline);
+        async move { (over || shows_fence(&log)).then_some(log) }
+    })
+    .await;
     let failed = log.find("batch failed transiently").unwrap_or_else(|| panic!("no failed stale batch:\n{log}"));
     assert!(log[failed..].contains("partitions revoked"), "the zombie never gave its partitions up:\n{log}");
 }

@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use orderflow_kafka::admin::{CLUSTER_DEFAULT_REPLICATION, ensure_topic};
@@ -39,38 +40,49 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_its_leader_is_k
     let producer: FutureProducer = kafka.producer_config().create().unwrap();
     let acked: Arc<Mutex<Vec<u32>>> = Arc::default();
 
-    // Act: send a steady stream; kill -9 the leader of partition 0 in the middle of it.
-    const RECORDS: u32 = 3000;
+    // Act: send a steady stream (a record a millisecond at most, 32 in flight); kill -9 the
+    // leader of partition 0 in the middle of it. The stream goes on until the test says so:
+    // after the kill, once another node leads and records were acknowledged after it.
+    // Bounded by a count and a deadline, so it cannot run for ever.
+    const MAX_RECORDS: u32 = 100_000;
+    const AFTER_KILL: usize = 500;
+    let stop = Arc::new(AtomicBool::new(false));
     let sender = {
-        let (producer, topic, acked) = (producer.clone(), topic.clone(), acked.clone());
+        let (producer, topic, acked, stop) = (producer.clone(), topic.clone(), acked.clone(), stop.clone());
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut pace = tokio::time::interval(Duration::from_millis(1));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::spawn(async move {
-            let sends = futures::stream::iter(0..RECORDS)
-                .map(|i| {
-                    let (producer, topic) = (&producer, &topic);
-                    async move {
-                        let key = format!("k{}", i % 17);
-                        let payload = i.to_string();
-                        let result = producer
-                            .send(FutureRecord::to(topic).key(&key).payload(&payload), Duration::from_secs(60))
-                            .await;
-                        (i, result.is_ok())
-                    }
-                })
-                .buffer_unordered(32);
+            let sends = futures::stream::unfold((0..MAX_RECORDS, pace), move |(mut numbers, mut pace)| {
+                let go_on = !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
+                async move {
+                    let i = numbers.next().filter(|_| go_on)?;
+                    pace.tick().await;
+                    Some((i, (numbers, pace)))
+                }
+            })
+            .map(|i| {
+                let (producer, topic) = (&producer, &topic);
+                async move {
+                    let key = format!("k{}", i % 17);
+                    let payload = i.to_string();
+                    let result = producer
+                        .send(FutureRecord::to(topic).key(&key).payload(&payload), Duration::from_secs(60))
+                        .await;
+                    (i, result.is_ok())
+                }
+            })
+            .buffer_unordered(32);
             let mut sends = std::pin::pin!(sends);
             while let Some((i, ok)) = sends.next().await {
                 if ok {
                     acked.lock().unwrap().push(i);
                 }
-                // Pace the stream so the kill lands in its middle.
-                if i % 100 == 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
             }
         })
     };
-    wait_until("a third of the records acknowledged", Duration::from_secs(60), || async {
-        (acked.lock().unwrap().len() >= RECORDS as usize / 3).then_some(())
+    wait_until("1,000 records acknowledged", Duration::from_secs(60), || async {
+        (acked.lock().unwrap().len() >= 1000).then_some(())
     })
     .await;
     let leader = cluster.leader(&topic, 0).unwrap().expect("partition 0 has a leader") as usize;
@@ -80,10 +92,15 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_its_leader_is_k
         cluster.leader(&topic, 0).ok().flatten().filter(|&l| l as usize != leader)
     })
     .await;
+    wait_until("records acknowledged after the kill", Duration::from_secs(120), || async {
+        (acked.lock().unwrap().len() >= killed_at + AFTER_KILL).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
     sender.await.unwrap();
     let acked: Vec<u32> = acked.lock().unwrap().clone();
     eprintln!(
-        "killed node {leader} after {killed_at} acks; node {new_leader} leads partition 0; {} of {RECORDS} acknowledged",
+        "killed node {leader} after {killed_at} acks; node {new_leader} leads partition 0; {} acknowledged in all",
         acked.len()
     );
     cluster.restart(leader).unwrap();
@@ -94,12 +111,17 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_its_leader_is_k
     consumer.subscribe(&[&topic]).unwrap();
     let mut seen: BTreeMap<u32, usize> = BTreeMap::new();
     let wanted: HashSet<u32> = acked.iter().copied().collect();
+    let mut unseen = wanted.len();
     let mut stream = consumer.stream();
     tokio::time::timeout(Duration::from_secs(90), async {
-        while !wanted.iter().all(|i| seen.contains_key(i)) {
+        while unseen > 0 {
             let message = stream.next().await.expect("stream ended").expect("consume error");
             let value: u32 = message.payload_view::<str>().unwrap().unwrap().parse().unwrap();
-            *seen.entry(value).or_default() += 1;
+            let times = seen.entry(value).or_default();
+            *times += 1;
+            if *times == 1 && wanted.contains(&value) {
+                unseen -= 1;
+            }
         }
     })
     .await
@@ -107,7 +129,7 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_its_leader_is_k
         let missing: Vec<_> = wanted.iter().filter(|i| !seen.contains_key(i)).take(20).collect();
         panic!("acknowledged records missing after the leader's kill: {missing:?}…")
     });
-    assert!(acked.len() >= killed_at, "the stream went on after the kill");
+    assert!(acked.len() >= killed_at + AFTER_KILL, "the stream went on after the kill");
     let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).map(|(i, _)| i).collect();
     assert!(doubled.is_empty(), "records written twice: {doubled:?}");
 }

@@ -99,40 +99,59 @@ impl Pipeline {
 async fn a_read_with_the_writes_token_sees_the_write_every_time_and_garbage_tokens_are_refused() {
     let pipeline = start().await;
 
-    // Load beside the tries: stock changes through the same ingress, all the time.
+    // Load beside the tries: stock changes through the same ingress, at a steady pace (20
+    // requests of 20 changes a second), so the load is the same on any machine.
     let loading = tokio::spawn({
-        let (http, ingress, stop) = (pipeline.http.clone(), pipeline.ingress.clone(), Instant::now());
+        let (http, ingress) = (pipeline.http.clone(), pipeline.ingress.clone());
         async move {
-            let mut sent = 0u32;
-            while stop.elapsed() < Duration::from_secs(600) {
+            let mut pace = tokio::time::interval(Duration::from_millis(50));
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                pace.tick().await;
                 let body = serde_json::json!({"changes": (0..20).map(|i| serde_json::json!(
                     {"sku": format!("load-{i}"), "warehouse": "w1", "delta": 1, "reason": "received"})).collect::<Vec<_>>()});
                 let url = format!("http://{ingress}/v1/inventory/changes");
-                if http.post(url).bearer_auth(TOKEN).json(&body).send().await.is_ok() {
-                    sent += 1;
-                }
+                let _ = http.post(url).bearer_auth(TOKEN).json(&body).send().await;
             }
-            sent
         }
     });
 
     // 1,000 tries, 8 at a time: POST an order, then at once GET it with the token, from
     // either fulfillment instance (one owns the order's partition, the other reads Postgres).
+    // The contract: the read sees the write, or says plainly it has not got there yet (503
+    // with Retry-After; the client retries with the same token), never 404 or stale data.
     let tries = futures::future::join_all((0..8).map(|worker| {
         let pipeline = &pipeline;
         async move {
-            let mut slowest = Duration::ZERO;
+            let (mut slowest, mut not_yet) = (Duration::ZERO, 0u32);
             for i in 0..125 {
                 let order_id = format!("ryw-{worker}-{i}");
                 let accepted = pipeline.post("/v1/orders", &order_request(&order_id, &[("sku-1", 1)])).await;
                 let token = accepted["consistency_token"].as_str().expect("the 202 carries a consistency token");
                 let instance = &pipeline.fulfillment[i % 2];
                 let started = Instant::now();
-                let response = if i % 3 == 0 {
-                    let url = format!("http://{instance}/v1/fulfillments/{order_id}");
-                    pipeline.http.get(url).header("consistency-token", token).send().await.unwrap()
-                } else {
-                    pipeline.get(instance, &format!("/v1/fulfillments/{order_id}?after={token}")).await
+                let response = loop {
+                    let response = if i % 3 == 0 {
+                        let url = format!("http://{instance}/v1/fulfillments/{order_id}");
+                        pipeline.http.get(url).header("consistency-token", token).send().await.unwrap()
+                    } else {
+                        pipeline.get(instance, &format!("/v1/fulfillments/{order_id}?after={token}")).await
+                    };
+                    if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+                        break response;
+                    }
+                    // Not applied yet: a plain 503 saying so, with Retry-After, never an answer.
+                    not_yet += 1;
+                    let retry_after = response.headers().get("retry-after").expect("a 503 carries Retry-After");
+                    let retry_after: u64 = retry_after.to_str().unwrap().parse().unwrap();
+                    let body: Value = response.json().await.unwrap();
+                    assert!(body["error"].as_str().unwrap().contains("not applied yet"), "{order_id}: {body}");
+                    assert!(
+                        started.elapsed() < Duration::from_secs(120),
+                        "{order_id} still not applied after {:?}",
+                        started.elapsed()
+                    );
+                    tokio::time::sleep(Duration::from_secs(retry_after)).await;
                 };
                 slowest = slowest.max(started.elapsed());
                 assert_eq!(response.status(), StatusCode::OK, "{order_id} read with its token");
@@ -140,12 +159,14 @@ async fn a_read_with_the_writes_token_sees_the_write_every_time_and_garbage_toke
                 let body: Value = response.json().await.unwrap();
                 assert_eq!(body["order_id"], order_id.as_str());
             }
-            slowest
+            (slowest, not_yet)
         }
     }))
     .await;
     loading.abort();
-    eprintln!("slowest read with a token: {:?}", tries.iter().max().unwrap());
+    let slowest = tries.iter().map(|(slowest, _)| *slowest).max().unwrap();
+    let not_yet: u32 = tries.iter().map(|(_, not_yet)| not_yet).sum();
+    eprintln!("slowest read with a token: {slowest:?}; 503 (not applied yet, retried) {not_yet} times");
 
     // Reads without a token say how fresh they are.
     let plain = pipeline.get(&pipeline.fulfillment[0], "/v1/fulfillments/ryw-0-0").await;

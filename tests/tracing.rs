@@ -93,7 +93,9 @@ async fn wait_for_span(spans: &Spans, service: &str, name: &str, trace_id: &str)
     .await
 }
 
-#[tokio::test]
+// Two worker threads: `BinaryProcess::terminate` blocks its thread while the binaries flush
+// their spans to the collector, which must keep answering on another thread meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_the_ingress_request_to_the_consumers_event_span() {
     // Arrange: a collector, fresh topics, the ingress and fulfillment exporting to the collector.
     let (collector, spans) = start_collector().await;

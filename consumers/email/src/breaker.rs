@@ -177,17 +177,21 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_connection_failures_and_a_success_closes_it() {
+        // On a clock of the test's own: a stall of the machine cannot end the open period.
+        let start = Instant::now();
+        let ms = |n| start + Duration::from_millis(n);
         let breaker = CircuitBreaker::new("test:25", 3, Duration::from_millis(50), Duration::from_millis(200));
-        breaker.on_connection_failure("refused");
-        breaker.on_connection_failure("refused");
-        assert_eq!(breaker.permit(), Permit::All, "two failures are not an outage yet");
+        breaker.on_connection_failure_at(ms(0), "refused");
+        breaker.on_connection_failure_at(ms(1), "refused");
+        assert_eq!(breaker.permit_at(ms(2)), Permit::All, "two failures are not an outage yet");
         breaker.on_success();
-        breaker.on_connection_failure("refused");
-        breaker.on_connection_failure("refused");
+        breaker.on_connection_failure_at(ms(3), "refused");
+        breaker.on_connection_failure_at(ms(4), "refused");
         assert_eq!(breaker.state(), State::Closed, "a success reset the count");
-        breaker.on_connection_failure("refused");
+        breaker.on_connection_failure_at(ms(5), "refused");
         assert_eq!(breaker.state(), State::Open);
-        assert_eq!(breaker.permit(), Permit::None);
+        assert_eq!(breaker.permit_at(ms(5)), Permit::None);
+        assert_eq!(breaker.permit_at(ms(54)), Permit::None, "open for the whole period");
     }
 
     #[test]

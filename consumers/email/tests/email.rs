@@ -215,8 +215,9 @@ async fn many_orders_sent_concurrently_each_get_exactly_one_email() {
         async move { (n >= 150).then_some(()) }
     })
     .await;
-    // Let anything sent twice arrive, then count Message-IDs.
-    for i in [0, 74, 149] {
+    // Let anything sent twice arrive: once every email is recorded `sent`, the sender is done
+    // with all of them (a message is at the server before its `sent`). Then count Message-IDs.
+    for i in 0..150 {
         email_of(&consumer, &format!("m-{i}"), |e| e["status"] == "sent").await;
     }
     let messages = sink.messages();
@@ -234,19 +235,24 @@ async fn many_orders_sent_concurrently_each_get_exactly_one_email() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_while_the_server_accepts_a_message_sends_no_second_email() {
     // Arrange: the store in a Postgres of this test's own (it is crashed below), a mail
-    // server that acknowledges each message 3 s after receiving it.
+    // server that acknowledges each message HOLD after receiving it. The sink cannot be held
+    // until released, so HOLD is long: the test must crash Postgres while the server holds
+    // the message, whatever the machine's speed (checked below); it stays under the sender's
+    // 30 s SMTP timeout, so the exchange still ends in an acknowledgement.
+    const HOLD: Duration = Duration::from_secs(20);
     let postgres = tokio::task::spawn_blocking(orderflow_testkit::postgres::PrivatePostgres::start)
         .await
         .unwrap()
         .expect("a private Postgres starts");
     let port = free_port();
-    let sink = SmtpSink::slow(port, 3).await;
+    let sink = SmtpSink::slow(port, HOLD.as_secs() as u32).await;
     let orders = fresh_topic("email-pg-orders", 1).await;
     let mut args = isolated_args("email-pg", std::slice::from_ref(&orders));
     args.database.database_url = postgres.url();
     let consumer =
         start(connect(args, SenderArgs::new(&format!("smtp://127.0.0.1:{port}")).unwrap()).await.unwrap()).await;
     let placed = order("pg-1", &[("SKU-A", 1)]);
+    let published = std::time::Instant::now();
     publish(&producer(), &orders, std::slice::from_ref(&placed)).await;
 
     // Act: while the server holds the message, crash Postgres; keep it down past the
@@ -256,11 +262,19 @@ async fn a_database_outage_while_the_server_accepts_a_message_sends_no_second_em
         async move { (n == 1).then_some(()) }
     })
     .await;
+    let arrived_by = std::time::Instant::now();
     tokio::task::block_in_place(|| postgres.stop_immediate()).unwrap();
-    let stopped = std::time::Instant::now();
-    wait_until("Postgres down for 10 s", Duration::from_secs(30), || {
-        let elapsed = stopped.elapsed();
-        async move { (elapsed >= Duration::from_secs(10)).then_some(()) }
+    // The message arrived after the publish, so the server acknowledges it no earlier than
+    // HOLD after the publish, and no later than HOLD after the test saw it.
+    assert!(
+        published.elapsed() < HOLD,
+        "Postgres went down {:?} after the publish, not while the server held the message",
+        published.elapsed()
+    );
+    let acknowledged_by = arrived_by + HOLD;
+    wait_until("Postgres down past the acknowledgement and the acquire timeout", Duration::from_secs(60), || {
+        let now = std::time::Instant::now();
+        async move { (now >= acknowledged_by + Duration::from_secs(7)).then_some(()) }
     })
     .await;
     tokio::task::block_in_place(|| postgres.start_server()).unwrap();

@@ -297,6 +297,9 @@ pub(crate) async fn run_consumers(
     ledger: bool,
 ) -> anyhow::Result<Measured> {
     let instances = commands.len();
+    // Where the run stood at the last poll before the timing starts; at first, before the
+    // processes start (nothing applied: `schema` is new).
+    let mut previous = Mark { at: Instant::now(), done: 0, machine: machine_ticks(), consumers: 0.0 };
     let mut children = Vec::new();
     let mut program = String::new();
     for mut command in commands {
@@ -328,16 +331,23 @@ pub(crate) async fn run_consumers(
             Ok(offsets) => offsets.unwrap_or_default().values().sum(),
             Err(_) => 0,
         };
-        if started.is_none() && done as usize >= n / 100 {
+        if started.is_none() {
+            let past_one_percent = done as usize >= n / 100;
             let all_in = match &probe {
-                Some((probe, group)) => members_with_partitions(probe, group).await == instances,
-                None => true,
+                Some((probe, group)) if past_one_percent => members_with_partitions(probe, group).await == instances,
+                _ => true,
             };
             let mark = Mark { at: Instant::now(), done, machine: machine_ticks(), consumers: cpu(&children) };
-            if all_in {
-                started = Some(mark);
-            } else if first_percent.is_none() {
-                first_percent = Some(mark);
+            // The timing starts at the previous poll's mark, not this one's: a fast run can go
+            // from under 1% to every event between two polls, and timing from this poll would
+            // then count no events at all (a rate of 0, ratios of NaN). From the previous mark it
+            // counts every event applied since, over at most one poll more: valid at any speed.
+            if past_one_percent && all_in {
+                started = Some(std::mem::replace(&mut previous, mark));
+            } else if past_one_percent && first_percent.is_none() {
+                first_percent = Some(std::mem::replace(&mut previous, mark));
+            } else {
+                previous = mark;
             }
         }
         if done as usize >= n {

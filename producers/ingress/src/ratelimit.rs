@@ -20,7 +20,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
 
 /// One client's limit as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,16 +89,23 @@ pub struct Limited {
     pub policy: String,
 }
 
-/// The limiters of every client, made on first use.
-pub struct RateLimits {
+/// The limiters of every client, made on first use. On the real clock; the unit tests give it
+/// a fake one.
+pub struct RateLimits<C: Clock = DefaultClock> {
     limits: Limits,
-    limiters: std::sync::Mutex<HashMap<String, std::sync::Arc<Limiter>>>,
-    clock: DefaultClock,
+    limiters: std::sync::Mutex<HashMap<String, std::sync::Arc<Limiter<C>>>>,
+    clock: C,
 }
 
 impl RateLimits {
     pub fn new(limits: Limits) -> RateLimits {
-        RateLimits { limits, limiters: Default::default(), clock: DefaultClock::default() }
+        RateLimits::with_clock(limits, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimits<C> {
+    fn with_clock(limits: Limits, clock: C) -> RateLimits<C> {
+        RateLimits { limits, limiters: Default::default(), clock }
     }
 
     fn limit_of(&self, client: &str) -> Option<Limit> {
@@ -115,7 +122,8 @@ impl RateLimits {
                 .entry(client.to_owned())
                 .or_insert_with(|| {
                     std::sync::Arc::new(
-                        RateLimiter::direct(limit.quota()).with_middleware::<StateInformationMiddleware>(),
+                        RateLimiter::direct_with_clock(limit.quota(), self.clock.clone())
+                            .with_middleware::<StateInformationMiddleware>(),
                     )
                 })
                 .clone()
@@ -165,13 +173,19 @@ mod tests {
 
     #[test]
     fn a_client_over_its_burst_is_limited_and_another_is_not() {
-        let limits = RateLimits::new(Limits::parse("slow=1/2").unwrap());
+        // A clock that stands still: no refill between the calls, however slow they are.
+        let clock = governor::clock::FakeRelativeClock::default();
+        let limits = RateLimits::with_clock(Limits::parse("slow=1/2").unwrap(), clock.clone());
         assert!(limits.check("slow").is_ok());
         let second = limits.check("slow").unwrap();
         assert!(second.contains(&("ratelimit", "\"per-client\";r=0;t=2".to_owned())), "{second:?}");
         let limited = limits.check("slow").unwrap_err();
         assert!(limited.retry_after > Duration::ZERO && limited.retry_after <= Duration::from_secs(1), "{limited:?}");
         assert_eq!(limited.policy, "\"per-client\";q=2;w=2");
+        // Once the wait it named has passed, one more goes through, and only one.
+        clock.advance(limited.retry_after);
+        assert!(limits.check("slow").is_ok());
+        assert!(limits.check("slow").is_err());
         for _ in 0..10 {
             assert_eq!(limits.check("unlimited"), Ok(Vec::new()));
         }
