@@ -31,9 +31,8 @@ const CLOCKED: &[(&str, &[&str])] = &[
     ("orderflow_outbox", &["id", "created_at", "published_at", "error"]),
 ];
 
-/// The runtime's own tables: positions and event ids, not the consumer's store.
-const RUNTIME_TABLES: &[&str] =
-    &["orderflow_offsets", "orderflow_applied_events", "orderflow_natural_keys", "_sqlx_migrations"];
+/// The runtime's own tables: positions, event ids and offset moves, not the consumer's store.
+const RUNTIME_TABLES: [&str; 5] = orderflow_runtime::store::RUNTIME_TABLES;
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

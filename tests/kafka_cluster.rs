@@ -230,3 +230,73 @@ async fn ingress_and_a_consumer_work_over_sasl_scram_and_tls_and_a_wrong_passwor
         assert!(!output.contains("not-the-password"), "the password must never be logged:\n{output}");
     }
 }
+
+/// A topic deleted and created again on the three-node cluster (what a move to a new
+/// cluster with its topics created anew looks like to a consumer whose store was kept): the
+/// consumer holds every partition, applies nothing from the old positions, and after the
+/// operator's reset applies the new log exactly once (docs/operations.md, "When offsets and
+/// the log disagree").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_recreated_on_a_three_node_cluster_is_held_until_the_operator_resets_it() {
+    use orderflow_cli::offsets::{ResetTo, Selection, reset};
+    use orderflow_cli::position::{ConsumerRef, running_instances};
+    use orderflow_runtime::testing::{Recorder, Running, isolated_args, spawn};
+    use orderflow_testkit::events::{order, publish};
+
+    orderflow_testkit::init_test_logs();
+    // Arrange: a consumer applied 30 orders from a replicated topic and stopped; the topic is
+    // recreated and gets 60 orders, more than the stored offsets.
+    let cluster = start_cluster(3, false).await;
+    let kafka = cluster.kafka_args();
+    let topic = unique_name("recreated3");
+    ensure_topic(&kafka, &topic, 3, CLUSTER_DEFAULT_REPLICATION).await.unwrap();
+    let producer: FutureProducer = kafka.producer_config().create().unwrap();
+    let orders = |prefix: &str, n: usize| -> Vec<orderflow_events::Event> {
+        (0..n).map(|i| order(&format!("{prefix}-{i}"), &[("sku-a", 1)])).collect()
+    };
+    publish(&producer, &topic, &orders("old", 30)).await;
+    let mut args = isolated_args("recreated3", std::slice::from_ref(&topic));
+    args.kafka = kafka.clone();
+    let name = args.schema.clone().unwrap().replace('_', "-");
+    let consumer = ConsumerRef::new(&name, args.schema.as_deref(), args.group.as_deref()).unwrap();
+    let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
+    let stop = |running: Running| {
+        let (kafka, pool, consumer) = (kafka.clone(), pool.clone(), consumer.clone());
+        async move {
+            running.shutdown().await;
+            wait_until("the consumer stopped", Duration::from_secs(60), || async {
+                running_instances(&kafka, &pool, &consumer).await.unwrap().is_empty().then_some(())
+            })
+            .await;
+        }
+    };
+    let running = spawn(Recorder::new(&name), args.clone()).await;
+    running.wait_for_offsets_sum(30, Duration::from_secs(60)).await;
+    stop(running).await;
+    orderflow_testkit::recreate_topic(&kafka, &topic, 3).await;
+    publish(&producer, &topic, &orders("new", 60)).await;
+
+    // Act
+    let running = spawn(Recorder::new(&name), args.clone()).await;
+
+    // Assert: every partition held, nothing of the new log applied.
+    let detail = running
+        .wait_for("the three partitions held", "/readyz", |status, body| {
+            let detail = body["detail"].as_str().unwrap_or_default();
+            (status == 503 && detail.contains("3 partition(s) held")).then(|| detail.to_owned())
+        })
+        .await;
+    assert!(detail.contains("but the topic's id is now"), "{detail}");
+    assert_eq!(Recorder::applied(&running.pool).await.len(), 30, "{detail}");
+
+    // Resolve, and the store holds both logs' orders once each.
+    stop(running).await;
+    let selection = Selection { conflicts_only: true, reason: "moved to a new cluster", ..Default::default() };
+    assert_eq!(reset(&kafka, &pool, &consumer, &ResetTo::Earliest, &selection, false).await.unwrap().len(), 3);
+    let running = spawn(Recorder::new(&name), args.clone()).await;
+    running.wait_for_offsets_sum(60, Duration::from_secs(60)).await;
+    let applied = Recorder::applied(&running.pool).await;
+    assert_eq!(applied.len(), 90);
+    assert!(applied.values().all(|&n| n == 1), "each order applied once");
+    running.shutdown().await;
+}

@@ -213,7 +213,7 @@ async fn upsert(env: &Env, n: usize, batch_size: usize) -> anyhow::Result<f64> {
             }
         }
         let mut tx = pool.begin().await?;
-        orderflow_runtime::store::lock_offset(&mut tx, "bench", 0).await?;
+        orderflow_runtime::store::lock_offset(&mut tx, "bench", 0, None).await?;
         orderflow_runtime::store::record_applied(&mut tx, "bench", 0, &ids, &offsets).await?;
         upsert_units(&mut tx, &units).await?;
         offset += size as i64;

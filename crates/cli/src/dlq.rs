@@ -230,11 +230,7 @@ pub async fn redrive(
 ) -> anyhow::Result<Vec<Redriven>> {
     let (letters, messages) = dead_letters(kafka, dlq_topic, max_records).await?;
     let producer: FutureProducer = kafka.producer_config().create().context("Failed to create the producer")?;
-    let by = format!(
-        "{}@{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
-    );
+    let by = crate::operator();
     let selected: Vec<(&DeadLetter, &OwnedMessage)> =
         letters.iter().zip(&messages).filter(|(l, _)| selection.matches(l)).collect();
     let bar = records::progress(Some(selected.len() as u64), "redriving");

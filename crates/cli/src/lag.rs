@@ -21,7 +21,13 @@ use crate::records;
   orderflow lag --consumer analytics --max-lag 10000 || page-someone
   orderflow lag --consumer my-team --schema my_team_v2 --group my-team-v2 --topic orders.v1
 
-Exit codes: 0 fine, 2 a consumer's total lag exceeds --max-lag, 1 error.")]
+A partition whose stored offset does not belong to the log (the topic was recreated, the
+offset is ahead of the log's end, or records were deleted before they were applied) shows
+RECREATED, AHEAD n or LOST n instead of a lag: the consumer holds it until
+`orderflow offsets reset` moves it (docs/operations.md, \"When offsets and the log disagree\").
+
+Exit codes: 0 fine, 2 a consumer's total lag exceeds --max-lag, 4 a stored offset conflicts
+with the log, 1 error.")]
 pub struct LagArgs {
     /// Consumer name (repeatable; default: every schema with an orderflow_offsets table).
     /// Its schema is the name with '-' replaced by '_', its group the name.
@@ -61,7 +67,20 @@ pub struct PartitionLag {
     pub lag_seconds: Option<f64>,
     /// Where `next_offset` came from: `postgres`, `kafka` or `none`.
     pub source: &'static str,
+    /// Why the stored offset does not belong to the log (the consumer holds the partition;
+    /// `lag_messages` is then high watermark − stored offset, negative when ahead).
+    pub conflict: Option<String>,
+    /// The conflict's kind: `topic_recreated`, `ahead_of_log` or `below_log_start`.
+    pub conflict_reason: Option<&'static str>,
+    /// The LAG column as the table prints it.
+    #[serde(skip)]
+    pub lag_cell: String,
 }
+
+/// A consumer's stored offsets do not belong to the log; the process exits with code 4.
+#[derive(Debug, thiserror::Error)]
+#[error("stored offsets conflict with the log (the partitions are held until `orderflow offsets reset` moves them): {}", .0.join("; "))]
+pub struct OffsetsConflict(pub Vec<String>);
 
 /// `--max-lag` was exceeded; the process exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -97,13 +116,25 @@ pub async fn run(kafka: &KafkaArgs, args: LagArgs) -> anyhow::Result<()> {
     } else {
         print_table(&rows);
     }
+    let conflicts: Vec<String> = rows
+        .iter()
+        .filter_map(|r| Some(format!("{} {}[{}]: {}", r.consumer, r.topic, r.partition, r.conflict.as_ref()?)))
+        .collect();
     let mut over = Vec::new();
     for name in &names {
-        let total: i64 = rows.iter().filter(|r| &r.consumer == name).map(|r| r.lag_messages).sum();
-        eprintln!("{name}: {total} messages behind");
+        let total: i64 =
+            rows.iter().filter(|r| &r.consumer == name && r.conflict.is_none()).map(|r| r.lag_messages).sum();
+        let held = rows.iter().filter(|r| &r.consumer == name && r.conflict.is_some()).count();
+        match held {
+            0 => eprintln!("{name}: {total} messages behind"),
+            _ => eprintln!("{name}: {total} messages behind, {held} partition(s) held by an offset conflict"),
+        }
         if args.max_lag.is_some_and(|max| total > max) {
             over.push((name.clone(), total));
         }
+    }
+    if !conflicts.is_empty() {
+        return Err(OffsetsConflict(conflicts).into());
     }
     match args.max_lag {
         Some(max) if !over.is_empty() => Err(LagExceeded { max, over }.into()),
@@ -125,7 +156,9 @@ pub async fn measure(
     for position in positions {
         let next = position.next();
         let lag_messages = position.lag();
-        let lag_seconds = if lag_messages == 0 {
+        let lag_seconds = if position.conflict.is_some() {
+            None
+        } else if lag_messages == 0 {
             Some(0.0)
         } else {
             records::read_one(&reader, &position.topic, position.partition, next, Duration::from_secs(10))
@@ -144,6 +177,9 @@ pub async fn measure(
             lag_messages,
             lag_seconds,
             source: position.source(),
+            lag_cell: position.lag_cell(),
+            conflict: position.conflict.clone(),
+            conflict_reason: position.conflict_reason,
         });
     }
     Ok(out)
@@ -161,7 +197,7 @@ fn print_table(rows: &[PartitionLag]) {
         let seconds = r.lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "?".into());
         println!(
             "{:cw$}  {:tw$}  {:>9}  {:>12}  {:>12}  {:>12}  {:>11}  {}",
-            r.consumer, r.topic, r.partition, r.next_offset, r.high_watermark, r.lag_messages, seconds, r.source
+            r.consumer, r.topic, r.partition, r.next_offset, r.high_watermark, r.lag_cell, seconds, r.source
         );
     }
 }

@@ -112,12 +112,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Who runs this command, for audit trails (DLQ redrives, offset moves): `$USER@host`.
+pub(crate) fn operator() -> String {
+    format!(
+        "{}@{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+    )
+}
+
 /// The process exit code for an error: 2 when a threshold was exceeded (`lag --max-lag`),
 /// 3 when a read store does not match the expected totals (`verify`) or a reader cannot read
-/// what a topic holds (`schema check`), 1 otherwise.
+/// what a topic holds (`schema check`), 4 when a consumer's stored offsets do not belong to
+/// the log it reads (`lag`: docs/operations.md, "When offsets and the log disagree"), 1
+/// otherwise.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<lag::LagExceeded>().is_some() {
         2
+    } else if error.downcast_ref::<lag::OffsetsConflict>().is_some() {
+        4
     } else if error.downcast_ref::<verify::VerifyFailed>().is_some()
         || error.downcast_ref::<schema_check::SchemaCheckFailed>().is_some()
     {

@@ -1,12 +1,13 @@
 //! `orderflow offsets show|reset`: a consumer's stored offsets (Postgres, authoritative)
 //! next to its group's Kafka committed offsets and the topics' watermarks; and moving them.
 //!
-//! A reset writes the consumer's stored offsets in one transaction (`store::seed_offsets`,
-//! what the runtime seeks to on assignment), then the group's Kafka committed offsets (so Kafka tools
-//! agree). It refuses while the consumer runs (its group has members, or its store has
+//! A reset writes the consumer's stored offsets and their audit trail in one transaction
+//! (`store::move_offsets`; the runtime seeks there on assignment, and records the topic's id
+//! with them once they check out against the log), then the group's Kafka committed offsets
+//! (so Kafka tools agree). `show` marks the partitions whose stored offset does not belong
+//! to the log (the runtime holds those until a reset moves them). It refuses while the consumer runs (its group has members, or its store has
 //! open Postgres sessions): a running instance would overwrite the reset with its next batch.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use anyhow::Context;
@@ -43,6 +44,15 @@ pub enum OffsetsCommand {
   orderflow offsets reset analytics --to time:2026-11-22T13:00:00Z --topic orders.v1
   orderflow offsets reset analytics --to offset:1200 --topic orders.v1 --partition 3
   orderflow offsets reset analytics --to earliest --dry-run
+  orderflow offsets reset analytics --to earliest --conflicts-only --reason \"orders.v1 recreated\"
+
+Partitions in conflict (the topic was recreated, the stored offset is ahead of the log's end,
+or records were deleted before they were applied: `orderflow offsets show`) are held by the
+consumer until moved here. `--to earliest` starts them at the log's start (the new topic's
+first record after a recreation), `--to time:` at the first record at or after a time (what
+was applied before it on the old log is then skipped by the ledger where it repeats),
+`--to offset:N` at a position you chose. Every move is recorded in the consumer's
+orderflow_offset_moves table with who made it, when and --reason.
 
 Stop every instance first: the reset refuses while the consumer group has members.
 Moving back re-reads records, but events the consumer already applied are skipped by its
@@ -59,9 +69,25 @@ applied-event ledger; to rebuild a store from scratch use `orderflow replay` ins
         /// Only this partition (needs --topic).
         #[arg(long, requires = "topic")]
         partition: Option<i32>,
+        /// Only the partitions whose stored offset conflicts with the log.
+        #[arg(long)]
+        conflicts_only: bool,
+        /// Why, recorded with the move (the audit trail in the consumer's store).
+        #[arg(long, default_value = "not given")]
+        reason: String,
         /// Print what would change without changing it.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// The moves operators made to a consumer's offsets: who, when, why, from where to where.
+    #[command(after_help = "Examples:
+  orderflow offsets history fulfillment")]
+    History {
+        #[command(flatten)]
+        consumer: ConsumerArgs,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -104,6 +130,19 @@ pub struct Move {
     pub partition: i32,
     pub from: i64,
     pub to: i64,
+    /// The conflict the move resolves, if the partition was held.
+    pub conflict: Option<String>,
+}
+
+/// Which partitions a reset moves, and why.
+#[derive(Debug, Clone, Default)]
+pub struct Selection<'a> {
+    pub topic: Option<&'a str>,
+    pub partition: Option<i32>,
+    /// Only partitions whose stored offset conflicts with the log.
+    pub conflicts_only: bool,
+    /// Recorded with each move.
+    pub reason: &'a str,
 }
 
 pub async fn run(kafka: &KafkaArgs, command: OffsetsCommand) -> anyhow::Result<()> {
@@ -119,31 +158,57 @@ pub async fn run(kafka: &KafkaArgs, command: OffsetsCommand) -> anyhow::Result<(
             }
             Ok(())
         }
-        OffsetsCommand::Reset { consumer, to, topic, partition, dry_run } => {
+        OffsetsCommand::Reset { consumer, to, topic, partition, conflicts_only, reason, dry_run } => {
             let target = consumer.consumer_ref()?;
             let pool = position::connect(&consumer.db).await?;
-            let moves = reset(kafka, &pool, &target, &to, topic.as_deref(), partition, dry_run).await?;
+            let selection = Selection { topic: topic.as_deref(), partition, conflicts_only, reason: &reason };
+            let moves = reset(kafka, &pool, &target, &to, &selection, dry_run).await?;
             for m in &moves {
-                println!("{}\t{}\t{} -> {}", m.topic, m.partition, m.from, m.to);
+                match &m.conflict {
+                    Some(conflict) => {
+                        println!("{}\t{}\t{} -> {}\t(was: {conflict})", m.topic, m.partition, m.from, m.to)
+                    }
+                    None => println!("{}\t{}\t{} -> {}", m.topic, m.partition, m.from, m.to),
+                }
             }
             let verb = if dry_run { "would move" } else { "moved" };
             eprintln!("{}: {verb} {} partitions", target.name, moves.len());
             Ok(())
         }
+        OffsetsCommand::History { consumer, json } => {
+            let target = consumer.consumer_ref()?;
+            let pool = position::connect(&consumer.db).await?;
+            let moves = store::offset_moves(&pool, &target.schema).await?;
+            if json {
+                let rows: Vec<serde_json::Value> = moves
+                    .iter()
+                    .map(|(m, by, reason, at)| serde_json::json!({"move": m, "by": by, "reason": reason, "at": at}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for (m, by, reason, at) in &moves {
+                    let from = m.from.map(|f| f.to_string()).unwrap_or_else(|| "-".into());
+                    println!("{at}\t{by}\t{}[{}]\t{from} -> {}\t{reason}", m.topic, m.partition, m.to);
+                }
+                eprintln!("{}: {} recorded moves", target.name, moves.len());
+            }
+            Ok(())
+        }
     }
 }
 
-/// Move the consumer's offsets of the selected partitions to `to`. Refuses while the
-/// consumer's group has members. Returns every selected partition's move.
+/// Move the consumer's offsets of the selected partitions to `to`, recording each move (who,
+/// when, `selection.reason`) with it. Refuses while the consumer's group has members.
+/// Returns every selected partition's move.
 pub async fn reset(
     kafka: &KafkaArgs,
     pool: &PgPool,
     consumer: &ConsumerRef,
     to: &ResetTo,
-    topic: Option<&str>,
-    partition: Option<i32>,
+    selection: &Selection<'_>,
     dry_run: bool,
 ) -> anyhow::Result<Vec<Move>> {
+    let (topic, partition) = (selection.topic, selection.partition);
     let running = position::running_instances(kafka, pool, consumer).await?;
     anyhow::ensure!(
         running.is_empty(),
@@ -166,7 +231,12 @@ pub async fn reset(
     let reader = records::reader(kafka)?;
     let bar = records::progress(Some(positions.len() as u64), "resolving offsets");
     let mut moves = Vec::new();
-    for pos in positions.iter().filter(|pos| partition.is_none_or(|p| p == pos.partition)) {
+    let mut audited = Vec::new();
+    let selected = positions
+        .iter()
+        .filter(|pos| partition.is_none_or(|p| p == pos.partition))
+        .filter(|pos| !selection.conflicts_only || pos.conflict.is_some());
+    for pos in selected {
         let target = match to {
             ResetTo::Earliest => pos.low,
             ResetTo::Latest => pos.high,
@@ -185,7 +255,20 @@ pub async fn reset(
                 records::offset_for_time(&reader, &pos.topic, pos.partition, *time, (pos.low, pos.high)).await?
             }
         };
-        moves.push(Move { topic: pos.topic.clone(), partition: pos.partition, from: pos.next(), to: target });
+        moves.push(Move {
+            topic: pos.topic.clone(),
+            partition: pos.partition,
+            from: pos.next(),
+            to: target,
+            conflict: pos.conflict.clone(),
+        });
+        audited.push(store::OffsetMove {
+            topic: pos.topic.clone(),
+            partition: pos.partition,
+            from: pos.stored,
+            to: target,
+            from_topic_id: pos.stored_topic_id.clone(),
+        });
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -193,8 +276,7 @@ pub async fn reset(
         return Ok(moves);
     }
 
-    let starts: BTreeMap<(String, i32), i64> = moves.iter().map(|m| ((m.topic.clone(), m.partition), m.to)).collect();
-    store::seed_offsets(pool, &consumer.schema, &starts)
+    store::move_offsets(pool, &consumer.schema, &audited, &crate::operator(), selection.reason)
         .await
         .with_context(|| format!("Failed to move the stored offsets of consumer {}", consumer.name))?;
 
@@ -229,7 +311,18 @@ fn print_positions(positions: &[PartitionPosition]) {
             opt(p.committed),
             p.low,
             p.high,
-            p.lag()
+            p.lag_cell()
+        );
+    }
+    let conflicts: Vec<&PartitionPosition> = positions.iter().filter(|p| p.conflict.is_some()).collect();
+    if !conflicts.is_empty() {
+        eprintln!("\nconflicts: the consumer holds these partitions (nothing applied, nothing skipped):");
+        for p in conflicts {
+            eprintln!("  {}[{}]: {}", p.topic, p.partition, p.conflict.as_deref().unwrap_or_default());
+        }
+        eprintln!(
+            "resolve with `orderflow offsets reset CONSUMER --to earliest|time:RFC3339|offset:N --conflicts-only --reason ...` \
+             (docs/operations.md, \"When offsets and the log disagree\")"
         );
     }
 }

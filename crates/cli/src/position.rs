@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use orderflow_kafka::KafkaArgs;
+use orderflow_runtime::consumer::OffsetConflict;
 use orderflow_runtime::store::{self, redact_url, validate_schema_name};
 use orderflow_service::DatabaseArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -79,13 +80,52 @@ pub struct PartitionPosition {
     pub stored: Option<i64>,
     /// Next offset committed to Kafka by the group (`None`: never committed).
     pub committed: Option<i64>,
+    /// The topic's id (KIP-516) now, if the broker gives one.
+    pub topic_id: Option<String>,
+    /// The topic id stored with the offset: the log the stored offset counts (`None`: not
+    /// recorded yet).
+    pub stored_topic_id: Option<String>,
+    /// Why the stored offset does not belong to this log (the consumer holds the partition
+    /// until an operator moves it), in words; `None` when it does.
+    pub conflict: Option<String>,
+    /// The conflict's kind (`topic_recreated`, `ahead_of_log`, `below_log_start`).
+    pub conflict_reason: Option<&'static str>,
 }
 
 impl PartitionPosition {
-    /// Where the consumer continues: the stored offset, else the group's committed offset,
-    /// else the beginning (the runtime's `auto.offset.reset=earliest`).
+    /// A partition's position, checked against the log the way the runtime checks it at
+    /// assignment (`orderflow_runtime::consumer::OffsetConflict`).
+    pub fn new(
+        topic: &str,
+        partition: i32,
+        (low, high): (i64, i64),
+        stored: Option<i64>,
+        committed: Option<i64>,
+        (topic_id, stored_topic_id): (Option<String>, Option<String>),
+    ) -> Self {
+        let conflict =
+            stored.and_then(|s| OffsetConflict::check(s, stored_topic_id.as_deref(), topic_id.as_deref(), low, high));
+        PartitionPosition {
+            topic: topic.to_owned(),
+            partition,
+            low,
+            high,
+            stored,
+            committed,
+            topic_id,
+            stored_topic_id,
+            conflict_reason: conflict.as_ref().map(OffsetConflict::reason),
+            conflict: conflict.map(|c| c.to_string()),
+        }
+    }
+
+    /// Where the consumer continues: the stored offset (even one the log does not hold: see
+    /// `conflict`), else the group's committed offset, else the beginning.
     pub fn next(&self) -> i64 {
-        self.stored.or(self.committed).unwrap_or(self.low).max(self.low)
+        match self.stored {
+            Some(stored) => stored,
+            None => self.committed.unwrap_or(self.low).max(self.low),
+        }
     }
 
     pub fn source(&self) -> &'static str {
@@ -96,8 +136,22 @@ impl PartitionPosition {
         }
     }
 
+    /// Records between the position and the log end. For a partition in conflict it means
+    /// nothing (the consumer holds it): read `conflict` first. Negative when the stored
+    /// offset is ahead of the log.
     pub fn lag(&self) -> i64 {
-        (self.high - self.next()).max(0)
+        self.high - self.next()
+    }
+
+    /// The LAG column: the number, or what holds the partition instead.
+    pub fn lag_cell(&self) -> String {
+        match self.conflict_reason {
+            None => self.lag().to_string(),
+            Some("ahead_of_log") => format!("AHEAD {}", -self.lag()),
+            Some("below_log_start") => format!("LOST {}", self.low - self.next()),
+            Some("topic_recreated") => "RECREATED".into(),
+            Some(other) => other.to_uppercase(),
+        }
     }
 }
 
@@ -215,20 +269,24 @@ pub async fn positions(
     };
     let reader: StreamConsumer = records::reader(kafka)?;
     let group = group_client(kafka, &consumer.group)?;
+    let stored_ids = store::stored_topic_ids(pool, &consumer.schema).await?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let topic_ids = orderflow_kafka::topic_ids::topic_ids(reader.client(), &names, REQUEST_TIMEOUT)
+        .context("Failed to read the topics' ids")?;
     let mut out = Vec::new();
     for topic in &topics {
         let partitions = records::partitions(&reader, topic).with_context(|| format!("consumer {}", consumer.name))?;
         let committed = committed_offsets(&group, &consumer.group, topic, &partitions)?;
         for partition in partitions {
-            let (low, high) = records::watermarks(&reader, topic, partition)?;
-            out.push(PartitionPosition {
-                topic: topic.clone(),
+            let key = (topic.clone(), partition);
+            out.push(PartitionPosition::new(
+                topic,
                 partition,
-                low,
-                high,
-                stored: stored.as_ref().and_then(|s| s.get(&(topic.clone(), partition)).copied()),
-                committed: committed.get(&partition).copied(),
-            });
+                records::watermarks(&reader, topic, partition)?,
+                stored.as_ref().and_then(|s| s.get(&key).copied()),
+                committed.get(&partition).copied(),
+                (topic_ids.get(topic).cloned(), stored_ids.get(&key).cloned()),
+            ));
         }
     }
     Ok(out)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{consumer_args, orders};
 use orderflow_cli::lag::measure;
-use orderflow_cli::offsets::{ResetTo, reset};
+use orderflow_cli::offsets::{ResetTo, Selection, reset};
 use orderflow_cli::position::{self, ConsumerRef};
 use orderflow_cli::tail::TailArgs;
 use orderflow_runtime::testing::{Recorder, Running, spawn};
@@ -118,6 +118,11 @@ async fn lag_falls_back_to_the_groups_kafka_offsets_without_an_offsets_table() {
     assert_eq!((rows[0].source, rows[0].next_offset, rows[0].lag_messages), ("kafka", 1, 3));
 }
 
+/// Partition 0 of `topic`.
+fn on(topic: &str) -> Selection<'_> {
+    Selection { topic: Some(topic), partition: Some(0), ..Selection::default() }
+}
+
 async fn stored(pool: &PgPool, schema: &str, topic: &str, partition: i32) -> i64 {
     let offsets = store::stored_offsets(pool, schema).await.unwrap().expect("the consumer's offsets table");
     offsets[&(topic.to_owned(), partition)]
@@ -137,7 +142,7 @@ async fn offsets_reset_moves_stored_and_committed_offsets_by_offset_time_earlies
     let (kafka, pool) = (kafka_args(), admin_pool().await);
     let reset_to = |to: ResetTo| {
         let (kafka, pool, consumer, topic) = (kafka.clone(), pool.clone(), consumer.clone(), topic.clone());
-        async move { reset(&kafka, &pool, &consumer, &to, Some(&topic), Some(0), false).await.unwrap() }
+        async move { reset(&kafka, &pool, &consumer, &to, &on(&topic), false).await.unwrap() }
     };
 
     // Act / Assert: by offset, also committed to Kafka.
@@ -166,7 +171,7 @@ async fn offsets_reset_moves_stored_and_committed_offsets_by_offset_time_earlies
     assert_eq!(stored(&pool, &consumer.schema, &topic, 0).await, 8);
 
     // Out of range is refused, naming the partition.
-    let error = reset(&kafka, &pool, &consumer, &ResetTo::Offset(99), Some(&topic), Some(0), false).await.unwrap_err();
+    let error = reset(&kafka, &pool, &consumer, &ResetTo::Offset(99), &on(&topic), false).await.unwrap_err();
     assert!(error.to_string().contains(&format!("{topic}[0]")), "{error:#}");
 }
 
@@ -183,7 +188,7 @@ async fn offsets_reset_refuses_while_the_consumer_runs_and_the_consumer_continue
     let (kafka, pool) = (kafka_args(), admin_pool().await);
 
     // Act / Assert: refused while it runs.
-    let error = reset(&kafka, &pool, &consumer, &ResetTo::Latest, None, None, false).await.unwrap_err();
+    let error = reset(&kafka, &pool, &consumer, &ResetTo::Latest, &Selection::default(), false).await.unwrap_err();
     assert!(error.to_string().contains("is running") && error.to_string().contains(&consumer.name), "{error:#}");
     assert_eq!(stored(&pool, &consumer.schema, &topic, 0).await, 3);
 
@@ -191,7 +196,7 @@ async fn offsets_reset_refuses_while_the_consumer_runs_and_the_consumer_continue
     running.shutdown().await;
     wait_for_instances(&consumer, false).await;
     publish(&producer, &topic, &orders("skipped", 2)).await;
-    reset(&kafka, &pool, &consumer, &ResetTo::Latest, None, None, false).await.unwrap();
+    reset(&kafka, &pool, &consumer, &ResetTo::Latest, &Selection::default(), false).await.unwrap();
     publish(&producer, &topic, &orders("after", 1)).await;
     let running = consume_all(&name, &args, 6).await;
     let applied = Recorder::applied(&running.pool).await;

@@ -7,6 +7,7 @@
 //!   binary flattens into its clap config. Secret values never reach `Debug` or the logs.
 //! - [`KafkaArgs::producer_config`]: `acks=all`, `enable.idempotence=true`, lz4.
 //! - [`admin`]: metadata wait and idempotent topic creation.
+//! - [`topic_ids`]: Kafka topic ids (KIP-516), the one module allowed `unsafe`.
 //!
 //! This crate must not know about events, schemas or Postgres: it only talks to the broker.
 //! The contract's topic names belong to the events (`orderflow_events::ORDERS_TOPIC`,
@@ -14,5 +15,6 @@
 
 pub mod admin;
 mod settings;
+pub mod topic_ids;
 
 pub use settings::{DEFAULT_BROKERS, KafkaArgs, KafkaOption};

@@ -257,7 +257,7 @@ impl Runtime {
         };
         let producer: FutureProducer =
             args.kafka.producer_config().create().context("Failed to create the DLQ producer")?;
-        let config = consumer_config(&args.kafka, &settings.group);
+        let config = consumer_config(&args.kafka, &settings.group)?;
         let batcher = consumer::batch::Batcher {
             handler,
             pool: pool.clone(),
@@ -347,14 +347,41 @@ async fn prune_ledger_until(pool: PgPool, retention: Duration, stop: Cancellatio
 ///   stays well above the broker's minimum (6 s) and above a long GC-free pause of this
 ///   process; the heartbeat is a tenth of it, so one lost heartbeat is no eviction.
 /// - `statistics.interval.ms`: the lag gauges read the watermarks from the statistics.
+/// - `debug` gains `metadata`: librdkafka says that a topic was recreated under the consumer
+///   only in that debug log, which the runtime reads to hold the topic's partitions.
+/// - `auto.offset.reset=error`, always (a `--kafka-option` naming it is refused): where a
+///   partition starts is the stored offset, or the log's beginning for a partition never
+///   applied. A position the broker says is out of range (the log truncated, deleted by
+///   retention, recreated) stops that partition loudly instead of moving it to another
+///   position, which would skip or redo records silently (docs/operations.md, "When offsets
+///   and the log disagree").
 ///
 /// `fetch.wait.max.ms` keeps librdkafka's 500 ms: Kafka answers a fetch as soon as a record
 /// arrives, so the wait only bounds how often an idle consumer asks.
 ///
 /// With `group.protocol=consumer` (KIP-848) the broker owns the session timeout, heartbeat
 /// and assignment; librdkafka refuses those settings, so they are left out.
-fn consumer_config(kafka: &KafkaArgs, group: &str) -> rdkafka::ClientConfig {
+fn consumer_config(kafka: &KafkaArgs, group: &str) -> anyhow::Result<rdkafka::ClientConfig> {
+    anyhow::ensure!(
+        kafka.client_config().get("auto.offset.reset").is_none(),
+        "--kafka-option auto.offset.reset is not a consumer setting here: a partition starts at its stored \
+         offset (or the log's beginning), and an offset the log does not hold stops it until \
+         `orderflow offsets reset` moves it"
+    );
     let mut config = kafka.consumer_config(group);
+    config.set("auto.offset.reset", "error");
+    // librdkafka reports a topic whose id changed under the consumer only in its metadata
+    // debug log (see `consumer::rebalance`); a few lines per metadata refresh.
+    let debug = match config.get("debug") {
+        Some(existing) if existing.split(',').any(|c| c == "metadata" || c == "all") => existing.to_owned(),
+        Some(existing) if !existing.is_empty() => format!("{existing},metadata"),
+        _ => "metadata".to_owned(),
+    };
+    config.set("debug", debug);
+    // rust-rdkafka derives librdkafka's log level from the `log` crate's maximum level, which
+    // is below debug in production: then librdkafka would drop that line before the runtime
+    // sees it. The lines still go to `tracing` at debug level (target `librdkafka`).
+    config.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
     let new_protocol = config.get("group.protocol").is_some_and(|p| p.eq_ignore_ascii_case("consumer"));
     let mut defaults = vec![
         ("queued.min.messages", "5000"),
@@ -372,7 +399,7 @@ fn consumer_config(kafka: &KafkaArgs, group: &str) -> rdkafka::ClientConfig {
             config.set(key, value);
         }
     }
-    config
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -382,24 +409,33 @@ mod tests {
     #[test]
     fn consumer_defaults_apply_unless_a_kafka_option_names_the_setting() {
         let mut kafka = KafkaArgs { brokers: "127.0.0.1:9092".into(), options: Vec::new() };
-        let config = consumer_config(&kafka, "g");
+        let config = consumer_config(&kafka, "g").unwrap();
         assert_eq!(config.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(config.get("auto.offset.reset"), Some("error"), "never moved to another position on its own");
         assert_eq!(config.get("queued.max.messages.kbytes"), Some("4096"));
         assert_eq!(config.get("queued.min.messages"), Some("5000"));
         assert_eq!(config.get("fetch.wait.max.ms"), None, "librdkafka's default");
 
         kafka.options = vec!["session.timeout.ms=30000".parse().unwrap()];
-        let config = consumer_config(&kafka, "g");
+        let config = consumer_config(&kafka, "g").unwrap();
         assert_eq!(config.get("session.timeout.ms"), Some("30000"));
         assert_eq!(config.get("queued.max.messages.kbytes"), Some("4096"));
         assert_eq!(config.get("group.id"), Some("g"));
     }
 
     #[test]
+    fn a_kafka_option_that_would_let_librdkafka_move_a_partition_on_its_own_is_refused() {
+        let kafka =
+            KafkaArgs { brokers: "127.0.0.1:9092".into(), options: vec!["auto.offset.reset=latest".parse().unwrap()] };
+        let error = consumer_config(&kafka, "g").unwrap_err().to_string();
+        assert!(error.contains("auto.offset.reset") && error.contains("orderflow offsets reset"), "{error}");
+    }
+
+    #[test]
     fn the_new_group_protocol_gets_no_setting_librdkafka_refuses_with_it() {
         let kafka =
             KafkaArgs { brokers: "127.0.0.1:9092".into(), options: vec!["group.protocol=consumer".parse().unwrap()] };
-        let config = consumer_config(&kafka, "g");
+        let config = consumer_config(&kafka, "g").unwrap();
         for refused in ["session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"] {
             assert_eq!(config.get(refused), None, "{refused}");
         }

@@ -40,6 +40,7 @@ pub fn register(consumer: &str, topics: &[String]) {
         counter!("orderflow_dead_lettered_total", "consumer" => consumer.to_owned(), "class" => class).increment(0);
     }
     counter!("orderflow_batch_retries_total", "consumer" => consumer.to_owned()).increment(0);
+    partitions_held(consumer, 0);
     counter!("orderflow_duplicates_skipped_total", "consumer" => consumer.to_owned()).increment(0);
     for topic in topics {
         counter!("orderflow_events_applied_total", "consumer" => consumer.to_owned(), "topic" => topic.clone())
@@ -69,6 +70,49 @@ pub fn lag(consumer: &str, topic: &str, partition: i32, messages: i64, seconds: 
     let labels = [("consumer", consumer.to_owned()), ("topic", topic.to_owned()), ("partition", partition.to_string())];
     gauge!("orderflow_consumer_lag_messages", &labels).set(messages.max(0) as f64);
     gauge!("orderflow_consumer_lag_seconds", &labels).set(seconds.max(0.0));
+}
+
+/// A partition is held because its stored offset does not belong to the log: one error line
+/// per partition and state change, and the per-partition conflict gauge at 1 for its reason
+/// until [`offset_conflict_cleared`] (the alert `OrderflowOffsetConflict` watches
+/// [`partitions_held`]).
+pub fn offset_conflict(
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    conflict: &crate::consumer::OffsetConflict,
+    detail: &str,
+) {
+    gauge!("orderflow_consumer_offset_conflict", "consumer" => consumer.to_owned(), "topic" => topic.to_owned(),
+        "partition" => partition.to_string(), "reason" => conflict.reason())
+    .set(1.0);
+    tracing::error!(
+        consumer,
+        topic,
+        partition,
+        reason = conflict.reason(),
+        detail,
+        "partition held: {conflict}; nothing is applied or skipped until an operator moves its offset \
+         (orderflow offsets reset, docs/operations.md \"When offsets and the log disagree\")"
+    );
+}
+
+/// How many assigned partitions are held by an offset conflict (the alert's series; refreshed
+/// with the lag gauges, every second).
+pub fn partitions_held(consumer: &str, held: usize) {
+    gauge!("orderflow_consumer_partitions_held", "consumer" => consumer.to_owned()).set(held as f64);
+}
+
+/// A held partition left this instance (revoked, or the consumer stopped).
+pub fn offset_conflict_cleared(
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    conflict: &crate::consumer::OffsetConflict,
+) {
+    gauge!("orderflow_consumer_offset_conflict", "consumer" => consumer.to_owned(), "topic" => topic.to_owned(),
+        "partition" => partition.to_string(), "reason" => conflict.reason())
+    .set(0.0);
 }
 
 pub fn partitions_assigned(consumer: &str, count: usize) {

@@ -6,10 +6,11 @@
 //! Every statement binds its values; identifiers come only from the validated schema name.
 //!
 //! # Owns
-//! Every statement against `orderflow_offsets`, `orderflow_applied_events` and
-//! `orderflow_natural_keys`. Tools that need
+//! Every statement against `orderflow_offsets`, `orderflow_applied_events`,
+//! `orderflow_natural_keys` and `orderflow_offset_moves` (operators' moves of the offsets). Tools that need
 //! the runtime's tables from outside (the `orderflow` CLI, the bench) use the functions here
-//! ([`stored_offsets`], [`seed_offsets`], [`consumer_schemas`], [`applied_event_ids`],
+//! ([`stored_offsets`], [`stored_topic_ids`], [`seed_offsets`], [`move_offsets`],
+//! [`offset_moves`], [`consumer_schemas`], [`applied_event_ids`],
 //! [`ledger_size`], [`RUNTIME_TABLES`]) instead
 //! of writing SQL against them, so their layout can change in one place.
 //!
@@ -23,15 +24,20 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// The stored offsets: one row per partition, the next offset to apply.
+/// The stored offsets: one row per partition, the next offset to apply and the id of the
+/// topic (KIP-516) whose log that offset counts (`NULL` until known: written by a consumer
+/// before topic ids were stored, or moved by `orderflow offsets reset`; the runtime adopts
+/// the topic's id at its next assignment, once the offset checked out against the log).
 pub const OFFSETS_TABLE: &str = "orderflow_offsets";
 /// The applied-event ledger: event ids applied within the retention.
 pub const LEDGER_TABLE: &str = "orderflow_applied_events";
 /// The natural keys applied within the retention: which event first applied each fact.
 pub const NATURAL_KEYS_TABLE: &str = "orderflow_natural_keys";
-/// Tables in a consumer's schema that are not its read store: the runtime's three, and the
-/// migration history sqlx keeps for the handler's migrations (run by the runtime at start).
-pub const RUNTIME_TABLES: [&str; 4] = [OFFSETS_TABLE, LEDGER_TABLE, NATURAL_KEYS_TABLE, "_sqlx_migrations"];
+/// Tables in a consumer's schema that are not its read store: the runtime's, the operators'
+/// offset moves, and the migration history sqlx keeps for the handler's migrations (run by
+/// the runtime at start).
+pub const RUNTIME_TABLES: [&str; 5] =
+    [OFFSETS_TABLE, LEDGER_TABLE, NATURAL_KEYS_TABLE, OFFSET_MOVES_TABLE, "_sqlx_migrations"];
 
 /// How long Postgres lets a batch's transaction sit idle before it ends the session
 /// (`idle_in_transaction_session_timeout`). A batch's transaction is idle only between its
@@ -120,6 +126,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
             updated_at  timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (topic, partition)
         );
+        ALTER TABLE orderflow_offsets ADD COLUMN IF NOT EXISTS topic_id text;
         CREATE TABLE IF NOT EXISTS orderflow_applied_events (
             event_id   uuid        PRIMARY KEY,
             topic      text        NOT NULL,
@@ -151,13 +158,78 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stored next offsets of `topic`'s partitions.
-pub async fn load_offsets(pool: &PgPool, topic: &str) -> Result<HashMap<i32, i64>, sqlx::Error> {
-    let rows: Vec<(i32, i64)> = sqlx::query_as("SELECT partition, next_offset FROM orderflow_offsets WHERE topic = $1")
-        .bind(topic)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().collect())
+/// One partition's stored position: the next offset to apply, and the id of the topic whose
+/// log it counts (`None` until known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOffset {
+    pub next_offset: i64,
+    pub topic_id: Option<String>,
+}
+
+/// Stored positions of `topic`'s partitions.
+pub async fn load_offsets(pool: &PgPool, topic: &str) -> Result<HashMap<i32, StoredOffset>, sqlx::Error> {
+    let rows: Vec<(i32, i64, Option<String>)> =
+        sqlx::query_as("SELECT partition, next_offset, topic_id FROM orderflow_offsets WHERE topic = $1")
+            .bind(topic)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(p, next_offset, topic_id)| (p, StoredOffset { next_offset, topic_id })).collect())
+}
+
+/// Record `topic_id` as the topic of `partitions`' stored offsets where none is recorded yet
+/// (their offsets were just checked against that topic's log).
+pub async fn adopt_topic_id(
+    pool: &PgPool,
+    topic: &str,
+    partitions: &[i32],
+    topic_id: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE orderflow_offsets SET topic_id = $3 WHERE topic = $1 AND partition = ANY($2) AND topic_id IS NULL",
+    )
+    .bind(topic)
+    .bind(partitions)
+    .bind(topic_id)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Whether `schema` (validated here) holds `table`.
+async fn table_exists(pool: &PgPool, schema: &str, table: &str) -> anyhow::Result<bool> {
+    validate_schema_name(schema)?;
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("{schema}.{table}"))
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("Failed to look for {schema}.{table}"))
+}
+
+/// The topic ids stored with the offsets of the consumer whose store is `schema` (absent where
+/// none is recorded, or the table does not exist).
+pub async fn stored_topic_ids(pool: &PgPool, schema: &str) -> anyhow::Result<BTreeMap<(String, i32), String>> {
+    if !table_exists(pool, schema, OFFSETS_TABLE).await? {
+        return Ok(BTreeMap::new());
+    }
+    // A table from before topic ids were stored gains the column at the consumer's next start.
+    let has_column: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                        WHERE table_schema = $1 AND table_name = $2 AND column_name = 'topic_id')",
+    )
+    .bind(schema)
+    .bind(OFFSETS_TABLE)
+    .fetch_one(pool)
+    .await?;
+    if !has_column {
+        return Ok(BTreeMap::new());
+    }
+    let rows: Vec<(String, i32, String)> = sqlx::query_as(&format!(
+        "SELECT topic, partition, topic_id FROM {schema}.{OFFSETS_TABLE} WHERE topic_id IS NOT NULL"
+    ))
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("Failed to read the topic ids in {schema}.{OFFSETS_TABLE}"))?;
+    Ok(rows.into_iter().map(|(topic, partition, id)| ((topic, partition), id)).collect())
 }
 
 /// Schemas that hold the runtime's offsets table: the consumers in this database.
@@ -181,13 +253,7 @@ pub async fn next_offset(pool: &PgPool, topic: &str, partition: i32) -> Result<O
 /// The stored next offset of every partition of the consumer whose store is `schema`, or
 /// `None` when the schema has no offsets table (the consumer never started there).
 pub async fn stored_offsets(pool: &PgPool, schema: &str) -> anyhow::Result<Option<BTreeMap<(String, i32), i64>>> {
-    validate_schema_name(schema)?;
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(format!("{schema}.{OFFSETS_TABLE}"))
-        .fetch_one(pool)
-        .await
-        .with_context(|| format!("Failed to look for {schema}.{OFFSETS_TABLE}"))?;
-    if !exists {
+    if !table_exists(pool, schema, OFFSETS_TABLE).await? {
         return Ok(None);
     }
     let rows: Vec<(String, i32, i64)> =
@@ -227,13 +293,27 @@ pub async fn ledger_size(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
 /// Set where partitions of the consumer whose store is `schema` start: each next offset is
 /// written in one transaction, and the runtime seeks there when it is next assigned the
 /// partition. Only for a stopped consumer: a running one overwrites them with its next batch.
+/// A seeded offset names the log as it is now: its topic id is cleared, and the runtime
+/// records the topic's current id at its next assignment, once the offset checks out against
+/// that log's start and end.
 pub async fn seed_offsets(pool: &PgPool, schema: &str, starts: &BTreeMap<(String, i32), i64>) -> anyhow::Result<()> {
     validate_schema_name(schema)?;
     let mut tx = pool.begin().await.context("Failed to begin the offsets transaction")?;
+    write_offsets(&mut tx, schema, starts).await?;
+    tx.commit().await.with_context(|| format!("Failed to commit the new offsets in {schema}"))?;
+    Ok(())
+}
+
+async fn write_offsets(
+    tx: &mut PgConnection,
+    schema: &str,
+    starts: &BTreeMap<(String, i32), i64>,
+) -> anyhow::Result<()> {
     for ((topic, partition), next) in starts {
         sqlx::query(&format!(
             "INSERT INTO {schema}.{OFFSETS_TABLE} (topic, partition, next_offset) VALUES ($1, $2, $3)
-             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+             ON CONFLICT (topic, partition)
+             DO UPDATE SET next_offset = EXCLUDED.next_offset, topic_id = NULL, updated_at = now()"
         ))
         .bind(topic)
         .bind(partition)
@@ -242,8 +322,97 @@ pub async fn seed_offsets(pool: &PgPool, schema: &str, starts: &BTreeMap<(String
         .await
         .with_context(|| format!("Failed to write {schema}.{OFFSETS_TABLE} for {topic}[{partition}]"))?;
     }
-    tx.commit().await.with_context(|| format!("Failed to commit the new offsets in {schema}"))?;
     Ok(())
+}
+
+/// The audit trail of offsets moved by an operator (`orderflow offsets reset`): one row per
+/// partition and move, written in the move's transaction.
+pub const OFFSET_MOVES_TABLE: &str = "orderflow_offset_moves";
+
+/// One partition's move by an operator.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OffsetMove {
+    pub topic: String,
+    pub partition: i32,
+    /// The stored next offset before (`None`: the partition had none).
+    pub from: Option<i64>,
+    pub to: i64,
+    /// The topic id the old offset belonged to, if one was recorded.
+    pub from_topic_id: Option<String>,
+}
+
+/// Move the stopped consumer's offsets like [`seed_offsets`], and record each move with who
+/// made it (`by`), why (`reason`) and when, in the same transaction: the offsets move only
+/// with their audit trail.
+pub async fn move_offsets(
+    pool: &PgPool,
+    schema: &str,
+    moves: &[OffsetMove],
+    by: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    validate_schema_name(schema)?;
+    let mut tx = pool.begin().await.context("Failed to begin the offsets transaction")?;
+    sqlx::query(&format!(
+        "CREATE TABLE IF NOT EXISTS {schema}.{OFFSET_MOVES_TABLE} (
+             topic         text        NOT NULL,
+             partition     integer     NOT NULL,
+             from_offset   bigint,
+             to_offset     bigint      NOT NULL,
+             from_topic_id text,
+             moved_by      text        NOT NULL,
+             reason        text        NOT NULL,
+             moved_at      timestamptz NOT NULL DEFAULT now()
+         )"
+    ))
+    .execute(&mut *tx)
+    .await
+    .or_else(ignore_duplicate)
+    .with_context(|| format!("Failed to create {schema}.{OFFSET_MOVES_TABLE}"))?;
+    let starts: BTreeMap<(String, i32), i64> = moves.iter().map(|m| ((m.topic.clone(), m.partition), m.to)).collect();
+    write_offsets(&mut tx, schema, &starts).await?;
+    for m in moves {
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.{OFFSET_MOVES_TABLE}
+                 (topic, partition, from_offset, to_offset, from_topic_id, moved_by, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(&m.topic)
+        .bind(m.partition)
+        .bind(m.from)
+        .bind(m.to)
+        .bind(&m.from_topic_id)
+        .bind(by)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("Failed to record the move of {}[{}] in {schema}", m.topic, m.partition))?;
+    }
+    tx.commit().await.with_context(|| format!("Failed to commit the moved offsets in {schema}"))?;
+    Ok(())
+}
+
+/// The operator moves recorded for the consumer whose store is `schema`, oldest first: each
+/// with who, why and when (RFC 3339). Empty when none was ever made.
+pub async fn offset_moves(pool: &PgPool, schema: &str) -> anyhow::Result<Vec<(OffsetMove, String, String, String)>> {
+    if !table_exists(pool, schema, OFFSET_MOVES_TABLE).await? {
+        return Ok(Vec::new());
+    }
+    type Row = (String, i32, Option<i64>, i64, Option<String>, String, String, String);
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT topic, partition, from_offset, to_offset, from_topic_id, moved_by, reason,
+                to_char(moved_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+         FROM {schema}.{OFFSET_MOVES_TABLE} ORDER BY moved_at, topic, partition"
+    ))
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("Failed to read {schema}.{OFFSET_MOVES_TABLE}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(topic, partition, from, to, from_topic_id, by, reason, at)| {
+            (OffsetMove { topic, partition, from, to, from_topic_id }, by, reason, at)
+        })
+        .collect())
 }
 
 /// Lock the partition's offset row for this transaction and return the stored next offset
@@ -251,18 +420,27 @@ pub async fn seed_offsets(pool: &PgPool, schema: &str, starts: &BTreeMap<(String
 /// believe they own the partition during a rebalance: the second waits, then sees the
 /// first one's offset and skips what it applied.
 ///
-/// One statement per batch once the row exists; the partition's first batch inserts it (two
-/// instances racing to do so both end up locking the one row).
-pub async fn lock_offset(tx: &mut PgConnection, topic: &str, partition: i32) -> Result<i64, sqlx::Error> {
+/// One statement per batch once the row exists; the partition's first batch inserts it, with
+/// `topic_id` (the topic's id when the partition was assigned) so that from its first offset
+/// on the row says which log it counts. Two instances racing to insert both end up locking
+/// the one row.
+pub async fn lock_offset(
+    tx: &mut PgConnection,
+    topic: &str,
+    partition: i32,
+    topic_id: Option<&str>,
+) -> Result<i64, sqlx::Error> {
     const LOCK: &str = "SELECT next_offset FROM orderflow_offsets WHERE topic = $1 AND partition = $2 FOR UPDATE";
     if let Some(next) = sqlx::query_scalar(LOCK).bind(topic).bind(partition).fetch_optional(&mut *tx).await? {
         return Ok(next);
     }
     sqlx::query(
-        "INSERT INTO orderflow_offsets (topic, partition, next_offset) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+        "INSERT INTO orderflow_offsets (topic, partition, next_offset, topic_id) VALUES ($1, $2, 0, $3)
+         ON CONFLICT DO NOTHING",
     )
     .bind(topic)
     .bind(partition)
+    .bind(topic_id)
     .execute(&mut *tx)
     .await?;
     sqlx::query_scalar(LOCK).bind(topic).bind(partition).fetch_one(&mut *tx).await

@@ -112,6 +112,40 @@ pub async fn fresh_topic(prefix: &str, partitions: usize) -> String {
     topic
 }
 
+/// The topic's id (KIP-516) on the cluster `kafka` reaches, `None` while it does not exist.
+pub async fn topic_id(kafka: &orderflow_kafka::KafkaArgs, topic: &str) -> Option<String> {
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+            kafka.client_config().create().expect("an admin client");
+        orderflow_kafka::topic_ids::topic_ids(admin.inner(), &[&topic], Duration::from_secs(10))
+            .expect("DescribeTopics answers")
+            .remove(&topic)
+    })
+    .await
+    .expect("the DescribeTopics task")
+}
+
+/// Delete `topic` and create it again with `partitions`: another log of the same name (what
+/// an operator's mistake, a bootstrap script or a move to another cluster does). Returns once
+/// the broker gives the topic its new id.
+pub async fn recreate_topic(kafka: &orderflow_kafka::KafkaArgs, topic: &str, partitions: usize) {
+    use orderflow_kafka::admin;
+    let before = topic_id(kafka, topic).await.expect("the topic exists before it is recreated");
+    admin::delete_topics(kafka, &[topic.to_owned()]).await.expect("the topic is deleted");
+    wait_until(&format!("{topic} deleted"), Duration::from_secs(60), || async {
+        admin::topic_partitions(kafka, topic).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    admin::ensure_topic(kafka, topic, partitions, admin::CLUSTER_DEFAULT_REPLICATION)
+        .await
+        .expect("the topic is created again");
+    wait_until(&format!("{topic} created again with a new id"), Duration::from_secs(60), || async {
+        topic_id(kafka, topic).await.filter(|id| *id != before)
+    })
+    .await;
+}
+
 /// A consumer group name only this test uses (groups are created by joining them).
 pub fn fresh_group(prefix: &str) -> String {
     unique_name(&format!("{prefix}-group"))

@@ -103,14 +103,16 @@ impl<H: Handler> Batcher<H> {
 
     /// Apply one batch of one partition (records in offset order) in one transaction.
     /// Returns the partition's next offset. An error means "transient: retry the same batch"
-    /// (nothing of it was committed); permanent failures are dead-lettered.
-    pub(crate) async fn apply(&self, tp: &Tp, batch: &[OwnedMessage]) -> anyhow::Result<i64> {
+    /// (nothing of it was committed); permanent failures are dead-lettered. `topic_id` is the
+    /// topic's id (KIP-516) when the partition was assigned, recorded with its first offset.
+    pub(crate) async fn apply(&self, tp: &Tp, topic_id: Option<&str>, batch: &[OwnedMessage]) -> anyhow::Result<i64> {
         let started = Instant::now();
         let (topic, partition) = (tp.0.as_str(), tp.1);
         let ctx = BatchContext { consumer: self.consumer.clone(), replay: self.replay };
 
         let mut tx = self.pool.begin().await.context("Failed to open a transaction")?;
-        let stored = store::lock_offset(&mut tx, topic, partition).await.context("Failed to lock the offset row")?;
+        let stored =
+            store::lock_offset(&mut tx, topic, partition, topic_id).await.context("Failed to lock the offset row")?;
         let fresh: Vec<&OwnedMessage> = batch.iter().filter(|m| m.offset() >= stored).collect();
         let Some(last) = fresh.last() else {
             // Another owner applied all of it already (a rebalance overlap or a restart).
@@ -140,7 +142,7 @@ impl<H: Handler> Batcher<H> {
                 tracing::info!(error = %format!("{error:#}"), "batch failed permanently; isolating the failing events");
                 tx.rollback().await.ok();
                 tx = self.pool.begin().await.context("Failed to open a transaction")?;
-                let again = store::lock_offset(&mut tx, topic, partition).await?;
+                let again = store::lock_offset(&mut tx, topic, partition, topic_id).await?;
                 anyhow::ensure!(again == stored, "offset of {topic}[{partition}] moved while isolating; retrying");
                 let mut applied = 0;
                 let mut duplicates = 0;

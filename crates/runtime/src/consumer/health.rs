@@ -15,6 +15,89 @@ use std::sync::{Arc, Mutex};
 
 use super::Tp;
 
+/// Why a partition's stored offset does not belong to the log the broker has: the partition
+/// is held (nothing applied, nothing skipped) until an operator moves the offset
+/// (`orderflow offsets reset`). The runtime never resets on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetConflict {
+    /// The topic was deleted and created again (or the store belongs to another cluster):
+    /// the stored offset counts records of another log.
+    TopicRecreated { stored_offset: i64, stored_id: String, current_id: String },
+    /// The stored offset is beyond the log's end: the log was truncated, recreated, or the
+    /// store was restored from a backup newer than the cluster.
+    AheadOfLog { stored_offset: i64, log_end: i64 },
+    /// Records from the stored offset up to the log start were deleted (retention, or
+    /// `DeleteRecords`) before they were applied.
+    BelowLogStart { stored_offset: i64, log_start: i64 },
+    /// The broker said the position the partition was at is out of range while it was being
+    /// read (`auto.offset.reset=error`), with the watermarks last seen.
+    OutOfRange { next_offset: i64, log_start: i64, log_end: i64 },
+}
+
+impl OffsetConflict {
+    /// Check a stored offset (and the topic id stored with it) against the log: its topic id
+    /// now and its start and end offsets. `None`: the offset belongs to this log.
+    pub fn check(
+        stored_offset: i64,
+        stored_id: Option<&str>,
+        current_id: Option<&str>,
+        log_start: i64,
+        log_end: i64,
+    ) -> Option<OffsetConflict> {
+        if let (Some(stored), Some(current)) = (stored_id, current_id)
+            && stored != current
+        {
+            return Some(OffsetConflict::TopicRecreated {
+                stored_offset,
+                stored_id: stored.to_owned(),
+                current_id: current.to_owned(),
+            });
+        }
+        if stored_offset > log_end {
+            return Some(OffsetConflict::AheadOfLog { stored_offset, log_end });
+        }
+        if stored_offset < log_start {
+            return Some(OffsetConflict::BelowLogStart { stored_offset, log_start });
+        }
+        None
+    }
+
+    /// The metric label and alert reason: `topic_recreated`, `ahead_of_log`,
+    /// `below_log_start` or `out_of_range`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OffsetConflict::TopicRecreated { .. } => "topic_recreated",
+            OffsetConflict::AheadOfLog { .. } => "ahead_of_log",
+            OffsetConflict::BelowLogStart { .. } => "below_log_start",
+            OffsetConflict::OutOfRange { .. } => "out_of_range",
+        }
+    }
+}
+
+impl std::fmt::Display for OffsetConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OffsetConflict::TopicRecreated { stored_offset, stored_id, current_id } => write!(
+                f,
+                "stored offset {stored_offset} belongs to topic id {stored_id}, but the topic's id is now {current_id} \
+                 (deleted and created again, or another cluster)"
+            ),
+            OffsetConflict::AheadOfLog { stored_offset, log_end } => {
+                write!(f, "stored offset {stored_offset} is ahead of the log end {log_end}")
+            }
+            OffsetConflict::BelowLogStart { stored_offset, log_start } => write!(
+                f,
+                "stored offset {stored_offset} is below the log start {log_start}: records never applied were deleted"
+            ),
+            OffsetConflict::OutOfRange { next_offset, log_start, log_end } => write!(
+                f,
+                "the broker says offset {next_offset} is out of range (log start {log_start}, log end {log_end} \
+                 last seen)"
+            ),
+        }
+    }
+}
+
 /// Per-partition progress the HTTP endpoints and the lag gauges read.
 #[derive(Debug, Default)]
 pub struct PartitionStatus {
@@ -35,6 +118,8 @@ pub struct PartitionStatus {
     behind_at_offset: AtomicI64,
     /// Woken after every committed batch (reads waiting on a consistency token).
     pub applied: tokio::sync::Notify,
+    /// Set when the stored offset turned out not to belong to the log: the partition is held.
+    pub conflict: Mutex<Option<OffsetConflict>>,
 }
 
 impl PartitionStatus {
@@ -50,7 +135,13 @@ impl PartitionStatus {
             behind_since_ms: AtomicI64::new(0),
             behind_at_offset: AtomicI64::new(-1),
             applied: tokio::sync::Notify::new(),
+            conflict: Mutex::new(None),
         }
+    }
+
+    /// Why the partition is held, if it is.
+    pub fn conflict(&self) -> Option<OffsetConflict> {
+        self.conflict.lock().unwrap().clone()
     }
 
     /// The batch ending just before `next_offset`, whose last record has Kafka timestamp
@@ -120,12 +211,36 @@ impl Health {
         })
     }
 
+    /// The assigned partitions held by an offset conflict, in partition order.
+    pub fn conflicts(&self) -> Vec<(Tp, OffsetConflict)> {
+        let partitions = self.partitions.lock().unwrap();
+        let mut held: Vec<(Tp, OffsetConflict)> =
+            partitions.iter().filter_map(|(tp, s)| s.conflict().map(|c| (tp.clone(), c))).collect();
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        held
+    }
+
     /// Ready: joined the group (an assignment arrived, possibly empty) and caught up enough.
     /// A partition whose lag is not known yet counts as not caught up: a fresh consumer facing
     /// a backlog must not report ready in the second before its first statistics.
+    /// A partition held by an offset conflict is never ready: its store stopped following
+    /// the log, and the detail names each such partition and its positions.
     pub fn ready(&self) -> (bool, String) {
         if !self.joined.load(Ordering::Relaxed) {
             return (false, "not yet assigned partitions by the group".into());
+        }
+        let conflicts = self.conflicts();
+        if !conflicts.is_empty() {
+            let each: Vec<String> =
+                conflicts.iter().map(|((topic, partition), c)| format!("{topic}[{partition}]: {c}")).collect();
+            return (
+                false,
+                format!(
+                    "offsets conflict with the log, {} partition(s) held (resolve with `orderflow offsets reset`): {}",
+                    conflicts.len(),
+                    each.join("; ")
+                ),
+            );
         }
         let (lag, unknown) = self.total_lag();
         let max = self.ready_max_lag.load(Ordering::Relaxed);
@@ -163,6 +278,39 @@ mod tests {
         assert_eq!(status.lag_seconds(1_010_000), 0.0, "moved on: behind at a new offset from now");
         status.oldest_pending_ms.store(1_002_000, Ordering::Relaxed);
         assert_eq!(status.lag_seconds(1_012_000), 10.0, "the batch in progress started with a record 10 s old");
+    }
+
+    #[test]
+    fn a_stored_offset_is_checked_against_the_topic_id_and_both_ends_of_the_log() {
+        assert_eq!(OffsetConflict::check(10, Some("a"), Some("a"), 0, 50), None);
+        assert_eq!(OffsetConflict::check(50, None, Some("a"), 0, 50), None, "caught up is at the end");
+        assert_eq!(OffsetConflict::check(7, Some("a"), None, 7, 50), None, "at the start");
+        assert_eq!(
+            OffsetConflict::check(10, Some("a"), Some("b"), 0, 50).map(|c| c.reason()),
+            Some("topic_recreated"),
+            "another topic of the same name, even with its offset in range"
+        );
+        assert_eq!(
+            OffsetConflict::check(357, Some("a"), Some("a"), 0, 26),
+            Some(OffsetConflict::AheadOfLog { stored_offset: 357, log_end: 26 })
+        );
+        assert_eq!(
+            OffsetConflict::check(3, None, None, 10, 26),
+            Some(OffsetConflict::BelowLogStart { stored_offset: 3, log_start: 10 })
+        );
+    }
+
+    #[test]
+    fn a_held_partition_makes_the_consumer_unready_naming_it_and_its_positions() {
+        let health = Health::default();
+        health.joined.store(true, Ordering::Relaxed);
+        health.ready_max_lag.store(1000, Ordering::Relaxed);
+        let status = Arc::new(behind(357, 26));
+        *status.conflict.lock().unwrap() = Some(OffsetConflict::AheadOfLog { stored_offset: 357, log_end: 26 });
+        health.partitions.lock().unwrap().insert(("inventory.v1".into(), 0), status);
+        let (ready, detail) = health.ready();
+        assert!(!ready);
+        assert!(detail.contains("inventory.v1[0]: stored offset 357 is ahead of the log end 26"), "{detail}");
     }
 
     #[test]

@@ -67,7 +67,7 @@ mod poll;
 mod rebalance;
 mod worker;
 
-pub use health::{Health, PartitionStatus};
+pub use health::{Health, OffsetConflict, PartitionStatus};
 
 use crate::handler::Handler;
 

@@ -24,8 +24,8 @@ use tracing::Instrument;
 
 use super::Tp;
 use super::batch::Batcher;
-use super::feed::Feed;
-use super::health::PartitionStatus;
+use super::feed::{Feed, Fetched};
+use super::health::{OffsetConflict, PartitionStatus};
 use crate::handler::Handler;
 use crate::observe;
 
@@ -54,11 +54,15 @@ pub(crate) struct Batching {
 
 impl Worker {
     /// Start the worker of `tp` on `runtime`; it stops when `stop` is cancelled.
+    /// `topic_id` is the topic's id (KIP-516) at assignment, recorded with the partition's
+    /// first offset. A partition whose status holds an offset conflict is held: the worker
+    /// pulls nothing until it is stopped.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn spawn<H: Handler, C: ConsumerContext + 'static>(
         runtime: &tokio::runtime::Handle,
         batcher: Arc<Batcher<H>>,
         tp: Tp,
+        topic_id: Option<String>,
         feed: Feed<C>,
         batching: Batching,
         stop: CancellationToken,
@@ -69,7 +73,7 @@ impl Worker {
         let task = {
             let (stop, status) = (stop.clone(), status.clone());
             async move {
-                run(&batcher, &tp, &feed, batching, &stop, &status, &commits).await;
+                run(&batcher, &tp, topic_id.as_deref(), &feed, batching, &stop, &status, &commits).await;
                 // The partition queue holds the consumer open: release it before saying done.
                 drop(feed);
                 drop(done_tx);
@@ -96,10 +100,13 @@ impl Worker {
 }
 
 /// Collect a batch, apply it with retries, report progress; until `stop` (after the
-/// transaction in flight ends).
+/// transaction in flight ends), or until the broker says the partition's position is out of
+/// range: then the partition is held (see [`hold`]).
+#[allow(clippy::too_many_arguments)]
 async fn run<H: Handler, C: ConsumerContext + 'static>(
     batcher: &Batcher<H>,
     tp: &Tp,
+    topic_id: Option<&str>,
     feed: &Feed<C>,
     batching: Batching,
     stop: &CancellationToken,
@@ -107,26 +114,57 @@ async fn run<H: Handler, C: ConsumerContext + 'static>(
     commits: &Commits,
 ) {
     use std::sync::atomic::Ordering;
+    if status.conflict().is_some() {
+        return hold(stop).await;
+    }
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(batching.size);
+    let out_of_range = |reason: String| {
+        let conflict = OffsetConflict::OutOfRange {
+            next_offset: status.next_offset.load(Ordering::SeqCst),
+            log_start: status.low_watermark.load(Ordering::Relaxed),
+            log_end: status.high_watermark.load(Ordering::Relaxed),
+        };
+        observe::offset_conflict(&batcher.consumer, &tp.0, tp.1, &conflict, &reason);
+        *status.conflict.lock().unwrap() = Some(conflict);
+    };
     loop {
         batch.clear();
         let first = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            message = feed.next(tp, None) => match message { Some(m) => m, None => continue },
+            message = feed.next(tp, None) => match message {
+                Some(Fetched::Record(m)) => m,
+                Some(Fetched::OutOfRange(reason)) => {
+                    out_of_range(reason);
+                    return hold(stop).await;
+                }
+                None => continue,
+            },
         };
         if let Some(ms) = first.timestamp().to_millis() {
             status.oldest_pending_ms.store(ms, Ordering::Relaxed);
         }
         batch.push(first);
         let deadline = tokio::time::Instant::now() + batching.wait;
+        let mut held = false;
         while batch.len() < batching.size {
             match feed.next(tp, Some(deadline)).await {
-                Some(message) => batch.push(message),
+                Some(Fetched::Record(message)) => batch.push(message),
+                Some(Fetched::OutOfRange(reason)) => {
+                    // What arrived before it is in the log: apply it, then hold.
+                    out_of_range(reason);
+                    held = true;
+                    break;
+                }
                 None => break,
             }
         }
 
+        // Held while the batch was collected (the topic was recreated under the consumer):
+        // its records may belong to the new log, so none is applied.
+        if status.conflict().is_some() {
+            return hold(stop).await;
+        }
         let mut attempt = 0u32;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -136,7 +174,7 @@ async fn run<H: Handler, C: ConsumerContext + 'static>(
             let span = tracing::info_span!("batch", consumer = %batcher.consumer, topic = %tp.0,
                 partition = tp.1, first_offset = batch[0].offset(), size = batch.len(), trace_id = tracing::field::Empty);
             orderflow_telemetry::record_trace_id(&span);
-            match batcher.apply(tp, &batch).instrument(span).await {
+            match batcher.apply(tp, topic_id, &batch).instrument(span).await {
                 Ok(next_offset) => {
                     status.committed(next_offset, batch.last().and_then(|m| m.timestamp().to_millis()));
                     commits.lock().unwrap().push((tp.clone(), next_offset));
@@ -153,5 +191,15 @@ async fn run<H: Handler, C: ConsumerContext + 'static>(
                 }
             }
         }
+        if held {
+            return hold(stop).await;
+        }
     }
+}
+
+/// A held partition: its stored offset does not belong to the log (see [`OffsetConflict`]),
+/// so nothing is applied and nothing skipped; `/readyz` and the conflict gauge say why until
+/// the partition is revoked or the consumer stops. Only an operator moves the offset.
+async fn hold(stop: &CancellationToken) {
+    stop.cancelled().await;
 }

@@ -121,7 +121,7 @@ async fn fixture(prefix: &str) -> Fixture {
 
 impl Fixture {
     async fn apply(&self, batch: &[OwnedMessage]) -> anyhow::Result<i64> {
-        self.batcher.apply(&(TOPIC.to_owned(), 0), batch).await
+        self.batcher.apply(&(TOPIC.to_owned(), 0), None, batch).await
     }
 
     /// How many times each order was applied.
