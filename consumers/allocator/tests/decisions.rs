@@ -30,10 +30,15 @@ fn envelope(event: Event) -> Envelope {
     Envelope { event, topic: "t".into(), partition: 0, offset: 0, timestamp: None, traceparent: None }
 }
 
+/// The fixed time orders are placed after: an hour before the test process started, taken
+/// once, so the queue's order never depends on how long a test takes between two orders.
+static PLACED_BASE: std::sync::LazyLock<chrono::DateTime<Utc>> =
+    std::sync::LazyLock::new(|| Utc::now() - Duration::hours(1));
+
 /// An order of `lines`, placed `seconds` after a fixed time (so the queue's order is known).
 fn placed(order_id: &str, lines: &[(&str, u32)], seconds: i64) -> Event {
     let Event::OrderPlaced(mut o) = order(order_id, lines) else { unreachable!() };
-    o.placed_at = Utc::now() - Duration::hours(1) + Duration::seconds(seconds);
+    o.placed_at = *PLACED_BASE + Duration::seconds(seconds);
     Event::OrderPlaced(o)
 }
 
