@@ -179,9 +179,73 @@ impl CeHeaders {
     }
 }
 
+/// What a consumer checks of a record's CloudEvents headers against the value it decoded:
+/// `ce_specversion` is `1.0`, `ce_type` names the decoded event's type, `ce_id` is its event id.
+/// Each is checked where present, so a record with no `ce_*` headers (an older producer, a tool
+/// that writes bare Avro) is read by its value alone, as before; a record whose headers say one
+/// thing while its bytes are another (a producer bug) is refused, naming the header. For a
+/// repeated header the first occurrence counts.
+pub fn check_on_read<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    event: &Event,
+) -> Result<(), HeaderError> {
+    const CHECKED: [&str; 3] = [SPECVERSION, TYPE, ID];
+    let mut found: [Option<&'a [u8]>; 3] = [None; 3];
+    for (name, value) in pairs {
+        if let Some(i) = CHECKED.iter().position(|n| *n == name)
+            && found[i].is_none()
+        {
+            found[i] = Some(value);
+        }
+    }
+    let shown = |v: &[u8]| truncate(&String::from_utf8_lossy(v));
+    let invalid = |header: &'static str, problem: String| HeaderError::Invalid { header, problem };
+    if let Some(v) = found[0]
+        && v != SPECVERSION_1_0.as_bytes()
+    {
+        return Err(invalid(SPECVERSION, format!("unsupported version {:?}, expected 1.0", shown(v))));
+    }
+    if let Some(v) = found[1]
+        && v != event.ce_type().as_bytes()
+    {
+        return Err(invalid(TYPE, format!("{:?} but the value is a {}", shown(v), event.ce_type())));
+    }
+    if let Some(v) = found[2] {
+        let id = std::str::from_utf8(v).ok().and_then(|t| Uuid::try_parse(t).ok());
+        if id != Some(event.event_id()) {
+            return Err(invalid(ID, format!("{:?} but the value's event_id is {}", shown(v), event.event_id())));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_is_read_when_its_cloudevents_headers_agree_with_its_value_or_it_has_none() {
+        let event = Event::OrderPlaced(crate::samples::order_placed());
+        let pairs = CeHeaders::for_event(&event, "/orderflow/ingress", None).to_pairs();
+        let check =
+            |pairs: &[(&'static str, Vec<u8>)]| check_on_read(pairs.iter().map(|(k, v)| (*k, v.as_slice())), &event);
+        assert_eq!(check(&pairs), Ok(()));
+        assert_eq!(check(&[]), Ok(()), "no ce_* headers: read by the value alone");
+        assert_eq!(check(&[(TRACEPARENT, b"whatever".to_vec())]), Ok(()));
+
+        let with = |name: &'static str, value: &str| -> Vec<(&'static str, Vec<u8>)> {
+            let mut changed: Vec<_> = pairs.iter().filter(|(k, _)| *k != name).cloned().collect();
+            changed.insert(0, (name, value.as_bytes().to_vec()));
+            changed
+        };
+        let refused = |pairs: Vec<(&'static str, Vec<u8>)>| check(&pairs).unwrap_err().to_string();
+        let wrong_type = refused(with(TYPE, "orderflow.inventory.changed.v1"));
+        assert!(wrong_type.contains("ce_type") && wrong_type.contains("orderflow.order.placed.v1"), "{wrong_type}");
+        let wrong_id = refused(with(ID, &Uuid::from_u128(1).to_string()));
+        assert!(wrong_id.contains("ce_id") && wrong_id.contains(&event.event_id().to_string()), "{wrong_id}");
+        assert!(refused(with(ID, "not-a-uuid")).contains("ce_id"));
+        assert!(refused(with(SPECVERSION, "0.3")).contains("ce_specversion"));
+    }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

@@ -67,17 +67,23 @@ impl<H: Handler> Batcher<H> {
         };
         match self.codec.decode(payload).await {
             Ok(event) => {
+                // Headers that say another event than the bytes hold are a producer's bug: the
+                // record is not applied as either (docs/events.md, "Headers").
+                let pairs =
+                    || message.headers().into_iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value.unwrap_or(&[])));
+                if let Err(error) = orderflow_events::headers::check_on_read(pairs(), &event) {
+                    return Ok(Decoded::Dead(
+                        ErrorClass::Undecodable,
+                        format!("its CloudEvents headers disagree with its value: {error}"),
+                    ));
+                }
                 if !self.handler.wants(&event) {
                     return Ok(Decoded::Skip);
                 }
-                let traceparent = message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|h| h.key == "traceparent")
-                        .and_then(|h| h.value)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .map(str::to_owned)
-                });
+                let traceparent = pairs()
+                    .find(|(key, _)| *key == orderflow_events::headers::TRACEPARENT)
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                    .map(str::to_owned);
                 Ok(Decoded::Apply(Envelope {
                     event,
                     topic: message.topic().to_owned(),

@@ -155,6 +155,27 @@ fn raw(offset: i64, payload: Option<Vec<u8>>) -> OwnedMessage {
     OwnedMessage::new(payload, Some(key), TOPIC.into(), Timestamp::CreateTime(1_700_000_000_000), 0, offset, None)
 }
 
+/// A record holding `event` with the CloudEvents headers of `described` (the producers' own
+/// headers when it is `event`).
+fn with_headers(offset: i64, event: &Event, described: &Event) -> OwnedMessage {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in orderflow_events::CeHeaders::for_event(described, "/test", None).to_pairs() {
+        headers = headers.insert(Header { key, value: Some(&value) });
+    }
+    let payload = Codec::new().encode_single_object(event).unwrap();
+    let key = Uuid::new_v4().to_string().into_bytes();
+    OwnedMessage::new(
+        Some(payload),
+        Some(key),
+        TOPIC.into(),
+        Timestamp::CreateTime(1_700_000_000_000),
+        0,
+        offset,
+        Some(headers),
+    )
+}
+
 fn counts(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -202,6 +223,41 @@ async fn a_permanently_failing_event_is_isolated_and_dead_lettered_while_the_res
     assert!(f.dead.sent()[0].2.contains("poisoned sku"), "{:?}", f.dead.sent());
     assert_eq!(f.in_ledger(&[&good_1, &poisoned, &good_2]).await, [true, false, true]);
     assert_eq!(f.stored().await, Some(15));
+}
+
+#[tokio::test]
+async fn a_record_whose_cloudevents_headers_name_another_event_is_dead_lettered_and_one_without_them_is_applied() {
+    // Arrange: headers that match; headers of a stock change on an order's bytes; headers of
+    // another order (another event id); no headers at all (an older producer).
+    let f = fixture("batch_headers").await;
+    let (matching, mislabelled, other_id, bare) = (
+        order("h-1", &[("sku-a", 1)]),
+        order("h-2", &[("sku-a", 1)]),
+        order("h-3", &[("sku-a", 1)]),
+        order("h-4", &[("sku-a", 1)]),
+    );
+    let stock = stock_change("sku-a", 5, "received", None);
+    let batch = [
+        with_headers(0, &matching, &matching),
+        with_headers(1, &mislabelled, &stock),
+        with_headers(2, &other_id, &order("h-3", &[("sku-b", 1)])),
+        record(3, &bare),
+    ];
+
+    // Act
+    let next = f.apply(&batch).await.unwrap();
+
+    // Assert: the two records whose headers lie are dead-lettered naming the header; the rest
+    // applied; the offset moves past all four.
+    assert_eq!(next, 4);
+    assert_eq!(f.applied().await, counts(&[("h-1", 1), ("h-4", 1)]));
+    let dead = f.dead.sent();
+    assert_eq!(
+        dead.iter().map(|(o, c, _)| (*o, *c)).collect::<Vec<_>>(),
+        [(1, ErrorClass::Undecodable), (2, ErrorClass::Undecodable)]
+    );
+    assert!(dead[0].2.contains("ce_type") && dead[0].2.contains("orderflow.order.placed.v1"), "{dead:?}");
+    assert!(dead[1].2.contains("ce_id"), "{dead:?}");
 }
 
 #[tokio::test]
