@@ -148,9 +148,7 @@ impl<H: Handler> Shared<H> {
             }
         }
     }
-}
 
-impl<H: Handler> Shared<H> {
     /// Run `future` on the runtime from the poll thread (a librdkafka callback). A panic must
     /// not unwind into librdkafka's callback (that aborts the process): it becomes an error.
     fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
@@ -205,9 +203,7 @@ impl<H: Handler> Shared<H> {
         }
         conflicts
     }
-}
 
-impl<H: Handler> Shared<H> {
     /// `topic` was deleted and created again under this consumer (its id went from `from` to
     /// `to`): every partition of it assigned here is held, its worker applying nothing more.
     fn hold_recreated_topic(&self, topic: &str, from: &str, to: &str) {

@@ -146,22 +146,20 @@ async fn run<H: Handler, C: ConsumerContext + 'static>(
         }
         batch.push(first);
         let deadline = tokio::time::Instant::now() + batching.wait;
-        let mut held = false;
         while batch.len() < batching.size {
             match feed.next(tp, Some(deadline)).await {
                 Some(Fetched::Record(message)) => batch.push(message),
                 Some(Fetched::OutOfRange(reason)) => {
-                    // What arrived before it is in the log: apply it, then hold.
                     out_of_range(reason);
-                    held = true;
                     break;
                 }
                 None => break,
             }
         }
 
-        // Held while the batch was collected (the topic was recreated under the consumer):
-        // its records may belong to the new log, so none is applied.
+        // Held while the batch was collected (the topic was recreated under the consumer, or
+        // the broker said the position is out of range): its records may belong to another
+        // log, so none is applied; the operator's reset decides where the partition resumes.
         if status.conflict().is_some() {
             return hold(stop).await;
         }
@@ -190,9 +188,6 @@ async fn run<H: Handler, C: ConsumerContext + 'static>(
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-        }
-        if held {
-            return hold(stop).await;
         }
     }
 }
