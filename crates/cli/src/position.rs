@@ -137,10 +137,11 @@ impl PartitionPosition {
     }
 
     /// Records between the position and the log end. For a partition in conflict it means
-    /// nothing (the consumer holds it): read `conflict` first. Negative when the stored
+    /// nothing (the consumer holds it): read `conflict` first; it is negative when the stored
     /// offset is ahead of the log.
     pub fn lag(&self) -> i64 {
-        self.high - self.next()
+        let lag = self.high - self.next();
+        if self.conflict.is_some() { lag } else { lag.max(0) }
     }
 
     /// The LAG column: the number, or what holds the partition instead.
