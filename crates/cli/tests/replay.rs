@@ -21,8 +21,12 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
     let (name, args) = consumer_args("replay", &topic);
     let live = spawn(Recorder { name: name.clone(), accept_poison: false }, args.clone()).await;
     live.wait_for_offsets_sum(10, Duration::from_secs(60)).await;
+    // The consumer's own pool (its sessions carry the schema as application_name) is closed
+    // with it: nothing of the test runs on it, so only a consumer's session can block promotion.
     let live_pool = live.pool.clone();
     live.shutdown().await;
+    live_pool.close().await;
+    let schema = args.schema.clone().unwrap();
     let mut replay_args = ReplayArgs {
         consumer: ConsumerArgs {
             consumer: name.clone(),
@@ -49,12 +53,13 @@ async fn replay_equals_the_live_store_and_promotion_continues_without_gap_or_dou
     assert_eq!(report.tables[0].live_rows, 10);
 
     // Act 2: the live store is damaged (a row counted twice); rebuild, compare, promote.
-    sqlx::query("INSERT INTO applied SELECT * FROM applied WHERE order_id = 'a-3'").execute(&live_pool).await.unwrap();
-    live_pool.close().await;
+    let admin = sqlx::PgPool::connect(&database_url()).await.unwrap();
+    sqlx::query(&format!("INSERT INTO {schema}.applied SELECT * FROM {schema}.applied WHERE order_id = 'a-3'"))
+        .execute(&admin)
+        .await
+        .unwrap();
     // Promotion refuses while the consumer has Postgres sessions; wait until the stopped
     // consumer's are gone (and say what is left if they never go).
-    let schema = args.schema.clone().unwrap();
-    let admin = sqlx::PgPool::connect(&database_url()).await.unwrap();
     let sessions = "SELECT format('pid %s, %s, since %s: %s', pid, state, backend_start, left(query, 200)) \
                     FROM pg_stat_activity WHERE application_name = $1";
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
